@@ -1,0 +1,343 @@
+//! Sans-IO actor cores. Each core is a deterministic state machine: the host feeds it
+//! `(now, input)` and takes [`Output`]s; time, randomness and storage come from the host.
+//!
+//! `NodeCore` is the shape a host sees (quinn-proto style): `handle_frame`,
+//! `handle_timeout`, `poll_timeout`, `drain_outputs`. It routes each message to the core
+//! that owns it: [`registry`] (accounts, challenges, tag bindings) and [`relay`] (direct
+//! messages, offline queues, deliveries).
+
+pub mod registry;
+pub mod relay;
+
+use rand_chacha::ChaCha20Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError};
+use crate::store::{Store, StoreError};
+use crate::wire::{Body, Envelope, ErrorCode};
+
+/// Microseconds since the Unix epoch (virtual in the simulator).
+pub type TimeUs = u64;
+
+/// A 16-byte single-use-reply-block tag (Nym's `AnonymousSenderTag`): an anonymous peer
+/// the node can reply to without learning its address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SenderTag(pub [u8; 16]);
+
+/// A transport address of a known node. Never a client's: clients only appear as tags.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Address(pub Vec<u8>);
+
+/// Who a message came from or goes to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Peer {
+    Address(Address),
+    Tag(SenderTag),
+}
+
+/// What a core asks its host to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send `envelope` to `to` once the store's durable sequence reaches
+    /// `durable_after` (0: send now). This is how "ack only after the write is durable"
+    /// is expressed without the core doing I/O.
+    Send { to: Peer, envelope: Envelope, durable_after: u64 },
+}
+
+/// Every tunable of a node core, with defaults a researcher would start from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// How long a registration or login challenge stays valid.
+    pub challenge_ttl_us: u64,
+    /// Pending challenges held at once; beyond this new requests get `Busy`.
+    pub challenges_pending_max: usize,
+    /// Messages queued for one installation; beyond this sends get `QueueFull`.
+    pub queue_depth_max: u32,
+    /// Deliveries sent and not yet acknowledged, per installation.
+    pub deliveries_inflight_max: usize,
+    /// First redelivery of an unacknowledged delivery; doubles up to the max.
+    pub redeliver_after_us: u64,
+    pub redeliver_after_max_us: u64,
+    /// How long a (sender, msg id) pair is remembered so a retried send is not queued twice.
+    pub seen_send_ttl_us: u64,
+    /// Period of the housekeeping sweep (expired challenges and dedupe entries).
+    pub sweep_every_us: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            challenge_ttl_us: 60_000_000,
+            challenges_pending_max: 10_000,
+            queue_depth_max: 1_000,
+            deliveries_inflight_max: 32,
+            redeliver_after_us: 30_000_000,
+            redeliver_after_max_us: 300_000_000,
+            seen_send_ttl_us: 24 * 3_600_000_000,
+            sweep_every_us: 10_000_000,
+        }
+    }
+}
+
+/// What a core reads and writes during one step.
+pub struct Ctx<'a, S: Store> {
+    pub now: TimeUs,
+    pub store: &'a mut S,
+    pub rng: &'a mut ChaCha20Rng,
+    pub config: &'a NodeConfig,
+    pub out: &'a mut Vec<Output>,
+}
+
+impl<S: Store> Ctx<'_, S> {
+    /// Queues a reply that waits for nothing.
+    pub fn send(&mut self, to: Peer, request_id: u64, body: Body) {
+        self.out.push(Output::Send { to, envelope: Envelope { request_id, body }, durable_after: 0 });
+    }
+
+    /// Queues a reply that waits until every write made so far is durable.
+    pub fn send_durable(&mut self, to: Peer, request_id: u64, body: Body) {
+        let durable_after = self.store.write_seq();
+        self.out.push(Output::Send { to, envelope: Envelope { request_id, body }, durable_after });
+    }
+
+    pub fn send_error(&mut self, to: Peer, request_id: u64, code: ErrorCode, detail: impl Into<String>) {
+        let mut detail = detail.into();
+        truncate_utf8(&mut detail, crate::limits::ERROR_DETAIL_BYTES_MAX);
+        self.send(to, request_id, Body::Error { code, detail });
+    }
+
+    pub fn load<T: serde::de::DeserializeOwned>(
+        &self,
+        table: crate::store::Table,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        load(&*self.store, table, key)
+    }
+
+    pub fn save<T: Serialize>(&mut self, table: crate::store::Table, key: &[u8], value: &T) -> Result<(), StoreError> {
+        self.store.put(table, key, &codec::encode(value))
+    }
+}
+
+/// Reads and decodes one record.
+pub fn load<T: serde::de::DeserializeOwned, S: Store + ?Sized>(
+    store: &S,
+    table: crate::store::Table,
+    key: &[u8],
+) -> Result<Option<T>, StoreError> {
+    match store.get(table, key)? {
+        None => Ok(None),
+        Some(bytes) => codec::decode(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt { table: table.name(), detail: e.to_string() }),
+    }
+}
+
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+}
+
+/// Statistics a host can print (node `info`, simulator report).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NodeStats {
+    pub frames_in: u64,
+    pub frames_rejected: u64,
+    pub registrations: u64,
+    pub logins: u64,
+    pub lookups: u64,
+    pub dms_accepted: u64,
+    pub dms_rejected: u64,
+    pub deliveries: u64,
+    pub redeliveries: u64,
+    pub acks: u64,
+}
+
+/// One discovery node: the registry and relay cores over one store.
+pub struct NodeCore<S: Store> {
+    store: S,
+    rng: ChaCha20Rng,
+    config: NodeConfig,
+    registry: registry::Registry,
+    relay: relay::Relay,
+    out: Vec<Output>,
+    next_sweep_us: TimeUs,
+    pub stats: NodeStats,
+}
+
+/// Why a node could not start from its store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl<S: Store> NodeCore<S> {
+    /// Starts (or restarts) a node over `store`, recovering in-memory indexes from it and
+    /// re-sending every queued message to installations whose tag binding survived.
+    pub fn start(now: TimeUs, store: S, rng: ChaCha20Rng, config: NodeConfig) -> Result<Self, StartError> {
+        let registry = registry::Registry::recover(&store)?;
+        let relay = relay::Relay::recover(&store)?;
+        let mut node = Self {
+            store,
+            rng,
+            config,
+            registry,
+            relay,
+            out: Vec::new(),
+            next_sweep_us: now,
+            stats: NodeStats::default(),
+        };
+        let bound: Vec<_> = node.registry.bound_installations().collect();
+        let mut ctx = Ctx {
+            now,
+            store: &mut node.store,
+            rng: &mut node.rng,
+            config: &node.config,
+            out: &mut node.out,
+        };
+        for (installation, tag) in bound {
+            node.relay.deliver_pending(&mut ctx, &installation, tag, &mut node.stats)?;
+        }
+        Ok(node)
+    }
+
+    /// Feeds one inbound frame from `from`. Never panics on any bytes.
+    pub fn handle_frame(&mut self, now: TimeUs, from: Peer, bytes: &[u8]) {
+        self.stats.frames_in += 1;
+        let mut ctx = Ctx {
+            now,
+            store: &mut self.store,
+            rng: &mut self.rng,
+            config: &self.config,
+            out: &mut self.out,
+        };
+        let envelope = match codec::decode_frame(bytes) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                self.stats.frames_rejected += 1;
+                let code = match e {
+                    CodecError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+                    CodecError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+                    _ => ErrorCode::Malformed,
+                };
+                ctx.send_error(from, 0, code, e.to_string());
+                return;
+            }
+        };
+        let Peer::Tag(tag) = from.clone() else {
+            self.stats.frames_rejected += 1;
+            ctx.send_error(from, envelope.request_id, ErrorCode::UnexpectedMessage, "node-to-node messages come with federation");
+            return;
+        };
+        let rid = envelope.request_id;
+        let result: Result<(), (ErrorCode, String)> = match envelope.body {
+            Body::RegisterRequest { username, cert } => {
+                self.registry.on_register_request(&mut ctx, tag, rid, &username, cert).map_err(err)
+            }
+            Body::RegisterResponse { nonce, account_sig, installation_sig } => self
+                .registry
+                .on_register_response(&mut ctx, tag, rid, nonce, account_sig, installation_sig)
+                .map(|_| self.stats.registrations += 1)
+                .map_err(err),
+            Body::LoginRequest { installation } => {
+                self.registry.on_login_request(&mut ctx, tag, rid, installation).map_err(err)
+            }
+            Body::LoginResponse { nonce, installation_sig } => {
+                match self.registry.on_login_response(&mut ctx, rid, tag, nonce, installation_sig) {
+                    Ok(installation) => {
+                        self.stats.logins += 1;
+                        self.relay.on_bound(&mut ctx, &installation, tag, &mut self.stats).map_err(err)
+                    }
+                    Err(e) => Err(err(e)),
+                }
+            }
+            Body::Lookup { username } => {
+                self.stats.lookups += 1;
+                self.registry.on_lookup(&mut ctx, tag, rid, &username).map_err(err)
+            }
+            Body::SendDm(dm) => {
+                let r = self.relay.on_send(&mut ctx, &self.registry, tag, rid, dm, &mut self.stats);
+                match &r {
+                    Ok(()) => self.stats.dms_accepted += 1,
+                    Err(_) => self.stats.dms_rejected += 1,
+                }
+                r.map_err(err)
+            }
+            Body::AckDelivery { delivery_ids } => {
+                self.stats.acks += 1;
+                self.relay.on_ack(&mut ctx, &self.registry, tag, rid, &delivery_ids, &mut self.stats).map_err(err)
+            }
+            other => Err((ErrorCode::UnexpectedMessage, format!("{} is not a request", other.kind()))),
+        };
+        if let Err((code, detail)) = result {
+            self.stats.frames_rejected += 1;
+            ctx.send_error(Peer::Tag(tag), rid, code, detail);
+        }
+    }
+
+    /// The next instant `handle_timeout` wants to run.
+    pub fn poll_timeout(&self) -> Option<TimeUs> {
+        let sweep = Some(self.next_sweep_us);
+        [sweep, self.relay.next_timeout()].into_iter().flatten().min()
+    }
+
+    pub fn handle_timeout(&mut self, now: TimeUs) {
+        let mut ctx = Ctx {
+            now,
+            store: &mut self.store,
+            rng: &mut self.rng,
+            config: &self.config,
+            out: &mut self.out,
+        };
+        // Storage failures here are retried at the next timeout; nothing is acknowledged.
+        let _ = self.relay.on_timeout(&mut ctx, &self.registry, &mut self.stats);
+        if now >= self.next_sweep_us {
+            let _ = self.registry.sweep(&mut ctx);
+            let _ = self.relay.sweep(&mut ctx);
+            self.next_sweep_us = now + self.config.sweep_every_us;
+        }
+    }
+
+    /// Takes every output produced so far.
+    pub fn drain_outputs(&mut self) -> std::vec::Drain<'_, Output> {
+        self.out.drain(..)
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Stops the core, handing back its store (a crash or a shutdown).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Messages currently queued across all installations.
+    pub fn queued_total(&self) -> u64 {
+        self.relay.queued_total()
+    }
+}
+
+fn err<E: CodedError>(e: E) -> (ErrorCode, String) {
+    (e.code(), e.to_string())
+}
+
+/// An error that maps to a wire error code.
+pub trait CodedError: std::fmt::Display {
+    fn code(&self) -> ErrorCode;
+}

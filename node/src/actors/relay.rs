@@ -1,0 +1,334 @@
+//! Relay core: verifies a direct message's outer signature, queues it durably for every
+//! targeted installation of the recipient, acknowledges the sender only once the queue
+//! write is durable, delivers to bound tags with a bounded in-flight window, redelivers
+//! what is not acknowledged, and deletes on the recipient's ack. Normative text:
+//! `specs/relay.md`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::registry::Registry;
+use super::{CodedError, Ctx, NodeStats, Peer, SenderTag, TimeUs, load};
+use crate::identity;
+use crate::limits::{ACK_IDS_MAX, DM_PAYLOAD_BYTES_MAX};
+use crate::store::{Store, StoreError, Table};
+use crate::wire::{Body, ErrorCode, InstallationId, MsgId, SendDm};
+
+const META_NEXT_DELIVERY_ID: &[u8] = b"next_delivery_id";
+
+/// A message waiting in one installation's offline queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedDm {
+    pub from_username: String,
+    pub from: InstallationId,
+    pub msg_id: MsgId,
+    pub sealed: Vec<u8>,
+    pub queued_at_us: TimeUs,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct SeenSend {
+    expires_at_us: TimeUs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelayError {
+    #[error("sender installation is not registered")]
+    UnknownSender,
+    #[error("outer signature does not verify")]
+    BadSignature,
+    #[error("unknown recipient")]
+    UnknownRecipient,
+    #[error("message targets no installation")]
+    NoPayload,
+    #[error("installation is not one of the recipient's: look the recipient up again")]
+    StaleRecipient,
+    #[error("payload of {len} bytes exceeds {max}")]
+    PayloadTooLarge { len: usize, max: usize },
+    #[error("recipient's queue is full ({max} messages)")]
+    QueueFull { max: u32 },
+    #[error("this tag is not logged in")]
+    NotLoggedIn,
+    #[error("{count} delivery ids exceed the limit of {max}")]
+    TooManyAcks { count: usize, max: usize },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl CodedError for RelayError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            RelayError::UnknownSender => ErrorCode::UnknownInstallation,
+            RelayError::BadSignature => ErrorCode::BadSignature,
+            RelayError::UnknownRecipient => ErrorCode::UnknownUser,
+            RelayError::NoPayload | RelayError::TooManyAcks { .. } => ErrorCode::Malformed,
+            RelayError::StaleRecipient => ErrorCode::StaleRecipient,
+            RelayError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            RelayError::QueueFull { .. } => ErrorCode::QueueFull,
+            RelayError::NotLoggedIn => ErrorCode::NotLoggedIn,
+            RelayError::Store(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Inflight {
+    due_us: TimeUs,
+    backoff_us: TimeUs,
+}
+
+#[derive(Debug, Default)]
+pub struct Relay {
+    next_delivery_id: u64,
+    queue_len: BTreeMap<InstallationId, u32>,
+    inflight: BTreeMap<InstallationId, BTreeMap<u64, Inflight>>,
+    timers: BTreeSet<(TimeUs, InstallationId, u64)>,
+}
+
+fn queue_key(installation: &InstallationId, delivery_id: u64) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..32].copy_from_slice(installation);
+    k[32..].copy_from_slice(&delivery_id.to_be_bytes());
+    k
+}
+
+fn seen_key(from: &InstallationId, msg_id: &MsgId) -> [u8; 48] {
+    let mut k = [0u8; 48];
+    k[..32].copy_from_slice(from);
+    k[32..].copy_from_slice(msg_id);
+    k
+}
+
+/// Number of messages queued for one installation.
+pub fn queued_for<S: Store>(store: &S, installation: &InstallationId) -> Result<u32, StoreError> {
+    Ok(store.scan_prefix(Table::Queues, installation)?.len() as u32)
+}
+
+impl Relay {
+    pub fn recover<S: Store>(store: &S) -> Result<Self, StoreError> {
+        let mut relay = Relay::default();
+        let mut max_id = 0;
+        for (k, _) in store.scan_prefix(Table::Queues, &[])? {
+            if k.len() != 40 {
+                return Err(StoreError::Corrupt { table: "queues", detail: "key length".into() });
+            }
+            let installation: InstallationId = k[..32].try_into().expect("32 bytes");
+            let id = u64::from_be_bytes(k[32..].try_into().expect("8 bytes"));
+            max_id = max_id.max(id);
+            *relay.queue_len.entry(installation).or_default() += 1;
+        }
+        let stored: u64 = load(store, Table::Meta, META_NEXT_DELIVERY_ID)?.unwrap_or(1);
+        relay.next_delivery_id = stored.max(max_id + 1);
+        Ok(relay)
+    }
+
+    pub fn queued_total(&self) -> u64 {
+        self.queue_len.values().map(|&n| u64::from(n)).sum()
+    }
+
+    pub fn next_timeout(&self) -> Option<TimeUs> {
+        self.timers.first().map(|(t, _, _)| *t)
+    }
+
+    pub fn on_send<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        registry: &Registry,
+        tag: SenderTag,
+        rid: u64,
+        dm: SendDm,
+        stats: &mut NodeStats,
+    ) -> Result<(), RelayError> {
+        let (sender, sender_cert) = registry.installation(&*ctx.store, &dm.from)?.ok_or(RelayError::UnknownSender)?;
+        identity::verify(&sender_cert.signing_key, &identity::send_dm_signing_bytes(&dm), &dm.sig)
+            .map_err(|_| RelayError::BadSignature)?;
+        let to = identity::normalize_username(&dm.to).map_err(|_| RelayError::UnknownRecipient)?;
+        let recipient = registry.account(&*ctx.store, &to)?.ok_or(RelayError::UnknownRecipient)?;
+        if dm.payloads.is_empty() {
+            return Err(RelayError::NoPayload);
+        }
+        let mut targets = BTreeSet::new();
+        for p in &dm.payloads {
+            if p.sealed.len() > DM_PAYLOAD_BYTES_MAX {
+                return Err(RelayError::PayloadTooLarge { len: p.sealed.len(), max: DM_PAYLOAD_BYTES_MAX });
+            }
+            let known = recipient.installations.iter().any(|c| identity::installation_id(&c.signing_key) == p.installation);
+            if !known || !targets.insert(p.installation) {
+                return Err(RelayError::StaleRecipient);
+            }
+        }
+        let seen = seen_key(&dm.from, &dm.msg_id);
+        if ctx.store.get(Table::SeenSends, &seen)?.is_some() {
+            // A retried send: already queued. Ack again, once that write is durable.
+            ctx.send_durable(Peer::Tag(tag), rid, Body::SendAck { msg_id: dm.msg_id });
+            return Ok(());
+        }
+        let max = ctx.config.queue_depth_max;
+        if targets.iter().any(|i| self.queue_len.get(i).copied().unwrap_or(0) >= max) {
+            return Err(RelayError::QueueFull { max });
+        }
+        for p in dm.payloads {
+            let id = self.next_delivery_id;
+            self.next_delivery_id += 1;
+            let queued = QueuedDm {
+                from_username: sender.username.clone(),
+                from: dm.from,
+                msg_id: dm.msg_id,
+                sealed: p.sealed,
+                queued_at_us: ctx.now,
+            };
+            ctx.save(Table::Queues, &queue_key(&p.installation, id), &queued)?;
+            *self.queue_len.entry(p.installation).or_default() += 1;
+        }
+        ctx.save(Table::Meta, META_NEXT_DELIVERY_ID, &self.next_delivery_id)?;
+        ctx.save(Table::SeenSends, &seen, &SeenSend { expires_at_us: ctx.now + ctx.config.seen_send_ttl_us })?;
+        ctx.send_durable(Peer::Tag(tag), rid, Body::SendAck { msg_id: dm.msg_id });
+        for installation in targets {
+            if let Some(bound) = registry.tag_for_installation(&*ctx.store, &installation)? {
+                self.deliver_pending(ctx, &installation, bound, stats)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn on_ack<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        registry: &Registry,
+        tag: SenderTag,
+        _rid: u64,
+        delivery_ids: &[u64],
+        stats: &mut NodeStats,
+    ) -> Result<(), RelayError> {
+        if delivery_ids.len() > ACK_IDS_MAX {
+            return Err(RelayError::TooManyAcks { count: delivery_ids.len(), max: ACK_IDS_MAX });
+        }
+        let installation = registry.installation_for_tag(&tag).ok_or(RelayError::NotLoggedIn)?;
+        for &id in delivery_ids {
+            let key = queue_key(&installation, id);
+            if ctx.store.get(Table::Queues, &key)?.is_some() {
+                ctx.store.delete(Table::Queues, &key)?;
+                if let Some(n) = self.queue_len.get_mut(&installation) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.queue_len.remove(&installation);
+                    }
+                }
+            }
+            self.forget_inflight(&installation, id);
+        }
+        self.deliver_pending(ctx, &installation, tag, stats)?;
+        Ok(())
+    }
+
+    /// A tag was (re-)bound to `installation`: everything in flight goes again to the new tag.
+    pub fn on_bound<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        installation: &InstallationId,
+        tag: SenderTag,
+        stats: &mut NodeStats,
+    ) -> Result<(), RelayError> {
+        if let Some(old) = self.inflight.remove(installation) {
+            for (id, f) in old {
+                self.timers.remove(&(f.due_us, *installation, id));
+            }
+        }
+        self.deliver_pending(ctx, installation, tag, stats)?;
+        Ok(())
+    }
+
+    /// Sends queued messages not yet in flight, oldest first, up to the window.
+    pub fn deliver_pending<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        installation: &InstallationId,
+        tag: SenderTag,
+        stats: &mut NodeStats,
+    ) -> Result<(), StoreError> {
+        let window = ctx.config.deliveries_inflight_max;
+        let inflight_now = self.inflight.get(installation).map_or(0, BTreeMap::len);
+        if inflight_now >= window || !self.queue_len.contains_key(installation) {
+            return Ok(());
+        }
+        let mut room = window - inflight_now;
+        for (k, v) in ctx.store.scan_prefix(Table::Queues, installation)? {
+            if room == 0 {
+                break;
+            }
+            let id = u64::from_be_bytes(k[32..40].try_into().expect("queue key is 40 bytes"));
+            if self.inflight.get(installation).is_some_and(|m| m.contains_key(&id)) {
+                continue;
+            }
+            let queued: QueuedDm = crate::codec::decode(&v)
+                .map_err(|e| StoreError::Corrupt { table: "queues", detail: e.to_string() })?;
+            self.send_delivery(ctx, installation, tag, id, queued);
+            let backoff_us = ctx.config.redeliver_after_us;
+            self.track(installation, id, Inflight { due_us: ctx.now + backoff_us, backoff_us });
+            stats.deliveries += 1;
+            room -= 1;
+        }
+        Ok(())
+    }
+
+    pub fn on_timeout<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        registry: &Registry,
+        stats: &mut NodeStats,
+    ) -> Result<(), StoreError> {
+        while let Some(&(due, installation, id)) = self.timers.first() {
+            if due > ctx.now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(f) = self.inflight.get(&installation).and_then(|m| m.get(&id)).copied() else { continue };
+            self.forget_inflight(&installation, id);
+            let tag = registry.tag_for_installation(&*ctx.store, &installation)?;
+            let queued: Option<QueuedDm> = load(&*ctx.store, Table::Queues, &queue_key(&installation, id))?;
+            if let (Some(tag), Some(queued)) = (tag, queued) {
+                self.send_delivery(ctx, &installation, tag, id, queued);
+                let backoff_us = (f.backoff_us * 2).min(ctx.config.redeliver_after_max_us);
+                self.track(&installation, id, Inflight { due_us: ctx.now + backoff_us, backoff_us });
+                stats.redeliveries += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets expired send-dedupe entries.
+    pub fn sweep<S: Store>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), StoreError> {
+        for (k, v) in ctx.store.scan_prefix(Table::SeenSends, &[])? {
+            let expired = crate::codec::decode::<SeenSend>(&v).map_or(true, |s| s.expires_at_us <= ctx.now);
+            if expired {
+                ctx.store.delete(Table::SeenSends, &k)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn send_delivery<S: Store>(&self, ctx: &mut Ctx<'_, S>, _installation: &InstallationId, tag: SenderTag, id: u64, q: QueuedDm) {
+        ctx.send_durable(
+            Peer::Tag(tag),
+            0,
+            Body::Deliver { delivery_id: id, from_username: q.from_username, from: q.from, msg_id: q.msg_id, sealed: q.sealed },
+        );
+    }
+
+    fn track(&mut self, installation: &InstallationId, id: u64, f: Inflight) {
+        self.inflight.entry(*installation).or_default().insert(id, f);
+        self.timers.insert((f.due_us, *installation, id));
+    }
+
+    fn forget_inflight(&mut self, installation: &InstallationId, id: u64) {
+        if let Some(m) = self.inflight.get_mut(installation) {
+            if let Some(f) = m.remove(&id) {
+                self.timers.remove(&(f.due_us, *installation, id));
+            }
+            if m.is_empty() {
+                self.inflight.remove(installation);
+            }
+        }
+    }
+}

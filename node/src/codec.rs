@@ -1,0 +1,150 @@
+//! The one codec module: every encode/decode of wire or stored bytes goes through here,
+//! so the format (bincode 2, standard configuration) can be swapped in one place.
+//!
+//! Decoding arbitrary bytes never panics and never allocates more than the frame limit:
+//! bincode's configured limit bounds every length prefix before allocation.
+
+use bincode::config::{self, Configuration, Limit, LittleEndian, Varint};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::limits::FRAME_BYTES_MAX;
+use crate::wire::{Envelope, WIRE_VERSION};
+
+type Config = Configuration<LittleEndian, Varint, Limit<FRAME_BYTES_MAX>>;
+
+fn config() -> Config {
+    config::standard().with_limit::<FRAME_BYTES_MAX>()
+}
+
+/// Why bytes could not be turned into a value (or a value into bytes).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("frame is empty")]
+    Empty,
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("unsupported wire version {0}")]
+    UnsupportedVersion(u8),
+    #[error("malformed: {0}")]
+    Malformed(String),
+    #[error("{0} trailing bytes after the value")]
+    Trailing(usize),
+}
+
+/// Encodes a value with the project codec (no version byte): stored records, signed bytes.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Encoding an in-memory value only fails if it exceeds the limit, which every
+    // constructor bounds; a failure here is a programming error, so say which.
+    bincode::serde::encode_to_vec(value, config()).expect("value exceeds FRAME_BYTES_MAX")
+}
+
+/// Encodes a value, returning an error instead of panicking when it exceeds the limit.
+pub fn try_encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Malformed(e.to_string()))
+}
+
+/// Decodes a value, rejecting trailing bytes.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    if bytes.len() > FRAME_BYTES_MAX {
+        return Err(CodecError::TooLarge { len: bytes.len(), max: FRAME_BYTES_MAX });
+    }
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(bytes, config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::Trailing(bytes.len() - used));
+    }
+    Ok(value)
+}
+
+/// Encodes a frame: `WIRE_VERSION || bincode(envelope)`.
+pub fn encode_frame(envelope: &Envelope) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(64);
+    out.push(WIRE_VERSION);
+    let body = try_encode(envelope)?;
+    out.extend_from_slice(&body);
+    if out.len() > FRAME_BYTES_MAX {
+        return Err(CodecError::TooLarge { len: out.len(), max: FRAME_BYTES_MAX });
+    }
+    Ok(out)
+}
+
+/// Decodes a frame, checking size and version before anything else.
+pub fn decode_frame(bytes: &[u8]) -> Result<Envelope, CodecError> {
+    if bytes.len() > FRAME_BYTES_MAX {
+        return Err(CodecError::TooLarge { len: bytes.len(), max: FRAME_BYTES_MAX });
+    }
+    let (&version, rest) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if version != WIRE_VERSION {
+        return Err(CodecError::UnsupportedVersion(version));
+    }
+    decode(rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Body, ErrorCode};
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trip() {
+        let env = Envelope { request_id: 7, body: Body::Lookup { username: "alice".into() } };
+        let bytes = encode_frame(&env).unwrap();
+        assert_eq!(decode_frame(&bytes).unwrap(), env);
+    }
+
+    #[test]
+    fn oversized_frame_is_rejected_before_decoding() {
+        let bytes = vec![WIRE_VERSION; FRAME_BYTES_MAX + 1];
+        assert_eq!(
+            decode_frame(&bytes),
+            Err(CodecError::TooLarge { len: FRAME_BYTES_MAX + 1, max: FRAME_BYTES_MAX })
+        );
+    }
+
+    #[test]
+    fn huge_length_prefix_does_not_allocate() {
+        // Lookup with a username whose varint length claims u64::MAX bytes.
+        let mut bytes = vec![WIRE_VERSION, 0, 7];
+        bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        assert!(matches!(decode_frame(&bytes), Err(CodecError::Malformed(_))));
+    }
+
+    #[test]
+    fn unknown_version_and_empty_and_trailing() {
+        assert_eq!(decode_frame(&[]), Err(CodecError::Empty));
+        assert_eq!(decode_frame(&[9, 0, 0]), Err(CodecError::UnsupportedVersion(9)));
+        let env = Envelope {
+            request_id: 1,
+            body: Body::Error { code: ErrorCode::Busy, detail: String::new() },
+        };
+        let mut bytes = encode_frame(&env).unwrap();
+        bytes.push(0);
+        assert_eq!(decode_frame(&bytes), Err(CodecError::Trailing(1)));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = decode_frame(&bytes);
+        }
+
+        #[test]
+        fn truncated_frames_are_errors(cut in 0usize..200, name in "[a-z]{3,20}", id in any::<u64>()) {
+            let env = Envelope { request_id: id, body: Body::Lookup { username: name } };
+            let bytes = encode_frame(&env).unwrap();
+            let cut = cut % bytes.len();
+            prop_assert!(decode_frame(&bytes[..cut]).is_err());
+        }
+
+        #[test]
+        fn bit_flips_never_panic(flip in any::<usize>(), id in any::<u64>()) {
+            let env = Envelope { request_id: id, body: Body::AckDelivery { delivery_ids: vec![1, 2, 3] } };
+            let mut bytes = encode_frame(&env).unwrap();
+            let i = flip % bytes.len();
+            bytes[i] ^= 1 << (flip % 8);
+            let _ = decode_frame(&bytes);
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Identity model: account keys, installation keys and certificates, usernames, and the
+//! exact bytes every signature covers. Normative text: `specs/registry.md`.
+//!
+//! Every signed message is `label || 0x00 || codec(fields)`; labels are distinct so a
+//! signature for one purpose can never be replayed as another.
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use rand_core::Rng;
+use serde::Serialize;
+
+use crate::codec;
+use crate::limits::{USERNAME_BYTES_MAX, USERNAME_BYTES_MIN};
+use crate::wire::{DhPublicKey, InstallationCert, InstallationId, MsgId, Nonce, PublicKey, SendDm, Sig};
+
+pub const LABEL_CERT: &str = "nymstr/v1/installation-cert";
+pub const LABEL_INSTALLATION_ID: &str = "nymstr/v1/installation-id";
+pub const LABEL_REGISTER_ACCOUNT: &str = "nymstr/v1/register/account";
+pub const LABEL_REGISTER_INSTALLATION: &str = "nymstr/v1/register/installation";
+pub const LABEL_LOGIN: &str = "nymstr/v1/login";
+pub const LABEL_SEND_DM: &str = "nymstr/v1/send-dm";
+
+/// Names nobody may register: they would impersonate the service or its operators.
+pub const RESERVED_USERNAMES: &[&str] = &[
+    "admin", "administrator", "root", "system", "node", "nymstr", "nym", "support", "help",
+    "abuse", "postmaster", "security", "steward", "relay", "registry", "federation",
+    "everyone", "all", "null", "anonymous", "operator", "moderator",
+];
+
+/// Why a username is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsernameError {
+    #[error("username must be {USERNAME_BYTES_MIN} to {USERNAME_BYTES_MAX} characters")]
+    Length,
+    #[error("username may hold only a-z, 0-9 and '_' and must start with a letter")]
+    Charset,
+    #[error("username is reserved")]
+    Reserved,
+}
+
+/// Case-folds and validates a username (rules in `specs/registry.md`).
+pub fn normalize_username(raw: &str) -> Result<String, UsernameError> {
+    if raw.len() < USERNAME_BYTES_MIN || raw.len() > USERNAME_BYTES_MAX {
+        return Err(UsernameError::Length);
+    }
+    if !raw.is_ascii() {
+        return Err(UsernameError::Charset);
+    }
+    let folded = raw.to_ascii_lowercase();
+    let mut chars = folded.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+    if !first_ok || !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        return Err(UsernameError::Charset);
+    }
+    if RESERVED_USERNAMES.contains(&folded.as_str()) {
+        return Err(UsernameError::Reserved);
+    }
+    Ok(folded)
+}
+
+/// `label || 0x00 || codec(fields)`.
+pub fn signing_bytes<T: Serialize>(label: &str, fields: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(label.len() + 96);
+    out.extend_from_slice(label.as_bytes());
+    out.push(0);
+    out.extend_from_slice(&codec::encode(fields));
+    out
+}
+
+pub fn sign(key: &SigningKey, message: &[u8]) -> Sig {
+    Sig(key.sign(message).to_bytes())
+}
+
+/// Why a signature or certificate is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("public key is not a valid ed25519 point")]
+    BadKey,
+    #[error("signature does not verify")]
+    BadSignature,
+}
+
+/// Strict ed25519 verification (rejects small-order keys and malleable signatures).
+pub fn verify(key: &PublicKey, message: &[u8], sig: &Sig) -> Result<(), VerifyError> {
+    let key = VerifyingKey::from_bytes(key).map_err(|_| VerifyError::BadKey)?;
+    let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
+    key.verify_strict(message, &sig).map_err(|_| VerifyError::BadSignature)
+}
+
+/// Draws a fresh ed25519 key from the caller's (seeded) generator.
+pub fn generate_signing_key(rng: &mut impl Rng) -> SigningKey {
+    let mut secret = [0u8; 32];
+    rng.fill_bytes(&mut secret);
+    SigningKey::from_bytes(&secret)
+}
+
+pub fn cert_signing_bytes(
+    account_key: &PublicKey,
+    signing_key: &PublicKey,
+    dh_key: &DhPublicKey,
+    created_at_us: u64,
+) -> Vec<u8> {
+    signing_bytes(LABEL_CERT, &(account_key, signing_key, dh_key, created_at_us))
+}
+
+/// Issues a certificate for an installation, signed by the account key.
+pub fn issue_cert(
+    account: &SigningKey,
+    installation_key: &PublicKey,
+    dh_key: &DhPublicKey,
+    created_at_us: u64,
+) -> InstallationCert {
+    let account_key = account.verifying_key().to_bytes();
+    let sig = sign(account, &cert_signing_bytes(&account_key, installation_key, dh_key, created_at_us));
+    InstallationCert { account_key, signing_key: *installation_key, dh_key: *dh_key, created_at_us, sig }
+}
+
+/// Checks that the account key signed this certificate.
+pub fn verify_cert(cert: &InstallationCert) -> Result<(), VerifyError> {
+    let bytes = cert_signing_bytes(&cert.account_key, &cert.signing_key, &cert.dh_key, cert.created_at_us);
+    verify(&cert.account_key, &bytes, &cert.sig)
+}
+
+/// Installation id: `blake3::derive_key(LABEL_INSTALLATION_ID, signing_key)`.
+pub fn installation_id(signing_key: &PublicKey) -> InstallationId {
+    blake3::derive_key(LABEL_INSTALLATION_ID, signing_key)
+}
+
+/// Bytes signed by the account key to complete a registration.
+pub fn register_account_bytes(nonce: &Nonce, username: &str, installation: &InstallationId) -> Vec<u8> {
+    signing_bytes(LABEL_REGISTER_ACCOUNT, &(nonce, username, installation))
+}
+
+/// Bytes signed by the installation key to complete a registration.
+pub fn register_installation_bytes(nonce: &Nonce, username: &str, installation: &InstallationId) -> Vec<u8> {
+    signing_bytes(LABEL_REGISTER_INSTALLATION, &(nonce, username, installation))
+}
+
+/// Bytes signed by the installation key to log in.
+pub fn login_bytes(nonce: &Nonce, installation: &InstallationId) -> Vec<u8> {
+    signing_bytes(LABEL_LOGIN, &(nonce, installation))
+}
+
+/// Bytes of a `SendDm` covered by its outer signature (everything but the signature).
+pub fn send_dm_signing_bytes(dm: &SendDm) -> Vec<u8> {
+    send_dm_fields_bytes(&dm.from, &dm.to, &dm.msg_id, &dm.payloads)
+}
+
+pub fn send_dm_fields_bytes(
+    from: &InstallationId,
+    to: &str,
+    msg_id: &MsgId,
+    payloads: &[crate::wire::InstallationPayload],
+) -> Vec<u8> {
+    signing_bytes(LABEL_SEND_DM, &(from, to, msg_id, payloads))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    #[test]
+    fn usernames_fold_and_reject() {
+        assert_eq!(normalize_username("Alice_01").unwrap(), "alice_01");
+        assert_eq!(normalize_username("ab"), Err(UsernameError::Length));
+        assert_eq!(normalize_username(&"a".repeat(33)), Err(UsernameError::Length));
+        assert_eq!(normalize_username("1alice"), Err(UsernameError::Charset));
+        assert_eq!(normalize_username("al ice"), Err(UsernameError::Charset));
+        assert_eq!(normalize_username("alicé"), Err(UsernameError::Charset));
+        assert_eq!(normalize_username("ADMIN"), Err(UsernameError::Reserved));
+    }
+
+    #[test]
+    fn cert_verifies_and_forgery_fails() {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let account = generate_signing_key(&mut rng);
+        let inst = generate_signing_key(&mut rng).verifying_key().to_bytes();
+        let mut cert = issue_cert(&account, &inst, &[9; 32], 5);
+        assert_eq!(verify_cert(&cert), Ok(()));
+        cert.dh_key[0] ^= 1;
+        assert_eq!(verify_cert(&cert), Err(VerifyError::BadSignature));
+        let other = generate_signing_key(&mut rng);
+        let forged = issue_cert(&other, &inst, &[9; 32], 5);
+        let mut swapped = forged.clone();
+        swapped.account_key = account.verifying_key().to_bytes();
+        assert_eq!(verify_cert(&swapped), Err(VerifyError::BadSignature));
+    }
+
+    #[test]
+    fn labels_separate_purposes() {
+        let nonce = [1; 32];
+        let inst = [2; 32];
+        assert_ne!(register_installation_bytes(&nonce, "bob", &inst), register_account_bytes(&nonce, "bob", &inst));
+    }
+}

@@ -1,0 +1,17 @@
+//! Every bound a node enforces, in one place (TigerBeetle style: units in names).
+
+/// Largest frame accepted on any transport, in bytes (version byte included).
+pub const FRAME_BYTES_MAX: usize = 64 * 1024;
+/// Largest end-to-end payload for one recipient installation, in bytes.
+pub const DM_PAYLOAD_BYTES_MAX: usize = 32 * 1024;
+/// Installations one account may hold (multi-device, F1).
+pub const INSTALLATIONS_PER_ACCOUNT_MAX: usize = 16;
+/// Delivery ids one `AckDelivery` may carry.
+pub const ACK_IDS_MAX: usize = 256;
+/// Length of a free-text error detail on the wire.
+pub const ERROR_DETAIL_BYTES_MAX: usize = 256;
+/// Username length after case folding, in bytes.
+pub const USERNAME_BYTES_MIN: usize = 3;
+pub const USERNAME_BYTES_MAX: usize = 32;
+/// Transport address length (nym `Recipient` is 96 bytes).
+pub const ADDRESS_BYTES_MAX: usize = 128;
