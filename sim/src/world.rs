@@ -1,0 +1,1261 @@
+//! The discrete-event engine: one thread, a queue of `(time, seq)` events in virtual
+//! microseconds, and hosts for the very same node and client cores the real binaries run.
+//!
+//! The engine is the "environment" of the sans-IO cores: it hands them time, their seeded
+//! ChaCha streams and an in-memory store with crash semantics, models the mixnet between
+//! them, injects faults, and checks the oracles.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+
+use nymstr_client::{ClientConfig, ClientCore, Event};
+use nymstr_node::actors::{Output, Peer, SenderTag};
+use nymstr_node::codec;
+use nymstr_node::store::{MemStore, Store};
+use nymstr_node::wire::{Body, Envelope, MsgId};
+use nymstr_node::{NodeCore, actors::NodeStats};
+use rand_chacha::ChaCha20Rng;
+use rand_core::Rng;
+
+use crate::mixnet::{self, Moments, Us, ms_to_us};
+use crate::report::{self, Report};
+use crate::rng::{self, Stream};
+use crate::scenario::{Fault, Scenario};
+
+/// Virtual time of the simulation's start: 2026-01-01T00:00:00Z.
+pub const EPOCH_US: Us = 1_767_225_600_000_000;
+const DRAIN_CHECK_US: Us = 1_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Endpoint {
+    Node(u32),
+    Client(u32),
+}
+
+#[derive(Clone, Debug)]
+enum Ev {
+    /// A packet of a message reaches its destination.
+    Fragment { msg: u64, frag: u32 },
+    /// The sender's retransmission timer for a packet fires.
+    Retransmit { msg: u64, frag: u32 },
+    FlushDone { node: u32, incarnation: u32, mark: u64 },
+    BackgroundFlush { node: u32 },
+    NodeTimer { node: u32, generation: u64 },
+    ClientTimer { client: u32, generation: u64 },
+    Join { client: u32 },
+    DmTick { client: u32 },
+    Offline { client: u32 },
+    Online { client: u32 },
+    Crash { node: u32, restart_after: Us },
+    Restart { node: u32 },
+    LossStart { loss: f64, until: Us },
+    LossEnd,
+    DrainCheck,
+}
+
+impl Ev {
+    fn code(&self) -> u8 {
+        match self {
+            Ev::Fragment { .. } => 1,
+            Ev::Retransmit { .. } => 2,
+            Ev::FlushDone { .. } => 3,
+            Ev::BackgroundFlush { .. } => 4,
+            Ev::NodeTimer { .. } => 5,
+            Ev::ClientTimer { .. } => 6,
+            Ev::Join { .. } => 7,
+            Ev::DmTick { .. } => 8,
+            Ev::Offline { .. } => 9,
+            Ev::Online { .. } => 10,
+            Ev::Crash { .. } => 11,
+            Ev::Restart { .. } => 12,
+            Ev::LossStart { .. } => 13,
+            Ev::LossEnd => 14,
+            Ev::DrainCheck => 15,
+        }
+    }
+}
+
+struct Scheduled {
+    at: Us,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+/// What a message in the mixnet carries.
+#[derive(Clone, Debug)]
+enum Payload {
+    /// Client to node; the node sees only `tag`, and the SURBs are credited to it.
+    ToNode { tag: SenderTag, owner: u32, session: u32, bytes: Vec<u8>, surbs: u32 },
+    /// Node to client, travelling on the client's SURBs.
+    ToClient { bytes: Vec<u8> },
+    /// Node asks the client behind `tag` for more SURBs (sent on a SURB).
+    SurbRequest { tag: SenderTag },
+    /// Client answers with fresh SURBs only.
+    SurbTopUp { tag: SenderTag, owner: u32, session: u32, surbs: u32 },
+}
+
+/// Which leg of a direct message a mixnet message is, for the latency oracle.
+#[derive(Clone, Copy, Debug)]
+enum Leg {
+    Send(MsgId),
+    Deliver(MsgId),
+}
+
+struct InFlight {
+    src: Endpoint,
+    /// Incarnation (node) or session (client) of the sender: a retransmission from a
+    /// sender that crashed or went offline never happens.
+    src_life: u32,
+    dst: Endpoint,
+    /// For a client destination, the session the SURB leads to.
+    dst_life: u32,
+    payload: Payload,
+    frags: u32,
+    received: Vec<bool>,
+    received_count: u32,
+    delivered: bool,
+    /// Scheduled events still referring to this message.
+    pending: u32,
+    /// No packet of it was lost or retransmitted, and its sender was idle when it left.
+    clean: bool,
+    leg: Option<Leg>,
+    created_at: Us,
+}
+
+struct TagState {
+    owner: u32,
+    session: u32,
+    surbs: u32,
+    waiting: VecDeque<Vec<u8>>,
+    requested: bool,
+}
+
+struct NodeHost {
+    core: Option<NodeCore<MemStore>>,
+    down_store: Option<MemStore>,
+    incarnation: u32,
+    held: Vec<(u64, Peer, Envelope)>,
+    flushing: bool,
+    timer_generation: u64,
+    timer_at: Option<Us>,
+    last_depart: Us,
+    /// Registered clients homed here (the workload's recipients).
+    registered: Vec<u32>,
+    /// Stats of previous incarnations, summed.
+    past_stats: NodeStats,
+}
+
+struct ClientHost {
+    core: ClientCore,
+    node: u32,
+    username: String,
+    online: bool,
+    session: u32,
+    tag: SenderTag,
+    address: [u8; 32],
+    transport_rng: ChaCha20Rng,
+    registered: bool,
+    timer_generation: u64,
+    timer_at: Option<Us>,
+    last_depart: Us,
+    /// People this user writes to (the workload's social circle).
+    contacts: Vec<u32>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct DmRecord {
+    sender: u32,
+    recipient: u32,
+    sent_at: Us,
+    node_acked: bool,
+    sender_acked: bool,
+    failed: bool,
+    delivered: u32,
+    /// Sent at once (contact cached) from an idle Poisson queue.
+    leg1_at_once: bool,
+    leg1_frags: u32,
+    leg1_clean: bool,
+    node_rx_at: Option<Us>,
+    deliver_produced_at: Option<Us>,
+    deliver_released_at: Option<Us>,
+    leg2_frags: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub packets: u64,
+    pub packets_lost: u64,
+    pub retransmissions: u64,
+    pub dropped_at_down_endpoint: u64,
+    pub surbs_used: u64,
+    pub surb_requests: u64,
+    pub frames_to_nodes: u64,
+    pub frames_to_clients: u64,
+    pub registered: u64,
+    pub logins: u64,
+    pub rejected_deliveries: u64,
+    pub failed_requests: u64,
+    pub flushes: u64,
+    pub crashes: u64,
+    pub offline_periods: u64,
+    pub transit_first_attempt: Moments,
+    pub latency_residual: Moments,
+    pub flush_wait: Moments,
+}
+
+pub struct World {
+    sc: Scenario,
+    now: Us,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    trace: blake3::Hasher,
+    events: u64,
+    mix_rng: ChaCha20Rng,
+    work_rng: ChaCha20Rng,
+    loss: f64,
+    traffic_stopped: bool,
+    finished: bool,
+    nodes: Vec<NodeHost>,
+    clients: Vec<ClientHost>,
+    msgs: BTreeMap<u64, InFlight>,
+    next_msg: u64,
+    tags: BTreeMap<SenderTag, TagState>,
+    dms: BTreeMap<MsgId, DmRecord>,
+    latencies_ms: Vec<f64>,
+    expected_cache: BTreeMap<(u32, u64), f64>,
+    pub metrics: Metrics,
+    violations: Vec<String>,
+    checks: u64,
+}
+
+impl World {
+    pub fn new(sc: Scenario) -> Self {
+        let seed = sc.seed;
+        let mut work_rng = rng::stream(seed, Stream::Workload);
+        let mut nodes = Vec::new();
+        for i in 0..sc.nodes.discovery {
+            let core = NodeCore::start(
+                EPOCH_US,
+                MemStore::new(),
+                rng::stream(seed, Stream::Node { index: i, incarnation: 0 }),
+                sc.nodes.core.clone(),
+            )
+            .expect("an empty store always starts");
+            nodes.push(NodeHost {
+                core: Some(core),
+                down_store: None,
+                incarnation: 0,
+                held: Vec::new(),
+                flushing: false,
+                timer_generation: 0,
+                timer_at: None,
+                last_depart: 0,
+                registered: Vec::new(),
+                past_stats: NodeStats::default(),
+            });
+        }
+        let mut clients = Vec::new();
+        for i in 0..sc.clients.count {
+            let mut transport_rng = rng::stream(seed, Stream::ClientTransport { index: i });
+            let mut address = [0u8; 32];
+            transport_rng.fill_bytes(&mut address);
+            let mut tag = [0u8; 16];
+            transport_rng.fill_bytes(&mut tag);
+            clients.push(ClientHost {
+                core: ClientCore::new(rng::stream(seed, Stream::Client { index: i }), ClientConfig::default()),
+                node: i % sc.nodes.discovery,
+                username: format!("user{i}"),
+                online: true,
+                session: 0,
+                tag: SenderTag(tag),
+                address,
+                transport_rng,
+                registered: false,
+                timer_generation: 0,
+                timer_at: None,
+                last_depart: 0,
+                contacts: Vec::new(),
+            });
+        }
+        let mut w = World {
+            mix_rng: rng::stream(seed, Stream::Mixnet),
+            loss: sc.mixnet.packet_loss,
+            now: EPOCH_US,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            trace: blake3::Hasher::new_derive_key("nymstr-sim/v1/trace"),
+            events: 0,
+            traffic_stopped: false,
+            finished: false,
+            nodes,
+            clients,
+            msgs: BTreeMap::new(),
+            next_msg: 0,
+            tags: BTreeMap::new(),
+            dms: BTreeMap::new(),
+            latencies_ms: Vec::new(),
+            expected_cache: BTreeMap::new(),
+            metrics: Metrics::default(),
+            violations: Vec::new(),
+            checks: 0,
+            work_rng: rng::stream(seed, Stream::Workload),
+            sc,
+        };
+        // Schedule joins, faults, background flushes and the end of traffic.
+        let spread = w.sc.clients.join_spread.us();
+        for i in 0..w.sc.clients.count {
+            let at = EPOCH_US + if spread == 0 { 0 } else { rng::below(&mut work_rng, spread) };
+            w.schedule(at, Ev::Join { client: i });
+        }
+        w.work_rng = work_rng;
+        for i in 0..w.sc.nodes.discovery {
+            let at = EPOCH_US + ms_to_us(w.sc.nodes.background_flush_ms);
+            w.schedule(at, Ev::BackgroundFlush { node: i });
+            w.after_node_step(i);
+        }
+        let faults: Vec<Fault> = w.sc.faults().cloned().collect();
+        for f in faults {
+            match f {
+                Fault::Crash { at, node, restart_after } => {
+                    w.schedule(EPOCH_US + at.us(), Ev::Crash { node, restart_after: restart_after.us() })
+                }
+                Fault::LossBurst { at, duration, packet_loss } => w.schedule(
+                    EPOCH_US + at.us(),
+                    Ev::LossStart { loss: packet_loss, until: EPOCH_US + at.us() + duration.us() },
+                ),
+            }
+        }
+        let end = EPOCH_US + w.sc.duration.us();
+        w.schedule(end, Ev::DrainCheck);
+        w
+    }
+
+    fn schedule(&mut self, at: Us, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled { at: at.max(self.now), seq: self.seq, ev }));
+    }
+
+    fn end_of_traffic(&self) -> Us {
+        EPOCH_US + self.sc.duration.us()
+    }
+
+    /// Runs to completion and returns the report.
+    pub fn run(mut self) -> Report {
+        let started = std::time::Instant::now();
+        while let Some(Reverse(s)) = self.queue.pop() {
+            self.now = s.at;
+            self.events += 1;
+            self.trace.update(&s.at.to_le_bytes());
+            self.trace.update(&s.seq.to_le_bytes());
+            self.trace.update(&[s.ev.code()]);
+            self.handle(s.ev);
+            if self.finished {
+                break;
+            }
+        }
+        let wall_time_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.judge();
+        self.report(wall_time_ms)
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Fragment { msg, frag } => self.on_fragment(msg, frag),
+            Ev::Retransmit { msg, frag } => self.on_retransmit(msg, frag),
+            Ev::FlushDone { node, incarnation, mark } => self.on_flush_done(node, incarnation, mark),
+            Ev::BackgroundFlush { node } => {
+                let n = &self.nodes[node as usize];
+                if let Some(core) = &n.core
+                    && !n.flushing
+                    && core.store().write_seq() > core.store().durable_seq()
+                {
+                    self.start_flush(node);
+                }
+                let at = self.now + ms_to_us(self.sc.nodes.background_flush_ms);
+                self.schedule(at, Ev::BackgroundFlush { node });
+            }
+            Ev::NodeTimer { node, generation } => {
+                let n = &mut self.nodes[node as usize];
+                if n.timer_generation != generation {
+                    return;
+                }
+                n.timer_at = None;
+                if let Some(core) = n.core.as_mut() {
+                    core.handle_timeout(self.now);
+                    self.after_node_step(node);
+                }
+            }
+            Ev::ClientTimer { client, generation } => {
+                let c = &mut self.clients[client as usize];
+                if c.timer_generation != generation {
+                    return;
+                }
+                c.timer_at = None;
+                c.core.handle_timeout(self.now);
+                self.after_client_step(client);
+            }
+            Ev::Join { client } => {
+                let now = self.now;
+                let c = &mut self.clients[client as usize];
+                let name = c.username.clone();
+                c.core.register(now, &name).expect("generated usernames are valid");
+                self.after_client_step(client);
+                self.schedule_offline(client);
+            }
+            Ev::DmTick { client } => self.on_dm_tick(client),
+            Ev::Offline { client } => {
+                let c = &mut self.clients[client as usize];
+                if !c.online {
+                    return;
+                }
+                c.online = false;
+                self.metrics.offline_periods += 1;
+                let mean_us = self.sc.clients.offline_mean.us() as f64;
+                let back = self.now + rng::exp(&mut self.work_rng, mean_us) as Us;
+                self.schedule(back, Ev::Online { client });
+            }
+            Ev::Online { client } => {
+                let now = self.now;
+                let c = &mut self.clients[client as usize];
+                c.online = true;
+                c.session += 1;
+                let mut tag = [0u8; 16];
+                c.transport_rng.fill_bytes(&mut tag);
+                c.tag = SenderTag(tag);
+                c.last_depart = 0;
+                if c.registered {
+                    c.core.login(now).expect("registered");
+                    self.metrics.logins += 1;
+                }
+                self.after_client_step(client);
+                self.schedule_offline(client);
+            }
+            Ev::Crash { node, restart_after } => self.crash(node, restart_after),
+            Ev::Restart { node } => self.restart(node),
+            Ev::LossStart { loss, until } => {
+                self.loss = loss;
+                self.schedule(until, Ev::LossEnd);
+            }
+            Ev::LossEnd => self.loss = self.sc.mixnet.packet_loss,
+            Ev::DrainCheck => {
+                self.traffic_stopped = true;
+                let limit = self.end_of_traffic() + self.sc.drain_max.us();
+                if self.quiescent() || self.now >= limit {
+                    self.finished = true;
+                } else {
+                    self.schedule(self.now + DRAIN_CHECK_US, Ev::DrainCheck);
+                }
+            }
+        }
+    }
+
+    fn schedule_offline(&mut self, client: u32) {
+        let rate = self.sc.clients.offline_per_hour;
+        if rate <= 0.0 || self.traffic_stopped {
+            return;
+        }
+        let mean_us = 3_600_000_000.0 / rate;
+        let at = self.now + rng::exp(&mut self.work_rng, mean_us) as Us;
+        if at < self.end_of_traffic() {
+            self.schedule(at, Ev::Offline { client });
+        }
+    }
+
+    fn quiescent(&self) -> bool {
+        self.msgs.is_empty()
+            && self.nodes.iter().all(|n| n.core.as_ref().is_some_and(|c| c.queued_total() == 0) && n.held.is_empty())
+            && self.clients.iter().all(|c| c.online && c.core.is_idle() && c.core.unacked_sends() == 0)
+    }
+
+    // --- workload ---
+
+    fn on_dm_tick(&mut self, client: u32) {
+        if self.traffic_stopped {
+            return;
+        }
+        let rate = self.sc.workload.dm.rate_per_client_per_min;
+        if rate <= 0.0 {
+            return;
+        }
+        let next = self.now + rng::exp(&mut self.work_rng, 60_000_000.0 / rate) as Us;
+        if next < self.end_of_traffic() {
+            self.schedule(next, Ev::DmTick { client });
+        }
+        let (online, home) = {
+            let c = &self.clients[client as usize];
+            (c.online, c.node)
+        };
+        let candidates = &self.nodes[home as usize].registered;
+        if !online || candidates.len() < 2 {
+            return;
+        }
+        let dm = &self.sc.workload.dm;
+        let (new_share, circle_max) = (dm.new_contact_share, dm.contacts_max as usize);
+        let known = &self.clients[client as usize].contacts;
+        let recipient = if !known.is_empty() && (known.len() >= circle_max || !rng::chance(&mut self.work_rng, new_share)) {
+            known[rng::below(&mut self.work_rng, known.len() as u64) as usize]
+        } else {
+            let pick = loop {
+                let pick = candidates[rng::below(&mut self.work_rng, candidates.len() as u64) as usize];
+                if pick != client {
+                    break pick;
+                }
+            };
+            // Conversations go both ways: each now counts the other as a contact.
+            for (a, b) in [(client, pick), (pick, client)] {
+                let list = &mut self.clients[a as usize].contacts;
+                if !list.contains(&b) && list.len() < circle_max {
+                    list.push(b);
+                }
+            }
+            pick
+        };
+        let mut body = vec![0u8; self.sc.workload.dm.message_bytes as usize];
+        self.work_rng.fill_bytes(&mut body);
+        let to = self.clients[recipient as usize].username.clone();
+        let now = self.now;
+        let idle_queue = self.clients[client as usize].last_depart <= now;
+        let core = &mut self.clients[client as usize].core;
+        let Ok(msg_id) = core.send_dm(now, &to, &body) else { return };
+        let transmits: Vec<Envelope> = core.drain_transmits().collect();
+        let at_once = idle_queue && transmits.iter().any(|e| matches!(&e.body, Body::SendDm(d) if d.msg_id == msg_id));
+        self.dms.insert(
+            msg_id,
+            DmRecord { sender: client, recipient, sent_at: now, leg1_at_once: at_once, ..DmRecord::default() },
+        );
+        for env in transmits {
+            self.client_transmit(client, env);
+        }
+        self.after_client_step(client);
+    }
+
+    // --- hosts ---
+
+    fn after_client_step(&mut self, client: u32) {
+        let transmits: Vec<Envelope> = self.clients[client as usize].core.drain_transmits().collect();
+        for env in transmits {
+            self.client_transmit(client, env);
+        }
+        while let Some(ev) = self.clients[client as usize].core.poll_event() {
+            self.on_client_event(client, ev);
+        }
+        let c = &mut self.clients[client as usize];
+        let want = c.core.poll_timeout();
+        if want != c.timer_at {
+            c.timer_generation += 1;
+            c.timer_at = want;
+            let generation = c.timer_generation;
+            if let Some(at) = want {
+                self.schedule(at, Ev::ClientTimer { client, generation });
+            }
+        }
+    }
+
+    fn on_client_event(&mut self, client: u32, ev: Event) {
+        match ev {
+            Event::Registered { .. } => {
+                let c = &mut self.clients[client as usize];
+                if !c.registered {
+                    c.registered = true;
+                    let home = c.node;
+                    self.metrics.registered += 1;
+                    self.nodes[home as usize].registered.push(client);
+                    self.on_dm_tick_schedule(client);
+                }
+            }
+            Event::SendAcked { msg_id, .. } => {
+                if let Some(d) = self.dms.get_mut(&msg_id) {
+                    d.sender_acked = true;
+                }
+            }
+            Event::Received { msg_id, .. } => {
+                let now = self.now;
+                let Some(d) = self.dms.get_mut(&msg_id) else {
+                    self.violations.push(format!("client {client} received a message nobody sent"));
+                    return;
+                };
+                if d.recipient != client {
+                    self.violations.push(format!("message for client {} surfaced at client {client}", d.recipient));
+                }
+                d.delivered += 1;
+                if d.delivered == 1 {
+                    self.latencies_ms.push((now - d.sent_at) as f64 / 1000.0);
+                }
+            }
+            Event::Rejected { from, reason, .. } => {
+                self.metrics.rejected_deliveries += 1;
+                self.violations.push(format!("client {client} rejected an honest message from {from}: {reason}"));
+            }
+            Event::Failed { what, code, .. } => {
+                self.metrics.failed_requests += 1;
+                if let nymstr_client::Operation::Send { msg_id, .. } = what
+                    && let Some(d) = self.dms.get_mut(&msg_id)
+                {
+                    d.failed = true;
+                    self.violations.push(format!("send from client {client} failed with {code:?}"));
+                }
+            }
+            Event::LoggedIn { .. } | Event::LookedUp { .. } => {}
+        }
+    }
+
+    fn on_dm_tick_schedule(&mut self, client: u32) {
+        let rate = self.sc.workload.dm.rate_per_client_per_min;
+        if rate > 0.0 && !self.traffic_stopped {
+            let at = self.now + rng::exp(&mut self.work_rng, 60_000_000.0 / rate) as Us;
+            if at < self.end_of_traffic() {
+                self.schedule(at, Ev::DmTick { client });
+            }
+        }
+    }
+
+    fn after_node_step(&mut self, node: u32) {
+        let n = &mut self.nodes[node as usize];
+        let Some(core) = n.core.as_mut() else { return };
+        let outputs: Vec<Output> = core.drain_outputs().collect();
+        let durable = core.store().durable_seq();
+        let want = core.poll_timeout();
+        let mut now_sends = Vec::new();
+        for Output::Send { to, envelope, durable_after } in outputs {
+            if let Body::Deliver { msg_id, .. } = &envelope.body
+                && let Some(d) = self.dms.get_mut(msg_id)
+                && d.deliver_produced_at.is_none()
+            {
+                d.deliver_produced_at = Some(self.now);
+            }
+            if durable_after <= durable {
+                now_sends.push((to, envelope));
+            } else {
+                n.held.push((durable_after, to, envelope));
+            }
+        }
+        let need_flush = !n.held.is_empty() && !n.flushing;
+        if want != n.timer_at {
+            n.timer_generation += 1;
+            n.timer_at = want;
+            let generation = n.timer_generation;
+            if let Some(at) = want {
+                self.schedule(at, Ev::NodeTimer { node, generation });
+            }
+        }
+        for (to, env) in now_sends {
+            self.node_transmit(node, to, env);
+        }
+        if need_flush {
+            self.start_flush(node);
+        }
+    }
+
+    fn start_flush(&mut self, node: u32) {
+        let n = &mut self.nodes[node as usize];
+        let Some(core) = n.core.as_ref() else { return };
+        n.flushing = true;
+        let mark = core.store().write_seq();
+        let incarnation = n.incarnation;
+        self.metrics.flushes += 1;
+        self.schedule(self.now + ms_to_us(self.sc.nodes.flush_ms), Ev::FlushDone { node, incarnation, mark });
+    }
+
+    fn on_flush_done(&mut self, node: u32, incarnation: u32, mark: u64) {
+        let n = &mut self.nodes[node as usize];
+        if n.incarnation != incarnation {
+            return;
+        }
+        let Some(core) = n.core.as_mut() else { return };
+        core.store_mut().flush_upto(mark);
+        n.flushing = false;
+        let held = std::mem::take(&mut n.held);
+        let (ready, still): (Vec<_>, Vec<_>) = held.into_iter().partition(|(after, _, _)| *after <= mark);
+        n.held = still;
+        let again = !n.held.is_empty();
+        for (_, to, env) in ready {
+            if let Body::Deliver { msg_id, .. } = &env.body
+                && let Some(d) = self.dms.get_mut(msg_id)
+                && d.deliver_released_at.is_none()
+            {
+                d.deliver_released_at = Some(self.now);
+            }
+            self.node_transmit(node, to, env);
+        }
+        if again {
+            self.start_flush(node);
+        }
+    }
+
+    fn crash(&mut self, node: u32, restart_after: Us) {
+        let n = &mut self.nodes[node as usize];
+        let Some(core) = n.core.take() else { return };
+        n.past_stats = add_stats(&n.past_stats, &core.stats);
+        let mut store = core.into_store();
+        store.crash();
+        n.down_store = Some(store);
+        n.held.clear();
+        n.flushing = false;
+        n.incarnation += 1;
+        n.timer_generation += 1;
+        n.timer_at = None;
+        self.metrics.crashes += 1;
+        self.schedule(self.now + restart_after, Ev::Restart { node });
+    }
+
+    fn restart(&mut self, node: u32) {
+        let seed = self.sc.seed;
+        let config = self.sc.nodes.core.clone();
+        let now = self.now;
+        let n = &mut self.nodes[node as usize];
+        let store = n.down_store.take().expect("a down node holds its store");
+        let rng = rng::stream(seed, Stream::Node { index: node, incarnation: n.incarnation });
+        match NodeCore::start(now, store, rng, config) {
+            Ok(core) => n.core = Some(core),
+            Err(e) => self.violations.push(format!("node {node} could not restart: {e}")),
+        }
+        self.after_node_step(node);
+    }
+
+    // --- transport ---
+
+    fn client_transmit(&mut self, client: u32, env: Envelope) {
+        let c = &self.clients[client as usize];
+        if !c.online {
+            return;
+        }
+        let bytes = codec::encode_frame(&env).expect("client frames fit the limit");
+        let leg = match &env.body {
+            Body::SendDm(d) => Some(Leg::Send(d.msg_id)),
+            _ => None,
+        };
+        let (node, session) = (c.node, c.session);
+        let payload = Payload::ToNode { tag: c.tag, owner: client, session, bytes, surbs: self.sc.mixnet.surbs_per_message };
+        self.send_message(Endpoint::Client(client), session, Endpoint::Node(node), 0, payload, leg);
+    }
+
+    fn node_transmit(&mut self, node: u32, to: Peer, env: Envelope) {
+        let tag = match to {
+            Peer::Tag(tag) => tag,
+            Peer::Address(addr) => {
+                if self.clients.iter().any(|c| c.address.as_slice() == addr.0.as_slice()) {
+                    self.violations.push(format!("node {node} addressed a client by its mixnet address"));
+                }
+                return;
+            }
+        };
+        if let Body::SendAck { msg_id } = &env.body
+            && let Some(d) = self.dms.get_mut(msg_id)
+        {
+            d.node_acked = true;
+        }
+        let bytes = codec::encode_frame(&env).expect("node frames fit the limit");
+        let leg = match &env.body {
+            Body::Deliver { msg_id, .. } => Some(Leg::Deliver(*msg_id)),
+            _ => None,
+        };
+        self.reply(node, tag, bytes, leg);
+    }
+
+    /// Sends `bytes` to the client behind `tag` on its SURBs, asking for more when low.
+    fn reply(&mut self, node: u32, tag: SenderTag, bytes: Vec<u8>, leg: Option<Leg>) {
+        let Some(t) = self.tags.get_mut(&tag) else {
+            self.violations.push(format!("node {node} replied to a tag it never received from"));
+            return;
+        };
+        let frags = mixnet::fragments(&self.sc.mixnet, bytes.len(), 0);
+        if t.surbs >= frags && t.waiting.is_empty() {
+            t.surbs -= frags;
+            self.metrics.surbs_used += u64::from(frags);
+            let (owner, session) = (t.owner, t.session);
+            let life = self.nodes[node as usize].incarnation;
+            self.send_message(Endpoint::Node(node), life, Endpoint::Client(owner), session, Payload::ToClient { bytes }, leg);
+        } else {
+            t.waiting.push_back(bytes);
+        }
+        self.maybe_request_surbs(node, tag);
+    }
+
+    fn maybe_request_surbs(&mut self, node: u32, tag: SenderTag) {
+        const LOW_WATERMARK: u32 = 2;
+        let t = self.tags.get_mut(&tag).expect("tag exists");
+        if t.requested || t.surbs == 0 || (t.surbs >= LOW_WATERMARK && t.waiting.is_empty()) {
+            return;
+        }
+        t.surbs -= 1;
+        t.requested = true;
+        self.metrics.surbs_used += 1;
+        self.metrics.surb_requests += 1;
+        let (owner, session) = (t.owner, t.session);
+        let life = self.nodes[node as usize].incarnation;
+        self.send_message(Endpoint::Node(node), life, Endpoint::Client(owner), session, Payload::SurbRequest { tag }, None);
+    }
+
+    fn send_message(&mut self, src: Endpoint, src_life: u32, dst: Endpoint, dst_life: u32, payload: Payload, leg: Option<Leg>) {
+        let p = &self.sc.mixnet;
+        let (len, surbs) = match &payload {
+            Payload::ToNode { bytes, surbs, .. } => (bytes.len(), *surbs),
+            Payload::ToClient { bytes } => (bytes.len(), 0),
+            Payload::SurbRequest { .. } => (32, 0),
+            Payload::SurbTopUp { surbs, .. } => (0, *surbs),
+        };
+        let frags = mixnet::fragments(p, len, surbs);
+        let id = self.next_msg;
+        self.next_msg += 1;
+        let idle = self.last_depart(src) <= self.now;
+        self.msgs.insert(
+            id,
+            InFlight {
+                src,
+                src_life,
+                dst,
+                dst_life,
+                payload,
+                frags,
+                received: vec![false; frags as usize],
+                received_count: 0,
+                delivered: false,
+                pending: 0,
+                clean: idle,
+                leg,
+                created_at: self.now,
+            },
+        );
+        if let Some(Leg::Send(m)) = leg
+            && let Some(d) = self.dms.get_mut(&m)
+        {
+            d.leg1_frags = frags;
+        }
+        if let Some(Leg::Deliver(m)) = leg
+            && let Some(d) = self.dms.get_mut(&m)
+            && d.leg2_frags == 0
+        {
+            d.leg2_frags = frags;
+        }
+        for frag in 0..frags {
+            self.launch(id, frag, true);
+        }
+    }
+
+    fn last_depart(&self, e: Endpoint) -> Us {
+        match e {
+            Endpoint::Node(i) => self.nodes[i as usize].last_depart,
+            Endpoint::Client(i) => self.clients[i as usize].last_depart,
+        }
+    }
+
+    /// Puts one packet on the wire from its sender's Poisson queue.
+    fn launch(&mut self, id: u64, frag: u32, first: bool) {
+        let src = self.msgs[&id].src;
+        let interval = match src {
+            Endpoint::Node(_) => self.sc.mixnet.node_send_interval_ms_mean,
+            Endpoint::Client(_) => self.sc.mixnet.send_interval_ms_mean,
+        };
+        let depart = mixnet::next_departure(self.now, self.last_depart(src), interval, &mut self.mix_rng);
+        match src {
+            Endpoint::Node(i) => self.nodes[i as usize].last_depart = depart,
+            Endpoint::Client(i) => self.clients[i as usize].last_depart = depart,
+        }
+        self.metrics.packets += 1;
+        let rto = mixnet::retransmit_timeout_us(&self.sc.mixnet);
+        let lost = rng::chance(&mut self.mix_rng, self.loss);
+        let transit = mixnet::transit_us(&self.sc.mixnet, &mut self.mix_rng);
+        let ack_lost = !lost && rng::chance(&mut self.mix_rng, self.loss);
+        let m = self.msgs.get_mut(&id).expect("message exists");
+        if lost {
+            self.metrics.packets_lost += 1;
+            m.clean = false;
+            m.pending += 1;
+            self.schedule(depart + rto, Ev::Retransmit { msg: id, frag });
+            return;
+        }
+        if first {
+            self.metrics.transit_first_attempt.add(transit as f64);
+        }
+        m.pending += 1;
+        if ack_lost {
+            m.clean = false;
+            m.pending += 1;
+            self.schedule(depart + rto, Ev::Retransmit { msg: id, frag });
+        }
+        self.schedule(depart + transit, Ev::Fragment { msg: id, frag });
+    }
+
+    fn release(&mut self, id: u64) {
+        let m = self.msgs.get_mut(&id).expect("message exists");
+        m.pending -= 1;
+        if m.pending == 0 {
+            self.msgs.remove(&id);
+        }
+    }
+
+    fn alive(&self, e: Endpoint, life: u32) -> bool {
+        match e {
+            Endpoint::Node(i) => {
+                let n = &self.nodes[i as usize];
+                n.core.is_some() && n.incarnation == life
+            }
+            Endpoint::Client(i) => {
+                let c = &self.clients[i as usize];
+                c.online && c.session == life
+            }
+        }
+    }
+
+    fn on_retransmit(&mut self, id: u64, frag: u32) {
+        let m = &self.msgs[&id];
+        let resend = !m.delivered && !m.received[frag as usize] && self.alive(m.src, m.src_life);
+        self.trace.update(&id.to_le_bytes());
+        if resend {
+            self.metrics.retransmissions += 1;
+            if matches!(m.src, Endpoint::Node(_)) {
+                self.metrics.surbs_used += 1;
+            }
+            self.launch(id, frag, false);
+        }
+        self.release(id);
+    }
+
+    fn on_fragment(&mut self, id: u64, frag: u32) {
+        self.trace.update(&id.to_le_bytes());
+        self.trace.update(&frag.to_le_bytes());
+        let dst_up = {
+            let m = &self.msgs[&id];
+            match m.dst {
+                Endpoint::Node(i) => self.nodes[i as usize].core.is_some(),
+                Endpoint::Client(i) => {
+                    let c = &self.clients[i as usize];
+                    c.online && c.session == m.dst_life
+                }
+            }
+        };
+        if !dst_up {
+            self.metrics.dropped_at_down_endpoint += 1;
+            self.release(id);
+            return;
+        }
+        let m = self.msgs.get_mut(&id).expect("message exists");
+        if !m.received[frag as usize] {
+            m.received[frag as usize] = true;
+            m.received_count += 1;
+        }
+        let complete = m.received_count == m.frags && !m.delivered;
+        if complete {
+            m.delivered = true;
+            let (dst, payload, clean, leg, created_at) = (m.dst, m.payload.clone(), m.clean, m.leg, m.created_at);
+            self.deliver(dst, payload, clean, leg, created_at);
+        }
+        self.release(id);
+    }
+
+    fn deliver(&mut self, dst: Endpoint, payload: Payload, clean: bool, leg: Option<Leg>, created_at: Us) {
+        let now = self.now;
+        match (dst, payload) {
+            (Endpoint::Node(node), Payload::ToNode { tag, owner, session, bytes, surbs }) => {
+                self.credit_surbs(node, tag, owner, session, surbs);
+                self.metrics.frames_to_nodes += 1;
+                self.trace.update(blake3::hash(&bytes).as_bytes());
+                if let Some(Leg::Send(m)) = leg
+                    && let Some(d) = self.dms.get_mut(&m)
+                    && d.node_rx_at.is_none()
+                {
+                    d.node_rx_at = Some(now);
+                    // Only the first transmission counts: a retry restarts the clock.
+                    d.leg1_clean = clean && created_at == d.sent_at;
+                }
+                let core = self.nodes[node as usize].core.as_mut().expect("destination is up");
+                core.handle_frame(now, Peer::Tag(tag), &bytes);
+                self.after_node_step(node);
+            }
+            (Endpoint::Node(node), Payload::SurbTopUp { tag, owner, session, surbs }) => {
+                self.credit_surbs(node, tag, owner, session, surbs)
+            }
+            (Endpoint::Client(client), Payload::ToClient { bytes }) => {
+                self.metrics.frames_to_clients += 1;
+                self.trace.update(blake3::hash(&bytes).as_bytes());
+                if let Some(Leg::Deliver(m)) = leg {
+                    self.note_leg2(m, clean, created_at);
+                }
+                self.clients[client as usize].core.handle_frame(now, &bytes);
+                self.after_client_step(client);
+            }
+            (Endpoint::Client(client), Payload::SurbRequest { tag }) => {
+                let c = &self.clients[client as usize];
+                let (node, session) = (c.node, c.session);
+                let surbs = self.sc.mixnet.surbs_per_message;
+                self.send_message(
+                    Endpoint::Client(client),
+                    session,
+                    Endpoint::Node(node),
+                    0,
+                    Payload::SurbTopUp { tag, owner: client, session, surbs },
+                    None,
+                );
+            }
+            (dst, _) => self.violations.push(format!("mixnet delivered a message of the wrong kind to {dst:?}")),
+        }
+    }
+
+    /// Latency oracle sample: a clean DM's latency against the model's expectation.
+    fn note_leg2(&mut self, msg: MsgId, leg2_clean: bool, leg2_sent_at: Us) {
+        let Some(d) = self.dms.get(&msg) else { return };
+        let (Some(rx), Some(produced), Some(released)) = (d.node_rx_at, d.deliver_produced_at, d.deliver_released_at)
+        else {
+            return;
+        };
+        let recipient_online = self.clients[d.recipient as usize].online;
+        // The first release of the Deliver, produced in the step that accepted the send.
+        let first_release = leg2_sent_at == released;
+        let clean = d.leg1_at_once
+            && d.leg1_clean
+            && leg2_clean
+            && first_release
+            && produced == rx
+            && d.delivered == 0
+            && recipient_online;
+        if !clean {
+            return;
+        }
+        let (k1, k2) = (d.leg1_frags, d.leg2_frags);
+        let sent_at = d.sent_at;
+        let observed = (self.now - sent_at) as f64;
+        let flush_wait = (released - rx) as f64;
+        let client_interval = self.sc.mixnet.send_interval_ms_mean;
+        let node_interval = self.sc.mixnet.node_send_interval_ms_mean;
+        let e1 = self.expected(k1, client_interval);
+        let e2 = self.expected(k2, node_interval);
+        self.metrics.flush_wait.add(flush_wait);
+        if std::env::var_os("NYMSTR_SIM_DEBUG").is_some() && observed - (e1 + flush_wait + e2) > 1_000_000.0 {
+            eprintln!(
+                "outlier: observed {observed} e1 {e1} e2 {e2} flush {flush_wait} sent {} rx {rx} released {released} now {} k1 {k1} k2 {k2} leg1 {}",
+                sent_at - EPOCH_US,
+                self.now - EPOCH_US,
+                rx - sent_at
+            );
+        }
+        self.metrics.latency_residual.add(observed - (e1 + flush_wait + e2));
+    }
+
+    fn expected(&mut self, k: u32, interval_ms: f64) -> f64 {
+        let key = (k, interval_ms.to_bits());
+        if let Some(v) = self.expected_cache.get(&key) {
+            return *v;
+        }
+        let mut r = rng::stream(self.sc.seed, Stream::Expectation);
+        let v = mixnet::expected_message_us(&self.sc.mixnet, k, interval_ms, &mut r);
+        self.expected_cache.insert(key, v);
+        v
+    }
+
+    fn credit_surbs(&mut self, node: u32, tag: SenderTag, owner: u32, session: u32, surbs: u32) {
+        let t = self.tags.entry(tag).or_insert(TagState {
+            owner,
+            session,
+            surbs: 0,
+            waiting: VecDeque::new(),
+            requested: false,
+        });
+        t.surbs += surbs;
+        t.requested = false;
+        self.send_waiting(node, tag);
+    }
+
+    /// Replies that waited for SURBs go now, oldest first.
+    fn send_waiting(&mut self, node: u32, tag: SenderTag) {
+        loop {
+            let t = self.tags.get_mut(&tag).expect("tag exists");
+            let Some(front) = t.waiting.front() else { break };
+            let frags = mixnet::fragments(&self.sc.mixnet, front.len(), 0);
+            if t.surbs < frags {
+                break;
+            }
+            t.surbs -= frags;
+            let bytes = t.waiting.pop_front().expect("front exists");
+            let (owner, session) = (t.owner, t.session);
+            self.metrics.surbs_used += u64::from(frags);
+            let life = self.nodes[node as usize].incarnation;
+            let leg = match codec::decode_frame(&bytes).map(|e| e.body) {
+                Ok(Body::Deliver { msg_id, .. }) => Some(Leg::Deliver(msg_id)),
+                _ => None,
+            };
+            self.send_message(Endpoint::Node(node), life, Endpoint::Client(owner), session, Payload::ToClient { bytes }, leg);
+        }
+        self.maybe_request_surbs(node, tag);
+    }
+
+    // --- oracles ---
+
+    fn judge(&mut self) {
+        let mut checks = 0u64;
+        // 1. Every send the node acknowledged is delivered exactly once; every send is
+        //    eventually acknowledged to its sender.
+        for (id, d) in &self.dms {
+            checks += 1;
+            if d.failed {
+                continue;
+            }
+            if d.node_acked_or_delivered() && d.delivered == 0 {
+                self.violations.push(format!(
+                    "acknowledged message {} from client {} to client {} lost",
+                    hex8(id),
+                    d.sender,
+                    d.recipient
+                ));
+            }
+            if d.delivered > 1 {
+                self.violations.push(format!("message {} delivered {} times", hex8(id), d.delivered));
+            }
+            if !d.sender_acked {
+                self.violations.push(format!("message {} never acknowledged to its sender", hex8(id)));
+            }
+        }
+        // 2. No node holds a client's mixnet address.
+        let addresses: BTreeSet<[u8; 32]> = self.clients.iter().map(|c| c.address).collect();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let store = n.core.as_ref().map(|c| c.store()).or(n.down_store.as_ref());
+            let Some(store) = store else { continue };
+            for (table, k, v) in store.all_values() {
+                checks += 1;
+                for bytes in [k, v] {
+                    if bytes.len() >= 32 && bytes.windows(32).any(|w| addresses.contains(<&[u8; 32]>::try_from(w).expect("32"))) {
+                        self.violations.push(format!("node {i} stores a client address in table {}", table.name()));
+                    }
+                }
+            }
+        }
+        // 3. Observed latency agrees with the model.
+        let t = self.metrics.transit_first_attempt;
+        if t.n >= 30 {
+            checks += 1;
+            let expect = f64::from(self.sc.mixnet.hops) * self.sc.mixnet.hop_delay_ms_mean * 1000.0;
+            let se = expect / f64::from(self.sc.mixnet.hops).sqrt() / (t.n as f64).sqrt();
+            if (t.mean() - expect).abs() > 6.0 * se + 1000.0 {
+                self.violations.push(format!(
+                    "packet transit mean {:.1} ms disagrees with the model's {:.1} ms",
+                    t.mean() / 1000.0,
+                    expect / 1000.0
+                ));
+            }
+        }
+        let r = self.metrics.latency_residual;
+        if r.n >= 30 {
+            checks += 1;
+            // 1 ms slack for rounding microseconds per hop.
+            if r.mean().abs() > 6.0 * r.std_error() + 1000.0 {
+                self.violations.push(format!(
+                    "clean DM latency is off the model by {:.1} ms (+/- {:.1} ms, n = {})",
+                    r.mean() / 1000.0,
+                    r.std_error() / 1000.0,
+                    r.n
+                ));
+            }
+        }
+        self.checks = checks;
+    }
+
+    fn report(&self, wall_time_ms: f64) -> Report {
+        let mut node_stats = NodeStats::default();
+        for n in &self.nodes {
+            node_stats = add_stats(&node_stats, &n.past_stats);
+            if let Some(c) = &n.core {
+                node_stats = add_stats(&node_stats, &c.stats);
+            }
+        }
+        let mut lat = self.latencies_ms.clone();
+        lat.sort_by(f64::total_cmp);
+        let sent = self.dms.len() as u64;
+        let acked = self.dms.values().filter(|d| d.sender_acked).count() as u64;
+        let delivered = self.dms.values().filter(|d| d.delivered > 0).count() as u64;
+        let duplicates = self.dms.values().map(|d| u64::from(d.delivered.saturating_sub(1))).sum();
+        let lost = self.dms.values().filter(|d| !d.failed && d.node_acked_or_delivered() && d.delivered == 0).count() as u64;
+        let sim_time_ms = (self.now - EPOCH_US) as f64 / 1000.0;
+        Report {
+            seed: self.sc.seed,
+            scenario_hash: self.sc.hash(),
+            trace_hash: self.trace.finalize().to_hex().to_string(),
+            sim_time_ms,
+            wall_time_ms,
+            speedup: if wall_time_ms > 0.0 { sim_time_ms / wall_time_ms } else { 0.0 },
+            events: self.events,
+            events_per_sec: if wall_time_ms > 0.0 { self.events as f64 / (wall_time_ms / 1000.0) } else { 0.0 },
+            nodes: self.sc.nodes.discovery,
+            clients: self.sc.clients.count,
+            registered: self.metrics.registered,
+            dm: report::Dm {
+                sent,
+                acked,
+                delivered,
+                duplicates,
+                lost,
+                failed: self.dms.values().filter(|d| d.failed).count() as u64,
+                rejected: self.metrics.rejected_deliveries,
+            },
+            latency_ms: report::Latency {
+                p50: report::percentile(&lat, 0.50),
+                p90: report::percentile(&lat, 0.90),
+                p99: report::percentile(&lat, 0.99),
+                max: lat.last().copied().unwrap_or(0.0),
+                clean_samples: self.metrics.latency_residual.n,
+                clean_residual_mean: self.metrics.latency_residual.mean() / 1000.0,
+                clean_residual_std_error: self.metrics.latency_residual.std_error() / 1000.0,
+                flush_wait_mean: self.metrics.flush_wait.mean() / 1000.0,
+                packet_transit_mean: self.metrics.transit_first_attempt.mean() / 1000.0,
+                packet_transit_model: f64::from(self.sc.mixnet.hops) * self.sc.mixnet.hop_delay_ms_mean,
+            },
+            mixnet: report::MixnetStats {
+                packets: self.metrics.packets,
+                packets_lost: self.metrics.packets_lost,
+                retransmissions: self.metrics.retransmissions,
+                dropped_at_down_endpoint: self.metrics.dropped_at_down_endpoint,
+                surbs_used: self.metrics.surbs_used,
+                surb_requests: self.metrics.surb_requests,
+            },
+            node: node_stats,
+            faults: report::Faults {
+                crashes: self.metrics.crashes,
+                offline_periods: self.metrics.offline_periods,
+                store_flushes: self.metrics.flushes,
+            },
+            invariants: report::Invariants { checked: self.checks, violations: self.violations.clone() },
+        }
+    }
+}
+
+impl DmRecord {
+    /// The node acknowledged it (we see that as the sender's ack, or as a delivery, which
+    /// the node only releases after the same durable write).
+    fn node_acked_or_delivered(&self) -> bool {
+        self.node_acked || self.sender_acked || self.delivered > 0
+    }
+}
+
+fn hex8(id: &MsgId) -> String {
+    id[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn add_stats(a: &NodeStats, b: &NodeStats) -> NodeStats {
+    NodeStats {
+        frames_in: a.frames_in + b.frames_in,
+        frames_rejected: a.frames_rejected + b.frames_rejected,
+        registrations: a.registrations + b.registrations,
+        logins: a.logins + b.logins,
+        lookups: a.lookups + b.lookups,
+        dms_accepted: a.dms_accepted + b.dms_accepted,
+        dms_rejected: a.dms_rejected + b.dms_rejected,
+        deliveries: a.deliveries + b.deliveries,
+        redeliveries: a.redeliveries + b.redeliveries,
+        acks: a.acks + b.acks,
+    }
+}
