@@ -1,1 +1,57 @@
-fn main(){}
+//! Relay core throughput beside its physical limit on this machine: one strict ed25519
+//! verification per message. Run: `cargo bench -p nymstr-benches --bench relay`.
+
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use nymstr_benches::Bench;
+use nymstr_node::actors::{Output, Peer};
+use nymstr_node::codec;
+use nymstr_node::store::Store;
+use nymstr_node::wire::Body;
+
+fn relay(c: &mut Criterion) {
+    let mut g = c.benchmark_group("relay");
+    g.throughput(Throughput::Elements(1));
+    g.measurement_time(Duration::from_secs(4));
+    g.sample_size(20);
+
+    // The floor: verify one signature over a message the size of a SendDm's signed bytes.
+    let key = SigningKey::from_bytes(&[9; 32]);
+    let vk: VerifyingKey = key.verifying_key();
+    let msg = vec![5u8; 900];
+    let sig = key.sign(&msg);
+    g.bench_function("ed25519_verify_strict", |b| b.iter(|| vk.verify_strict(&msg, &sig).expect("valid")));
+
+    // The core: decode, verify, queue durably, deliver to the bound recipient, and delete
+    // on the recipient's ack. Frames are prepared outside the timed section.
+    let mut bench = Bench::new();
+    g.bench_function("send_deliver_ack_cycle", |b| {
+        b.iter_custom(|iters| {
+            let frames = bench.send_frames(iters as usize, 200);
+            let start = Instant::now();
+            for f in &frames {
+                bench.node.handle_frame(bench.now, Peer::Tag(bench.alice_tag), f);
+                let mut ids = Vec::new();
+                for Output::Send { envelope, .. } in bench.node.drain_outputs() {
+                    if let Body::Deliver { delivery_id, .. } = envelope.body {
+                        ids.push(delivery_id);
+                    }
+                }
+                bench.node.store_mut().flush().expect("memory flush");
+                let ack = nymstr_node::wire::Envelope { request_id: 0, body: Body::AckDelivery { delivery_ids: ids } };
+                bench.node.handle_frame(bench.now, Peer::Tag(bench.bob_tag), &codec::encode_frame(&ack).expect("fits"));
+                bench.node.drain_outputs().for_each(drop);
+            }
+            let elapsed = start.elapsed();
+            // Keep the client's bookkeeping bounded across criterion's many calls.
+            while bench.alice.poll_event().is_some() {}
+            elapsed
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, relay);
+criterion_main!(benches);

@@ -24,6 +24,7 @@ pub const LABEL_DM_INNER: &str = "nymstr/v1/dm-inner";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedDm {
     pub eph_pub: DhPublicKey,
+    #[serde(with = "serde_bytes")]
     pub ciphertext: Vec<u8>,
 }
 
@@ -36,6 +37,7 @@ pub struct DmInner {
     pub to_installation: InstallationId,
     pub msg_id: MsgId,
     pub sent_at_us: u64,
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     pub sig: nymstr_node::wire::Sig,
 }

@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 use serde_big_array::BigArray;
 
+use crate::limits::{ACK_IDS_MAX, INSTALLATIONS_PER_ACCOUNT_MAX};
+
 /// Wire protocol version carried as the first byte of every frame.
 pub const WIRE_VERSION: u8 = 1;
 
@@ -54,6 +56,7 @@ pub struct Envelope {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallationPayload {
     pub installation: InstallationId,
+    #[serde(with = "serde_bytes")]
     pub sealed: Vec<u8>,
 }
 
@@ -63,6 +66,7 @@ pub struct SendDm {
     pub from: InstallationId,
     pub to: String,
     pub msg_id: MsgId,
+    #[serde(deserialize_with = "bounded::vec::<_, _, INSTALLATIONS_PER_ACCOUNT_MAX>")]
     pub payloads: Vec<InstallationPayload>,
     /// Signature by the sender installation over `identity::send_dm_signing_bytes`.
     pub sig: Sig,
@@ -89,16 +93,31 @@ pub enum Body {
     /// Anyone may look up a username.
     Lookup { username: String },
     /// The account's key and its current installation certificates.
-    LookupResult { username: String, account_key: PublicKey, installations: Vec<InstallationCert> },
+    LookupResult {
+        username: String,
+        account_key: PublicKey,
+        #[serde(deserialize_with = "bounded::vec::<_, _, INSTALLATIONS_PER_ACCOUNT_MAX>")]
+        installations: Vec<InstallationCert>,
+    },
 
     // --- relay ---
     SendDm(SendDm),
     /// The node holds the message durably for every targeted installation.
     SendAck { msg_id: MsgId },
     /// The node delivers a queued message to a bound installation.
-    Deliver { delivery_id: u64, from_username: String, from: InstallationId, msg_id: MsgId, sealed: Vec<u8> },
+    Deliver {
+        delivery_id: u64,
+        from_username: String,
+        from: InstallationId,
+        msg_id: MsgId,
+        #[serde(with = "serde_bytes")]
+        sealed: Vec<u8>,
+    },
     /// The recipient acknowledges deliveries; the node deletes them.
-    AckDelivery { delivery_ids: Vec<u64> },
+    AckDelivery {
+        #[serde(deserialize_with = "bounded::vec::<_, _, ACK_IDS_MAX>")]
+        delivery_ids: Vec<u64>,
+    },
 
     // --- errors ---
     Error { code: ErrorCode, detail: String },
@@ -197,5 +216,43 @@ impl<'de> Deserialize<'de> for ErrorCode {
         let code = u16::deserialize(d)?;
         ErrorCode::from_u16(code)
             .ok_or_else(|| serde::de::Error::custom(format_args!("unknown error code {code}")))
+    }
+}
+
+/// Sequences with a protocol bound, decoded without trusting the declared length: at most
+/// `MAX` elements, and never more capacity reserved than that. (serde's own `Vec` reserves
+/// up to 1 MiB from the declared length before it finds the bytes missing.)
+pub mod bounded {
+    use std::marker::PhantomData;
+
+    use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
+
+    pub fn vec<'de, D, T, const MAX: usize>(d: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de>,
+    {
+        struct V<T, const MAX: usize>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const MAX: usize> Visitor<'de> for V<T, MAX> {
+            type Value = Vec<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "a sequence of at most {MAX} elements")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+                let declared = seq.size_hint().unwrap_or(0);
+                if declared > MAX {
+                    return Err(A::Error::custom(format_args!("{declared} elements exceed the limit of {MAX}")));
+                }
+                let mut out = Vec::with_capacity(declared);
+                while let Some(item) = seq.next_element()? {
+                    if out.len() == MAX {
+                        return Err(A::Error::custom(format_args!("more than {MAX} elements")));
+                    }
+                    out.push(item);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V::<T, MAX>(PhantomData))
     }
 }

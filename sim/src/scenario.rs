@@ -150,11 +150,21 @@ pub struct Nodes {
     pub background_flush_ms: f64,
     /// Node core settings; every key of `NodeConfig` (durations in microseconds).
     pub core: nymstr_node::NodeConfig,
+    /// Fault injection (FoundationDB's "buggify"): the host sends acknowledgements
+    /// before the write they acknowledge is durable. A known-bad node; the oracles must
+    /// catch what it loses in a crash.
+    pub buggify_ack_before_flush: bool,
 }
 
 impl Default for Nodes {
     fn default() -> Self {
-        Self { discovery: 1, flush_ms: 5.0, background_flush_ms: 500.0, core: nymstr_node::NodeConfig::default() }
+        Self {
+            discovery: 1,
+            flush_ms: 5.0,
+            background_flush_ms: 500.0,
+            core: nymstr_node::NodeConfig::default(),
+            buggify_ack_before_flush: false,
+        }
     }
 }
 

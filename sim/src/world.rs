@@ -630,7 +630,7 @@ impl World {
         let n = &mut self.nodes[node as usize];
         let Some(core) = n.core.as_mut() else { return };
         let outputs: Vec<Output> = core.drain_outputs().collect();
-        let durable = core.store().durable_seq();
+        let durable = if self.sc.nodes.buggify_ack_before_flush { u64::MAX } else { core.store().durable_seq() };
         let want = core.poll_timeout();
         let mut now_sends = Vec::new();
         for Output::Send { to, envelope, durable_after } in outputs {
@@ -1107,11 +1107,14 @@ impl World {
                 continue;
             }
             if d.node_acked_or_delivered() && d.delivered == 0 {
+                let r = &self.clients[d.recipient as usize];
                 self.violations.push(format!(
-                    "acknowledged message {} from client {} to client {} lost",
+                    "acknowledged message {} from client {} to client {} lost (recipient {}, {} unanswered requests)",
                     hex8(id),
                     d.sender,
-                    d.recipient
+                    d.recipient,
+                    if r.online { "online" } else { "offline" },
+                    if r.core.is_idle() { "no" } else { "some" },
                 ));
             }
             if d.delivered > 1 {

@@ -1,0 +1,293 @@
+//! Checks the test vectors of `specs/wire.md` byte for byte.
+//!
+//! Every fenced ```text block of the spec that contains a `vector:` line is one vector:
+//!
+//! ```text
+//! vector: lookup_alice
+//! kind: frame
+//! value: Envelope { request_id: 7, body: Lookup { username: "alice" } }
+//! hex: 01 07 07 05 616c696365
+//! ```
+//!
+//! * `kind: frame` — `hex` is `codec::encode_frame` of the value the test builds for the
+//!   vector's name; decoding `hex` with `codec::decode_frame` gives the value back.
+//! * `kind: bytes` — `hex` is the output of a codec or identity function (signed bytes,
+//!   derived ids) the test computes for the vector's name.
+//! * `kind: reject` — `codec::decode_frame(hex)` fails with the class named by `error:`.
+//!
+//! A line `key: value` starts a field; any other line continues the previous field (so
+//! `hex` may span lines). In `hex`, whitespace and `#` comments (to the end of the line)
+//! are ignored. An unknown vector name fails the test, so the spec and this file must
+//! change together.
+
+use ed25519_dalek::SigningKey;
+use nymstr_node::codec::{self, CodecError};
+use nymstr_node::identity;
+use nymstr_node::wire::{Body, Envelope, ErrorCode, InstallationCert, InstallationPayload, SendDm};
+
+const SPEC: &str = include_str!("../../specs/wire.md");
+
+// --- deterministic inputs (documented in specs/wire.md, "Test vectors") ---
+
+/// Fixed 32-byte secrets: ed25519 seeds and an X25519 scalar.
+fn ed25519(byte: u8) -> SigningKey {
+    SigningKey::from_bytes(&[byte; 32])
+}
+
+fn x25519_public(byte: u8) -> [u8; 32] {
+    x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([byte; 32])).to_bytes()
+}
+
+const ALICE_CREATED_AT_US: u64 = 1_700_000_000_000_000;
+const BOB_CREATED_AT_US: u64 = 1_700_000_000_500_000;
+
+fn alice_account() -> SigningKey {
+    ed25519(0x01)
+}
+fn alice_installation() -> SigningKey {
+    ed25519(0x02)
+}
+fn alice_cert() -> InstallationCert {
+    let inst = alice_installation().verifying_key().to_bytes();
+    identity::issue_cert(&alice_account(), &inst, &x25519_public(0x03), ALICE_CREATED_AT_US)
+}
+fn alice_installation_id() -> [u8; 32] {
+    identity::installation_id(&alice_installation().verifying_key().to_bytes())
+}
+
+fn bob_cert() -> InstallationCert {
+    let inst = ed25519(0x05).verifying_key().to_bytes();
+    identity::issue_cert(&ed25519(0x04), &inst, &x25519_public(0x06), BOB_CREATED_AT_US)
+}
+fn bob_installation_id() -> [u8; 32] {
+    identity::installation_id(&ed25519(0x05).verifying_key().to_bytes())
+}
+
+/// `00 01 02 .. 1f`.
+fn nonce() -> [u8; 32] {
+    std::array::from_fn(|i| i as u8)
+}
+
+/// `a0 a1 .. af`.
+fn msg_id() -> [u8; 16] {
+    std::array::from_fn(|i| 0xa0 + i as u8)
+}
+
+fn send_dm() -> SendDm {
+    let from = alice_installation_id();
+    let payloads =
+        vec![InstallationPayload { installation: bob_installation_id(), sealed: b"sealed-for-bob".to_vec() }];
+    let signed = identity::send_dm_fields_bytes(&from, "bob", &msg_id(), &payloads);
+    let sig = identity::sign(&alice_installation(), &signed);
+    SendDm { from, to: "bob".into(), msg_id: msg_id(), payloads, sig }
+}
+
+fn env(request_id: u64, body: Body) -> Envelope {
+    Envelope { request_id, body }
+}
+
+/// The envelope of a `kind: frame` vector.
+fn frame(name: &str) -> Option<Envelope> {
+    let n = nonce();
+    let alice = alice_installation_id();
+    Some(match name {
+        "lookup_alice" => env(7, Body::Lookup { username: "alice".into() }),
+        "register_request" => env(1, Body::RegisterRequest { username: "alice".into(), cert: alice_cert() }),
+        "challenge" => env(1, Body::Challenge { nonce: n, expires_at_us: ALICE_CREATED_AT_US + 60_000_000 }),
+        "register_response" => env(
+            2,
+            Body::RegisterResponse {
+                nonce: n,
+                account_sig: identity::sign(&alice_account(), &identity::register_account_bytes(&n, "alice", &alice)),
+                installation_sig: identity::sign(
+                    &alice_installation(),
+                    &identity::register_installation_bytes(&n, "alice", &alice),
+                ),
+            },
+        ),
+        "registered" => env(2, Body::Registered { username: "alice".into(), installation: alice }),
+        "login_request" => env(300, Body::LoginRequest { installation: alice }),
+        "login_response" => env(
+            301,
+            Body::LoginResponse {
+                nonce: n,
+                installation_sig: identity::sign(&alice_installation(), &identity::login_bytes(&n, &alice)),
+            },
+        ),
+        "logged_in" => env(301, Body::LoggedIn { installation: alice, queued: 70_000 }),
+        "lookup_result_bob" => env(
+            8,
+            Body::LookupResult {
+                username: "bob".into(),
+                account_key: ed25519(0x04).verifying_key().to_bytes(),
+                installations: vec![bob_cert()],
+            },
+        ),
+        "send_dm" => env(9, Body::SendDm(send_dm())),
+        "send_ack" => env(9, Body::SendAck { msg_id: msg_id() }),
+        "deliver" => env(
+            0,
+            Body::Deliver {
+                delivery_id: 1,
+                from_username: "alice".into(),
+                from: alice,
+                msg_id: msg_id(),
+                sealed: b"sealed-for-bob".to_vec(),
+            },
+        ),
+        "ack_delivery" => env(0, Body::AckDelivery { delivery_ids: vec![1, 250, 251, 65_536, u64::MAX] }),
+        "error_busy" => env(1, Body::Error { code: ErrorCode::Busy, detail: "retry later".into() }),
+        "error_internal" => env(u64::MAX, Body::Error { code: ErrorCode::Internal, detail: String::new() }),
+        _ => return None,
+    })
+}
+
+/// The bytes of a `kind: bytes` vector.
+fn bytes(name: &str) -> Option<Vec<u8>> {
+    let n = nonce();
+    let alice = alice_installation_id();
+    let cert = alice_cert();
+    Some(match name {
+        "alice_account_key" => alice_account().verifying_key().to_bytes().to_vec(),
+        "alice_installation_key" => alice_installation().verifying_key().to_bytes().to_vec(),
+        "alice_dh_key" => x25519_public(0x03).to_vec(),
+        "alice_installation_id" => alice.to_vec(),
+        "alice_cert_signing_bytes" => {
+            identity::cert_signing_bytes(&cert.account_key, &cert.signing_key, &cert.dh_key, cert.created_at_us)
+        }
+        "alice_cert_codec" => codec::encode(&cert),
+        "register_account_bytes" => identity::register_account_bytes(&n, "alice", &alice),
+        "register_installation_bytes" => identity::register_installation_bytes(&n, "alice", &alice),
+        "login_bytes" => identity::login_bytes(&n, &alice),
+        "send_dm_signing_bytes" => identity::send_dm_signing_bytes(&send_dm()),
+        _ => return None,
+    })
+}
+
+/// The error class a `kind: reject` vector names.
+fn error_class(e: &CodecError) -> &'static str {
+    match e {
+        CodecError::Empty => "Empty",
+        CodecError::TooLarge { .. } => "TooLarge",
+        CodecError::UnsupportedVersion(_) => "UnsupportedVersion",
+        CodecError::Malformed(_) => "Malformed",
+        CodecError::Trailing(_) => "Trailing",
+    }
+}
+
+struct Vector {
+    name: String,
+    kind: String,
+    error: Option<String>,
+    hex: Vec<u8>,
+}
+
+fn parse_hex(s: &str, name: &str) -> Vec<u8> {
+    let clean: String = s
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .flat_map(|l| l.chars())
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    hex::decode(&clean).unwrap_or_else(|e| panic!("vector {name}: bad hex: {e}"))
+}
+
+fn is_field_line(line: &str) -> Option<(&str, &str)> {
+    let (key, rest) = line.split_once(':')?;
+    (!key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')).then_some((key, rest))
+}
+
+fn parse_vectors(spec: &str) -> Vec<Vector> {
+    let mut vectors = Vec::new();
+    let mut lines = spec.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() != "```text" {
+            continue;
+        }
+        let block: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+        if !block.iter().any(|l| l.starts_with("vector:")) {
+            continue;
+        }
+        let mut fields: Vec<(String, String)> = Vec::new();
+        for l in block {
+            match is_field_line(l) {
+                Some((k, v)) => fields.push((k.to_string(), v.to_string())),
+                None => {
+                    let (_, v) = fields.last_mut().unwrap_or_else(|| panic!("vector block starts with {l:?}"));
+                    v.push('\n');
+                    v.push_str(l);
+                }
+            }
+        }
+        let get = |key: &str| fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.trim().to_string());
+        for (k, _) in &fields {
+            assert!(["vector", "kind", "value", "error", "hex"].contains(&k.as_str()), "unknown vector field {k:?}");
+        }
+        let name = get("vector").expect("vector name");
+        let kind = get("kind").unwrap_or_else(|| panic!("vector {name}: no kind"));
+        let hex = parse_hex(&get("hex").unwrap_or_else(|| panic!("vector {name}: no hex")), &name);
+        vectors.push(Vector { error: get("error"), name, kind, hex });
+    }
+    vectors
+}
+
+#[test]
+fn spec_vectors_match_the_codec() {
+    let vectors = parse_vectors(SPEC);
+    let mut names = std::collections::BTreeSet::new();
+    let (mut frames, mut byte_vectors, mut rejects) = (0, 0, 0);
+    for v in &vectors {
+        assert!(names.insert(v.name.clone()), "duplicate vector {}", v.name);
+        match v.kind.as_str() {
+            "frame" => {
+                let value = frame(&v.name).unwrap_or_else(|| panic!("unknown frame vector {:?}", v.name));
+                let encoded = codec::encode_frame(&value).expect("vector encodes");
+                assert_eq!(hex::encode(&encoded), hex::encode(&v.hex), "vector {}: encoding differs", v.name);
+                assert_eq!(codec::decode_frame(&v.hex).as_ref(), Ok(&value), "vector {}: decoding differs", v.name);
+                frames += 1;
+            }
+            "bytes" => {
+                let expected = bytes(&v.name).unwrap_or_else(|| panic!("unknown bytes vector {:?}", v.name));
+                assert_eq!(hex::encode(&expected), hex::encode(&v.hex), "vector {}: bytes differ", v.name);
+                byte_vectors += 1;
+            }
+            "reject" => {
+                let want = v.error.as_deref().unwrap_or_else(|| panic!("vector {}: no error", v.name));
+                match codec::decode_frame(&v.hex) {
+                    Ok(env) => panic!("vector {}: decoded to {env:?}, expected {want}", v.name),
+                    Err(e) => assert_eq!(error_class(&e), want, "vector {}: {e}", v.name),
+                }
+                rejects += 1;
+            }
+            other => panic!("vector {}: unknown kind {other:?}", v.name),
+        }
+    }
+    assert!(frames >= 8, "only {frames} frame vectors parsed from specs/wire.md");
+    assert!(byte_vectors >= 1 && rejects >= 1, "bytes and reject vectors missing");
+}
+
+/// Every cryptographic value in the vectors is consistent (the signatures verify), so the
+/// vectors double as a check of the signed-bytes rules of `specs/registry.md`.
+#[test]
+fn vector_signatures_verify() {
+    let n = nonce();
+    let alice = alice_installation_id();
+    assert_eq!(identity::verify_cert(&alice_cert()), Ok(()));
+    assert_eq!(identity::verify_cert(&bob_cert()), Ok(()));
+    let Some(Envelope { body: Body::RegisterResponse { account_sig, installation_sig, .. }, .. }) =
+        frame("register_response")
+    else {
+        panic!("register_response vector")
+    };
+    let cert = alice_cert();
+    identity::verify(&cert.account_key, &identity::register_account_bytes(&n, "alice", &alice), &account_sig).unwrap();
+    identity::verify(&cert.signing_key, &identity::register_installation_bytes(&n, "alice", &alice), &installation_sig)
+        .unwrap();
+    let dm = send_dm();
+    identity::verify(&cert.signing_key, &identity::send_dm_signing_bytes(&dm), &dm.sig).unwrap();
+}
+
+#[test]
+fn parser_rejects_an_emptied_spec() {
+    assert!(parse_vectors("# wire\n\nno vectors here\n").is_empty());
+}
