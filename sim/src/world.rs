@@ -434,6 +434,9 @@ impl World {
             Ev::Online { client } => {
                 let now = self.now;
                 let c = &mut self.clients[client as usize];
+                if c.online {
+                    return;
+                }
                 c.online = true;
                 c.session += 1;
                 let mut tag = [0u8; 16];
@@ -455,7 +458,15 @@ impl World {
             }
             Ev::LossEnd => self.loss = self.sc.mixnet.packet_loss,
             Ev::DrainCheck => {
-                self.traffic_stopped = true;
+                if !self.traffic_stopped {
+                    // New traffic stops and faults heal: every offline client comes back.
+                    self.traffic_stopped = true;
+                    for client in 0..self.clients.len() as u32 {
+                        if !self.clients[client as usize].online {
+                            self.schedule(self.now, Ev::Online { client });
+                        }
+                    }
+                }
                 let limit = self.end_of_traffic() + self.sc.drain_max.us();
                 if self.quiescent() || self.now >= limit {
                     self.finished = true;
