@@ -83,17 +83,39 @@ pub struct Contact {
 /// What the application learns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    Registered { username: String },
-    LoggedIn { queued: u32 },
-    LookedUp { username: String },
+    Registered {
+        username: String,
+    },
+    LoggedIn {
+        queued: u32,
+    },
+    LookedUp {
+        username: String,
+    },
     /// The node holds the message durably.
-    SendAcked { to: String, msg_id: MsgId },
-    Received { from: String, msg_id: MsgId, sent_at_us: TimeUs, body: Vec<u8> },
+    SendAcked {
+        to: String,
+        msg_id: MsgId,
+    },
+    Received {
+        from: String,
+        msg_id: MsgId,
+        sent_at_us: TimeUs,
+        body: Vec<u8>,
+    },
     /// A delivery failed verification and was discarded (and acknowledged so the node
     /// stops redelivering it).
-    Rejected { from: String, msg_id: MsgId, reason: OpenError },
+    Rejected {
+        from: String,
+        msg_id: MsgId,
+        reason: OpenError,
+    },
     /// A request failed for good.
-    Failed { what: Operation, code: ErrorCode, detail: String },
+    Failed {
+        what: Operation,
+        code: ErrorCode,
+        detail: String,
+    },
 }
 
 /// The request an error refers to.
@@ -396,9 +418,24 @@ impl ClientCore {
             .collect();
         let signed = identity::send_dm_fields_bytes(&id.installation_id, &dm.to, &dm.msg_id, &payloads);
         let sig = identity::sign(&id.installation, &signed);
-        let body = Body::SendDm(SendDm { from: id.installation_id, to: dm.to.clone(), msg_id: dm.msg_id, payloads, sig });
+        let body =
+            Body::SendDm(SendDm { from: id.installation_id, to: dm.to.clone(), msg_id: dm.msg_id, payloads, sig });
         // One pending retry per message, whatever rid carried it.
         self.pending.retain(|_, p| !matches!(&p.step, Step::Send(m) if *m == dm.msg_id));
+        // One sealed copy per installation travels in one frame: with many installations
+        // a large body may not fit. Fail the send rather than emit an unencodable frame
+        // (and retry it forever). Frame = version byte + request id (at most 9) + body.
+        let frame_len = codec::try_encode(&body).map_or(usize::MAX, |b| b.len().saturating_add(1 + 9));
+        if frame_len > nymstr_node::limits::FRAME_BYTES_MAX {
+            self.unacked.remove(&dm.msg_id);
+            let installations = contact.installations.len();
+            self.events.push_back(Event::Failed {
+                what: Operation::Send { to: dm.to, msg_id: dm.msg_id },
+                code: ErrorCode::FrameTooLarge,
+                detail: format!("sealed for {installations} installations the message exceeds one frame"),
+            });
+            return;
+        }
         self.request_with(now, Step::Send(dm.msg_id), body, backoff_us);
         self.unacked.insert(dm.msg_id, dm);
     }
@@ -407,17 +444,8 @@ impl ClientCore {
         let rid = envelope.request_id;
         match envelope.body {
             Body::Challenge { nonce, .. } => self.on_challenge(now, rid, nonce),
-            Body::Registered { username, .. } => {
-                if self.pending.remove(&rid).is_some() && !self.registered {
-                    self.registered = true;
-                    self.events.push_back(Event::Registered { username });
-                }
-            }
-            Body::LoggedIn { queued, .. } => {
-                if self.pending.remove(&rid).is_some() {
-                    self.events.push_back(Event::LoggedIn { queued });
-                }
-            }
+            Body::Registered { username, .. } => self.on_registered(rid, username),
+            Body::LoggedIn { queued, .. } => self.on_logged_in(rid, queued),
             Body::LookupResult { username, account_key, installations } => {
                 self.on_lookup_result(now, rid, username, account_key, installations)
             }
@@ -436,14 +464,29 @@ impl ClientCore {
         }
     }
 
+    fn on_registered(&mut self, rid: u64, username: String) {
+        if self.pending.remove(&rid).is_some() && !self.registered {
+            self.registered = true;
+            self.events.push_back(Event::Registered { username });
+        }
+    }
+
+    fn on_logged_in(&mut self, rid: u64, queued: u32) {
+        if self.pending.remove(&rid).is_some() {
+            self.events.push_back(Event::LoggedIn { queued });
+        }
+    }
+
     fn on_challenge(&mut self, now: TimeUs, rid: u64, nonce: Nonce) {
         let Some(p) = self.pending.remove(&rid) else { return };
         let id = self.identity.as_ref().expect("identity");
         match p.step {
             Step::RegisterAwaitChallenge => {
                 let username = self.username.clone().expect("username");
-                let account_sig =
-                    identity::sign(&id.account, &identity::register_account_bytes(&nonce, &username, &id.installation_id));
+                let account_sig = identity::sign(
+                    &id.account,
+                    &identity::register_account_bytes(&nonce, &username, &id.installation_id),
+                );
                 let installation_sig = identity::sign(
                     &id.installation,
                     &identity::register_installation_bytes(&nonce, &username, &id.installation_id),
@@ -452,8 +495,14 @@ impl ClientCore {
                 self.request_with(now, Step::RegisterAwaitResult, body, p.backoff_us);
             }
             Step::LoginAwaitChallenge => {
-                let installation_sig = identity::sign(&id.installation, &identity::login_bytes(&nonce, &id.installation_id));
-                self.request_with(now, Step::LoginAwaitResult, Body::LoginResponse { nonce, installation_sig }, p.backoff_us);
+                let installation_sig =
+                    identity::sign(&id.installation, &identity::login_bytes(&nonce, &id.installation_id));
+                self.request_with(
+                    now,
+                    Step::LoginAwaitResult,
+                    Body::LoginResponse { nonce, installation_sig },
+                    p.backoff_us,
+                );
             }
             other => {
                 self.pending.insert(rid, Pending { step: other, ..p });
@@ -516,7 +565,9 @@ impl ClientCore {
                 return;
             }
             let waiting = self.unverified.entry(name.clone()).or_default();
-            if waiting.iter().any(|w| w.delivery_id == dm.delivery_id) || waiting.len() >= self.config.waiting_per_contact_max {
+            if waiting.iter().any(|w| w.delivery_id == dm.delivery_id)
+                || waiting.len() >= self.config.waiting_per_contact_max
+            {
                 return;
             }
             waiting.push(dm);
@@ -564,10 +615,14 @@ impl ClientCore {
         let Some(p) = self.pending.remove(&rid) else { return };
         match (p.step, code) {
             // The node lost or expired the challenge (e.g. it restarted): start again.
-            (Step::RegisterAwaitChallenge | Step::RegisterAwaitResult, ErrorCode::UnknownChallenge | ErrorCode::ChallengeExpired) => {
-                self.start_register_with(now, p.backoff_us)
-            }
-            (Step::LoginAwaitChallenge | Step::LoginAwaitResult, ErrorCode::UnknownChallenge | ErrorCode::ChallengeExpired) => {
+            (
+                Step::RegisterAwaitChallenge | Step::RegisterAwaitResult,
+                ErrorCode::UnknownChallenge | ErrorCode::ChallengeExpired,
+            ) => self.start_register_with(now, p.backoff_us),
+            (
+                Step::LoginAwaitChallenge | Step::LoginAwaitResult,
+                ErrorCode::UnknownChallenge | ErrorCode::ChallengeExpired,
+            ) => {
                 let installation = self.identity.as_ref().expect("identity").installation_id;
                 self.request_with(now, Step::LoginAwaitChallenge, Body::LoginRequest { installation }, p.backoff_us);
             }
@@ -603,7 +658,11 @@ impl ClientCore {
 
     /// A contact could not be resolved: fail sends to it, discard deliveries from it.
     fn fail_contact(&mut self, name: &str, code: ErrorCode, detail: &str) {
-        self.events.push_back(Event::Failed { what: Operation::Lookup(name.to_string()), code, detail: detail.to_string() });
+        self.events.push_back(Event::Failed {
+            what: Operation::Lookup(name.to_string()),
+            code,
+            detail: detail.to_string(),
+        });
         for dm in self.outbox.remove(name).unwrap_or_default() {
             self.events.push_back(Event::Failed {
                 what: Operation::Send { to: dm.to, msg_id: dm.msg_id },

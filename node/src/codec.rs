@@ -50,8 +50,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     if bytes.len() > FRAME_BYTES_MAX {
         return Err(CodecError::TooLarge { len: bytes.len(), max: FRAME_BYTES_MAX });
     }
-    let (value, used) = bincode::serde::decode_from_slice::<T, _>(bytes, config())
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let (value, used) =
+        bincode::serde::decode_from_slice::<T, _>(bytes, config()).map_err(|e| CodecError::Malformed(e.to_string()))?;
     if used != bytes.len() {
         return Err(CodecError::Trailing(bytes.len() - used));
     }
@@ -98,10 +98,7 @@ mod tests {
     #[test]
     fn oversized_frame_is_rejected_before_decoding() {
         let bytes = vec![WIRE_VERSION; FRAME_BYTES_MAX + 1];
-        assert_eq!(
-            decode_frame(&bytes),
-            Err(CodecError::TooLarge { len: FRAME_BYTES_MAX + 1, max: FRAME_BYTES_MAX })
-        );
+        assert_eq!(decode_frame(&bytes), Err(CodecError::TooLarge { len: FRAME_BYTES_MAX + 1, max: FRAME_BYTES_MAX }));
     }
 
     #[test]
@@ -120,10 +117,7 @@ mod tests {
     fn unknown_version_and_empty_and_trailing() {
         assert_eq!(decode_frame(&[]), Err(CodecError::Empty));
         assert_eq!(decode_frame(&[9, 0, 0]), Err(CodecError::UnsupportedVersion(9)));
-        let env = Envelope {
-            request_id: 1,
-            body: Body::Error { code: ErrorCode::Busy, detail: String::new() },
-        };
+        let env = Envelope { request_id: 1, body: Body::Error { code: ErrorCode::Busy, detail: String::new() } };
         let mut bytes = encode_frame(&env).unwrap();
         bytes.push(0);
         assert_eq!(decode_frame(&bytes), Err(CodecError::Trailing(1)));

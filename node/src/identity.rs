@@ -21,9 +21,28 @@ pub const LABEL_SEND_DM: &str = "nymstr/v1/send-dm";
 
 /// Names nobody may register: they would impersonate the service or its operators.
 pub const RESERVED_USERNAMES: &[&str] = &[
-    "admin", "administrator", "root", "system", "node", "nymstr", "nym", "support", "help",
-    "abuse", "postmaster", "security", "steward", "relay", "registry", "federation",
-    "everyone", "all", "null", "anonymous", "operator", "moderator",
+    "admin",
+    "administrator",
+    "root",
+    "system",
+    "node",
+    "nymstr",
+    "nym",
+    "support",
+    "help",
+    "abuse",
+    "postmaster",
+    "security",
+    "steward",
+    "relay",
+    "registry",
+    "federation",
+    "everyone",
+    "all",
+    "null",
+    "anonymous",
+    "operator",
+    "moderator",
 ];
 
 /// Why a username is refused.

@@ -119,9 +119,7 @@ impl MemStore {
 
     /// Iterates every stored value of every table (for the simulator's privacy oracle).
     pub fn all_values(&self) -> impl Iterator<Item = (Table, &[u8], &[u8])> {
-        self.live
-            .iter()
-            .flat_map(|(t, m)| m.iter().map(move |(k, v)| (*t, k.as_slice(), v.as_slice())))
+        self.live.iter().flat_map(|(t, m)| m.iter().map(move |(k, v)| (*t, k.as_slice(), v.as_slice())))
     }
 
     pub fn len(&self, table: Table) -> usize {

@@ -77,21 +77,44 @@ pub struct SendDm {
 pub enum Body {
     // --- registry ---
     /// Client asks to register `username` for `account_key` with a first installation.
-    RegisterRequest { username: String, cert: InstallationCert },
+    RegisterRequest {
+        username: String,
+        cert: InstallationCert,
+    },
     /// Node answers a register or login request with a single-use, expiring nonce.
-    Challenge { nonce: Nonce, expires_at_us: u64 },
+    Challenge {
+        nonce: Nonce,
+        expires_at_us: u64,
+    },
     /// Client proves possession of both the account and the installation key.
-    RegisterResponse { nonce: Nonce, account_sig: Sig, installation_sig: Sig },
+    RegisterResponse {
+        nonce: Nonce,
+        account_sig: Sig,
+        installation_sig: Sig,
+    },
     /// Registration is durable; the sending tag is bound to the installation.
-    Registered { username: String, installation: InstallationId },
+    Registered {
+        username: String,
+        installation: InstallationId,
+    },
     /// A registered installation asks to (re-)attach its current sender tag.
-    LoginRequest { installation: InstallationId },
+    LoginRequest {
+        installation: InstallationId,
+    },
     /// Client proves possession of the installation key.
-    LoginResponse { nonce: Nonce, installation_sig: Sig },
+    LoginResponse {
+        nonce: Nonce,
+        installation_sig: Sig,
+    },
     /// The tag is bound; `queued` messages wait for this installation.
-    LoggedIn { installation: InstallationId, queued: u32 },
+    LoggedIn {
+        installation: InstallationId,
+        queued: u32,
+    },
     /// Anyone may look up a username.
-    Lookup { username: String },
+    Lookup {
+        username: String,
+    },
     /// The account's key and its current installation certificates.
     LookupResult {
         username: String,
@@ -103,7 +126,9 @@ pub enum Body {
     // --- relay ---
     SendDm(SendDm),
     /// The node holds the message durably for every targeted installation.
-    SendAck { msg_id: MsgId },
+    SendAck {
+        msg_id: MsgId,
+    },
     /// The node delivers a queued message to a bound installation.
     Deliver {
         delivery_id: u64,
@@ -120,7 +145,10 @@ pub enum Body {
     },
 
     // --- errors ---
-    Error { code: ErrorCode, detail: String },
+    Error {
+        code: ErrorCode,
+        detail: String,
+    },
 }
 
 impl Body {
@@ -214,8 +242,7 @@ impl Serialize for ErrorCode {
 impl<'de> Deserialize<'de> for ErrorCode {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let code = u16::deserialize(d)?;
-        ErrorCode::from_u16(code)
-            .ok_or_else(|| serde::de::Error::custom(format_args!("unknown error code {code}")))
+        ErrorCode::from_u16(code).ok_or_else(|| serde::de::Error::custom(format_args!("unknown error code {code}")))
     }
 }
 

@@ -60,7 +60,8 @@ fn replay_hint(name: &str, seed: u64) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Run { scenario: None, seed: None, json: false, check_determinism: false });
+    let command =
+        cli.command.unwrap_or(Command::Run { scenario: None, seed: None, json: false, check_determinism: false });
     match command {
         Command::Default => {
             print!("{}", nymstr_sim::scenario::DEFAULT_SCENARIO);
@@ -113,7 +114,8 @@ fn main() -> ExitCode {
                 let mut s = sc.clone();
                 s.seed = seed;
                 let r = run(s);
-                let verdict = if r.ok() { "ok".to_string() } else { format!("{} violation(s)", r.invariants.violations.len()) };
+                let verdict =
+                    if r.ok() { "ok".to_string() } else { format!("{} violation(s)", r.invariants.violations.len()) };
                 println!("seed {seed}: {verdict}  trace {}  dm {}/{}", &r.trace_hash[..16], r.dm.delivered, r.dm.sent);
                 if !r.ok() {
                     for v in r.invariants.violations.iter().take(3) {

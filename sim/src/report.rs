@@ -122,13 +122,14 @@ impl Report {
             "dm: sent {}  acked {}  delivered {}  duplicates {}  lost {}  failed {}\n",
             d.sent, d.acked, d.delivered, d.duplicates, d.lost, d.failed
         );
-        s += &format!(
-            "latency ms: p50 {:.0}  p90 {:.0}  p99 {:.0}  max {:.0}\n",
-            l.p50, l.p90, l.p99, l.max
-        );
+        s += &format!("latency ms: p50 {:.0}  p90 {:.0}  p99 {:.0}  max {:.0}\n", l.p50, l.p90, l.p99, l.max);
         s += &format!(
             "model check: packet transit {:.1} ms (model {:.1}); clean DM latency off model by {:+.2} ± {:.2} ms over {} messages\n",
-            l.packet_transit_mean, l.packet_transit_model, l.clean_residual_mean, l.clean_residual_std_error, l.clean_samples
+            l.packet_transit_mean,
+            l.packet_transit_model,
+            l.clean_residual_mean,
+            l.clean_residual_std_error,
+            l.clean_samples
         );
         let m = &self.mixnet;
         s += &format!(

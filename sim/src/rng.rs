@@ -10,10 +10,17 @@ pub enum Stream {
     Mixnet,
     Workload,
     /// A node core; a restarted node gets a fresh stream per incarnation.
-    Node { index: u32, incarnation: u32 },
-    Client { index: u32 },
+    Node {
+        index: u32,
+        incarnation: u32,
+    },
+    Client {
+        index: u32,
+    },
     /// The client's transport (addresses and sender tags).
-    ClientTransport { index: u32 },
+    ClientTransport {
+        index: u32,
+    },
     /// Monte Carlo of the latency model, independent of the run.
     Expectation,
 }

@@ -23,8 +23,9 @@ impl Dur {
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        let parsed = humantime::parse_duration(&text)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration `{text}`: {e} (write e.g. \"30s\", \"10m\")")))?;
+        let parsed = humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration `{text}`: {e} (write e.g. \"30s\", \"10m\")"))
+        })?;
         u64::try_from(parsed.as_micros())
             .map(Dur)
             .map_err(|_| serde::de::Error::custom(format!("duration `{text}` is too long")))
@@ -328,7 +329,8 @@ mod tests {
 
     #[test]
     fn fault_on_missing_node_is_rejected() {
-        let src = "[nodes]\ndiscovery = 1\n\n[[faults]]\nat = \"1m\"\nkind = \"crash\"\nnode = 3\nrestart_after = \"5s\"\n";
+        let src =
+            "[nodes]\ndiscovery = 1\n\n[[faults]]\nat = \"1m\"\nkind = \"crash\"\nnode = 3\nrestart_after = \"5s\"\n";
         let err = Scenario::parse(src).unwrap_err().to_string();
         assert!(err.contains("node") && err.contains("line 4"), "{err}");
         let src = "[[faults]]\nat = \"1m\"\nkind = \"meteor\"\n";

@@ -35,20 +35,54 @@ pub enum Endpoint {
 #[derive(Clone, Debug)]
 enum Ev {
     /// A packet of a message reaches its destination.
-    Fragment { msg: u64, frag: u32 },
+    Fragment {
+        msg: u64,
+        frag: u32,
+    },
     /// The sender's retransmission timer for a packet fires.
-    Retransmit { msg: u64, frag: u32 },
-    FlushDone { node: u32, incarnation: u32, mark: u64 },
-    BackgroundFlush { node: u32 },
-    NodeTimer { node: u32, generation: u64 },
-    ClientTimer { client: u32, generation: u64 },
-    Join { client: u32 },
-    DmTick { client: u32 },
-    Offline { client: u32 },
-    Online { client: u32 },
-    Crash { node: u32, restart_after: Us },
-    Restart { node: u32 },
-    LossStart { loss: f64, until: Us },
+    Retransmit {
+        msg: u64,
+        frag: u32,
+    },
+    FlushDone {
+        node: u32,
+        incarnation: u32,
+        mark: u64,
+    },
+    BackgroundFlush {
+        node: u32,
+    },
+    NodeTimer {
+        node: u32,
+        generation: u64,
+    },
+    ClientTimer {
+        client: u32,
+        generation: u64,
+    },
+    Join {
+        client: u32,
+    },
+    DmTick {
+        client: u32,
+    },
+    Offline {
+        client: u32,
+    },
+    Online {
+        client: u32,
+    },
+    Crash {
+        node: u32,
+        restart_after: Us,
+    },
+    Restart {
+        node: u32,
+    },
+    LossStart {
+        loss: f64,
+        until: Us,
+    },
     LossEnd,
     DrainCheck,
 }
@@ -520,24 +554,25 @@ impl World {
         let dm = &self.sc.workload.dm;
         let (new_share, circle_max) = (dm.new_contact_share, dm.contacts_max as usize);
         let known = &self.clients[client as usize].contacts;
-        let recipient = if !known.is_empty() && (known.len() >= circle_max || !rng::chance(&mut self.work_rng, new_share)) {
-            known[rng::below(&mut self.work_rng, known.len() as u64) as usize]
-        } else {
-            let pick = loop {
-                let pick = candidates[rng::below(&mut self.work_rng, candidates.len() as u64) as usize];
-                if pick != client {
-                    break pick;
+        let recipient =
+            if !known.is_empty() && (known.len() >= circle_max || !rng::chance(&mut self.work_rng, new_share)) {
+                known[rng::below(&mut self.work_rng, known.len() as u64) as usize]
+            } else {
+                let pick = loop {
+                    let pick = candidates[rng::below(&mut self.work_rng, candidates.len() as u64) as usize];
+                    if pick != client {
+                        break pick;
+                    }
+                };
+                // Conversations go both ways: each now counts the other as a contact.
+                for (a, b) in [(client, pick), (pick, client)] {
+                    let list = &mut self.clients[a as usize].contacts;
+                    if !list.contains(&b) && list.len() < circle_max {
+                        list.push(b);
+                    }
                 }
+                pick
             };
-            // Conversations go both ways: each now counts the other as a contact.
-            for (a, b) in [(client, pick), (pick, client)] {
-                let list = &mut self.clients[a as usize].contacts;
-                if !list.contains(&b) && list.len() < circle_max {
-                    list.push(b);
-                }
-            }
-            pick
-        };
         let mut body = vec![0u8; self.sc.workload.dm.message_bytes as usize];
         self.work_rng.fill_bytes(&mut body);
         let to = self.clients[recipient as usize].username.clone();
@@ -753,7 +788,8 @@ impl World {
             _ => None,
         };
         let (node, session) = (c.node, c.session);
-        let payload = Payload::ToNode { tag: c.tag, owner: client, session, bytes, surbs: self.sc.mixnet.surbs_per_message };
+        let payload =
+            Payload::ToNode { tag: c.tag, owner: client, session, bytes, surbs: self.sc.mixnet.surbs_per_message };
         self.send_message(Endpoint::Client(client), session, Endpoint::Node(node), 0, payload, leg);
     }
 
@@ -792,7 +828,14 @@ impl World {
             self.metrics.surbs_used += u64::from(frags);
             let (owner, session) = (t.owner, t.session);
             let life = self.nodes[node as usize].incarnation;
-            self.send_message(Endpoint::Node(node), life, Endpoint::Client(owner), session, Payload::ToClient { bytes }, leg);
+            self.send_message(
+                Endpoint::Node(node),
+                life,
+                Endpoint::Client(owner),
+                session,
+                Payload::ToClient { bytes },
+                leg,
+            );
         } else {
             t.waiting.push_back(bytes);
         }
@@ -811,10 +854,25 @@ impl World {
         self.metrics.surb_requests += 1;
         let (owner, session) = (t.owner, t.session);
         let life = self.nodes[node as usize].incarnation;
-        self.send_message(Endpoint::Node(node), life, Endpoint::Client(owner), session, Payload::SurbRequest { tag }, None);
+        self.send_message(
+            Endpoint::Node(node),
+            life,
+            Endpoint::Client(owner),
+            session,
+            Payload::SurbRequest { tag },
+            None,
+        );
     }
 
-    fn send_message(&mut self, src: Endpoint, src_life: u32, dst: Endpoint, dst_life: u32, payload: Payload, leg: Option<Leg>) {
+    fn send_message(
+        &mut self,
+        src: Endpoint,
+        src_life: u32,
+        dst: Endpoint,
+        dst_life: u32,
+        payload: Payload,
+        leg: Option<Leg>,
+    ) {
         let p = &self.sc.mixnet;
         let (len, surbs) = match &payload {
             Payload::ToNode { bytes, surbs, .. } => (bytes.len(), *surbs),
@@ -1101,7 +1159,14 @@ impl World {
                 Ok(Body::Deliver { msg_id, .. }) => Some(Leg::Deliver(msg_id)),
                 _ => None,
             };
-            self.send_message(Endpoint::Node(node), life, Endpoint::Client(owner), session, Payload::ToClient { bytes }, leg);
+            self.send_message(
+                Endpoint::Node(node),
+                life,
+                Endpoint::Client(owner),
+                session,
+                Payload::ToClient { bytes },
+                leg,
+            );
         }
         self.maybe_request_surbs(node, tag);
     }
@@ -1143,7 +1208,9 @@ impl World {
             for (table, k, v) in store.all_values() {
                 checks += 1;
                 for bytes in [k, v] {
-                    if bytes.len() >= 32 && bytes.windows(32).any(|w| addresses.contains(<&[u8; 32]>::try_from(w).expect("32"))) {
+                    if bytes.len() >= 32
+                        && bytes.windows(32).any(|w| addresses.contains(<&[u8; 32]>::try_from(w).expect("32")))
+                    {
                         self.violations.push(format!("node {i} stores a client address in table {}", table.name()));
                     }
                 }
@@ -1193,7 +1260,8 @@ impl World {
         let acked = self.dms.values().filter(|d| d.sender_acked).count() as u64;
         let delivered = self.dms.values().filter(|d| d.delivered > 0).count() as u64;
         let duplicates = self.dms.values().map(|d| u64::from(d.delivered.saturating_sub(1))).sum();
-        let lost = self.dms.values().filter(|d| !d.failed && d.node_acked_or_delivered() && d.delivered == 0).count() as u64;
+        let lost =
+            self.dms.values().filter(|d| !d.failed && d.node_acked_or_delivered() && d.delivered == 0).count() as u64;
         let sim_time_ms = (self.now - EPOCH_US) as f64 / 1000.0;
         Report {
             seed: self.sc.seed,

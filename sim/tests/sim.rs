@@ -99,10 +99,8 @@ fn a_node_that_acks_before_flushing_is_caught() {
     // and the exactly-once oracle must say so.
     let mut faults = String::new();
     for i in 0..8 {
-        faults += &format!(
-            "[[faults]]\nat = \"{}s\"\nkind = \"crash\"\nnode = 0\nrestart_after = \"2s\"\n",
-            30 + i * 10
-        );
+        faults +=
+            &format!("[[faults]]\nat = \"{}s\"\nkind = \"crash\"\nnode = 0\nrestart_after = \"2s\"\n", 30 + i * 10);
     }
     let mut sc = small(&format!("[nodes]\nbuggify_ack_before_flush = true\nbackground_flush_ms = 5000\n{faults}"));
     sc.clients.offline_per_hour = 60.0;

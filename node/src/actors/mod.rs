@@ -195,13 +195,7 @@ impl<S: Store> NodeCore<S> {
             stats: NodeStats::default(),
         };
         let bound: Vec<_> = node.registry.bound_installations().collect();
-        let mut ctx = Ctx {
-            now,
-            store: &mut node.store,
-            rng: &mut node.rng,
-            config: &node.config,
-            out: &mut node.out,
-        };
+        let mut ctx = Ctx { now, store: &mut node.store, rng: &mut node.rng, config: &node.config, out: &mut node.out };
         for (installation, tag) in bound {
             node.relay.deliver_pending(&mut ctx, &installation, tag, &mut node.stats)?;
         }
@@ -211,13 +205,7 @@ impl<S: Store> NodeCore<S> {
     /// Feeds one inbound frame from `from`. Never panics on any bytes.
     pub fn handle_frame(&mut self, now: TimeUs, from: Peer, bytes: &[u8]) {
         self.stats.frames_in += 1;
-        let mut ctx = Ctx {
-            now,
-            store: &mut self.store,
-            rng: &mut self.rng,
-            config: &self.config,
-            out: &mut self.out,
-        };
+        let mut ctx = Ctx { now, store: &mut self.store, rng: &mut self.rng, config: &self.config, out: &mut self.out };
         let envelope = match codec::decode_frame(bytes) {
             Ok(envelope) => envelope,
             Err(e) => {
@@ -233,7 +221,12 @@ impl<S: Store> NodeCore<S> {
         };
         let Peer::Tag(tag) = from.clone() else {
             self.stats.frames_rejected += 1;
-            ctx.send_error(from, envelope.request_id, ErrorCode::UnexpectedMessage, "node-to-node messages come with federation");
+            ctx.send_error(
+                from,
+                envelope.request_id,
+                ErrorCode::UnexpectedMessage,
+                "node-to-node messages come with federation",
+            );
             return;
         };
         let rid = envelope.request_id;
@@ -241,11 +234,17 @@ impl<S: Store> NodeCore<S> {
             Body::RegisterRequest { username, cert } => {
                 self.registry.on_register_request(&mut ctx, tag, rid, &username, cert).map_err(err)
             }
-            Body::RegisterResponse { nonce, account_sig, installation_sig } => self
-                .registry
-                .on_register_response(&mut ctx, tag, rid, nonce, account_sig, installation_sig)
-                .map(|_| self.stats.registrations += 1)
-                .map_err(err),
+            Body::RegisterResponse { nonce, account_sig, installation_sig } => {
+                match self.registry.on_register_response(&mut ctx, tag, rid, nonce, account_sig, installation_sig) {
+                    Ok(installation) => {
+                        self.stats.registrations += 1;
+                        // The registration bound `tag`: what waits for the installation
+                        // (a re-registration from a fresh tag) goes there, as on login.
+                        self.relay.on_bound(&mut ctx, &installation, tag, &mut self.stats).map_err(err)
+                    }
+                    Err(e) => Err(err(e)),
+                }
+            }
             Body::LoginRequest { installation } => {
                 self.registry.on_login_request(&mut ctx, tag, rid, installation).map_err(err)
             }
@@ -289,13 +288,7 @@ impl<S: Store> NodeCore<S> {
     }
 
     pub fn handle_timeout(&mut self, now: TimeUs) {
-        let mut ctx = Ctx {
-            now,
-            store: &mut self.store,
-            rng: &mut self.rng,
-            config: &self.config,
-            out: &mut self.out,
-        };
+        let mut ctx = Ctx { now, store: &mut self.store, rng: &mut self.rng, config: &self.config, out: &mut self.out };
         // Storage failures here are retried at the next timeout; nothing is acknowledged.
         let _ = self.relay.on_timeout(&mut ctx, &self.registry, &mut self.stats);
         if now >= self.next_sweep_us {

@@ -109,7 +109,11 @@ impl Registry {
         self.tags.get(tag).copied()
     }
 
-    pub fn tag_for_installation<S: Store>(&self, store: &S, installation: &InstallationId) -> Result<Option<SenderTag>, StoreError> {
+    pub fn tag_for_installation<S: Store>(
+        &self,
+        store: &S,
+        installation: &InstallationId,
+    ) -> Result<Option<SenderTag>, StoreError> {
         load(store, Table::Bindings, installation)
     }
 
@@ -127,11 +131,8 @@ impl Registry {
             return Ok(None);
         };
         let Some(account) = self.account(store, &username)? else { return Ok(None) };
-        let cert = account
-            .installations
-            .iter()
-            .find(|c| identity::installation_id(&c.signing_key) == *installation)
-            .cloned();
+        let cert =
+            account.installations.iter().find(|c| identity::installation_id(&c.signing_key) == *installation).cloned();
         Ok(cert.map(|c| (account, c)))
     }
 
@@ -155,6 +156,7 @@ impl Registry {
         self.issue_challenge(ctx, tag, rid, purpose)
     }
 
+    /// Verifies a registration and binds `tag`; returns the installation now bound.
     pub fn on_register_response<S: Store>(
         &mut self,
         ctx: &mut Ctx<'_, S>,
@@ -163,13 +165,17 @@ impl Registry {
         nonce: Nonce,
         account_sig: Sig,
         installation_sig: Sig,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<InstallationId, RegistryError> {
         let Purpose::Register { username, cert } = self.take_challenge(ctx, &nonce)? else {
             return Err(RegistryError::WrongChallenge);
         };
         let installation = identity::installation_id(&cert.signing_key);
-        identity::verify(&cert.account_key, &identity::register_account_bytes(&nonce, &username, &installation), &account_sig)
-            .map_err(|_| RegistryError::BadSignature)?;
+        identity::verify(
+            &cert.account_key,
+            &identity::register_account_bytes(&nonce, &username, &installation),
+            &account_sig,
+        )
+        .map_err(|_| RegistryError::BadSignature)?;
         identity::verify(
             &cert.signing_key,
             &identity::register_installation_bytes(&nonce, &username, &installation),
@@ -204,7 +210,7 @@ impl Registry {
         ctx.save(Table::Installations, &installation, &username)?;
         self.bind(ctx, installation, tag)?;
         ctx.send_durable(super::Peer::Tag(tag), rid, Body::Registered { username, installation });
-        Ok(())
+        Ok(installation)
     }
 
     pub fn on_login_request<S: Store>(
@@ -305,7 +311,12 @@ impl Registry {
         Ok(pending.purpose)
     }
 
-    fn bind<S: Store>(&mut self, ctx: &mut Ctx<'_, S>, installation: InstallationId, tag: SenderTag) -> Result<(), StoreError> {
+    fn bind<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        installation: InstallationId,
+        tag: SenderTag,
+    ) -> Result<(), StoreError> {
         if let Some(old) = self.tag_for_installation(&*ctx.store, &installation)? {
             self.tags.remove(&old);
         }

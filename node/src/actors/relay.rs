@@ -153,7 +153,8 @@ impl Relay {
             if p.sealed.len() > DM_PAYLOAD_BYTES_MAX {
                 return Err(RelayError::PayloadTooLarge { len: p.sealed.len(), max: DM_PAYLOAD_BYTES_MAX });
             }
-            let known = recipient.installations.iter().any(|c| identity::installation_id(&c.signing_key) == p.installation);
+            let known =
+                recipient.installations.iter().any(|c| identity::installation_id(&c.signing_key) == p.installation);
             if !known || !targets.insert(p.installation) {
                 return Err(RelayError::StaleRecipient);
             }
@@ -261,8 +262,8 @@ impl Relay {
             if self.inflight.get(installation).is_some_and(|m| m.contains_key(&id)) {
                 continue;
             }
-            let queued: QueuedDm = crate::codec::decode(&v)
-                .map_err(|e| StoreError::Corrupt { table: "queues", detail: e.to_string() })?;
+            let queued: QueuedDm =
+                crate::codec::decode(&v).map_err(|e| StoreError::Corrupt { table: "queues", detail: e.to_string() })?;
             self.send_delivery(ctx, installation, tag, id, queued);
             let backoff_us = ctx.config.redeliver_after_us;
             self.track(installation, id, Inflight { due_us: ctx.now + backoff_us, backoff_us });
@@ -308,11 +309,24 @@ impl Relay {
         Ok(())
     }
 
-    fn send_delivery<S: Store>(&self, ctx: &mut Ctx<'_, S>, _installation: &InstallationId, tag: SenderTag, id: u64, q: QueuedDm) {
+    fn send_delivery<S: Store>(
+        &self,
+        ctx: &mut Ctx<'_, S>,
+        _installation: &InstallationId,
+        tag: SenderTag,
+        id: u64,
+        q: QueuedDm,
+    ) {
         ctx.send_durable(
             Peer::Tag(tag),
             0,
-            Body::Deliver { delivery_id: id, from_username: q.from_username, from: q.from, msg_id: q.msg_id, sealed: q.sealed },
+            Body::Deliver {
+                delivery_id: id,
+                from_username: q.from_username,
+                from: q.from,
+                msg_id: q.msg_id,
+                sealed: q.sealed,
+            },
         );
     }
 
