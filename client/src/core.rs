@@ -54,6 +54,8 @@ pub struct ClientConfig {
     pub retry_after_max_us: TimeUs,
     /// Contacts remembered (oldest lookup evicted first).
     pub contacts_max: usize,
+    /// Account keys pinned on first use (kept when a contact is evicted).
+    pub pins_max: usize,
     /// Received message ids remembered for de-duplication.
     pub seen_max: usize,
     /// Messages waiting for a lookup (to send or to verify), per contact.
@@ -66,6 +68,7 @@ impl Default for ClientConfig {
             retry_after_us: 10_000_000,
             retry_after_max_us: 60_000_000,
             contacts_max: 10_000,
+            pins_max: 100_000,
             seen_max: 100_000,
             waiting_per_contact_max: 1_000,
         }
@@ -109,6 +112,13 @@ pub enum Event {
         from: String,
         msg_id: MsgId,
         reason: OpenError,
+    },
+    /// A lookup answered with an account key other than the one pinned for that user:
+    /// the answer is refused, and messages to or from the user wait no longer.
+    KeyChanged {
+        username: String,
+        pinned: PublicKey,
+        offered: PublicKey,
     },
     /// A request failed for good.
     Failed {
@@ -187,6 +197,9 @@ pub struct ClientCore {
     next_rid: u64,
     pending: BTreeMap<u64, Pending>,
     contacts: BTreeMap<String, Contact>,
+    /// username -> account key first seen (trust on first use), in pin order for eviction.
+    pins: BTreeMap<String, PublicKey>,
+    pin_order: VecDeque<String>,
     /// Lookups in progress, so a burst of sends to one contact looks it up once.
     lookups: BTreeSet<String>,
     /// Sends waiting for the recipient's lookup.
@@ -213,6 +226,8 @@ impl ClientCore {
             next_rid: 1,
             pending: BTreeMap::new(),
             contacts: BTreeMap::new(),
+            pins: BTreeMap::new(),
+            pin_order: VecDeque::new(),
             lookups: BTreeSet::new(),
             outbox: BTreeMap::new(),
             unacked: BTreeMap::new(),
@@ -445,7 +460,7 @@ impl ClientCore {
         match envelope.body {
             Body::Challenge { nonce, .. } => self.on_challenge(now, rid, nonce),
             Body::Registered { username, .. } => self.on_registered(rid, username),
-            Body::LoggedIn { queued, .. } => self.on_logged_in(rid, queued),
+            Body::LoggedIn { queued, .. } => self.on_logged_in(now, rid, queued),
             Body::LookupResult { username, account_key, installations } => {
                 self.on_lookup_result(now, rid, username, account_key, installations)
             }
@@ -471,9 +486,14 @@ impl ClientCore {
         }
     }
 
-    fn on_logged_in(&mut self, rid: u64, queued: u32) {
+    fn on_logged_in(&mut self, now: TimeUs, rid: u64, queued: u32) {
         if self.pending.remove(&rid).is_some() {
             self.events.push_back(Event::LoggedIn { queued });
+            // Sends refused while the tag was unbound go again now, from the bound tag.
+            let unacked: Vec<OutgoingDm> = self.unacked.values().cloned().collect();
+            for dm in unacked {
+                self.transmit_dm(now, dm);
+            }
         }
     }
 
@@ -524,11 +544,31 @@ impl ClientCore {
         // Keep only certificates the account key really signed: a node cannot add devices.
         let installations: Vec<_> = installations
             .into_iter()
-            .filter(|c| c.account_key == account_key && identity::verify_cert(c).is_ok())
+            .filter(|c| {
+                c.account_key == account_key && identity::verify_cert(c).is_ok() && seal::dh_key_is_usable(&c.dh_key)
+            })
             .collect();
         if asked != username || installations.is_empty() {
             self.fail_contact(&asked, ErrorCode::BadCertificate, "lookup answer has no valid installation");
             return;
+        }
+        match self.pins.get(&username) {
+            Some(pinned) if *pinned != account_key => {
+                let pinned = *pinned;
+                self.events.push_back(Event::KeyChanged { username: username.clone(), pinned, offered: account_key });
+                self.fail_contact(&asked, ErrorCode::BadCertificate, "account key differs from the pinned one");
+                return;
+            }
+            Some(_) => {}
+            None => {
+                if self.pins.len() >= self.config.pins_max
+                    && let Some(oldest) = self.pin_order.pop_front()
+                {
+                    self.pins.remove(&oldest);
+                }
+                self.pins.insert(username.clone(), account_key);
+                self.pin_order.push_back(username.clone());
+            }
         }
         if self.contacts.len() >= self.config.contacts_max && !self.contacts.contains_key(&username) {
             let oldest = self.contacts.iter().min_by_key(|(_, c)| c.fetched_at_us).map(|(n, _)| n.clone());
@@ -629,6 +669,17 @@ impl ClientCore {
             // Transient: keep the request and retry at its next deadline.
             (step, ErrorCode::Busy | ErrorCode::QueueFull | ErrorCode::Internal) => {
                 self.pending.insert(rid, Pending { step, ..p });
+            }
+            // Our tag is not (or no longer) bound, e.g. the node lost the binding or we
+            // came back with a new tag: log in; every unacknowledged send goes again after.
+            (Step::Send(msg_id), ErrorCode::NotLoggedIn) => {
+                self.pending.insert(rid, Pending { step: Step::Send(msg_id), ..p });
+                let logging_in =
+                    self.pending.values().any(|q| matches!(q.step, Step::LoginAwaitChallenge | Step::LoginAwaitResult));
+                if !logging_in {
+                    let installation = self.identity.as_ref().expect("identity").installation_id;
+                    self.request(now, Step::LoginAwaitChallenge, Body::LoginRequest { installation });
+                }
             }
             (Step::Send(msg_id), ErrorCode::StaleRecipient) => {
                 if let Some(dm) = self.unacked.remove(&msg_id) {

@@ -65,6 +65,14 @@ pub enum OpenError {
     BadCertificate,
     #[error("inner signature does not verify")]
     BadSignature,
+    #[error("ephemeral key is of low order (no shared secret)")]
+    WeakKey,
+}
+
+/// False for X25519 public keys of small order, which agree on an all-zero secret with
+/// anyone; such a certificate is refused at lookup.
+pub fn dh_key_is_usable(key: &DhPublicKey) -> bool {
+    StaticSecret::from([0x5a; 32]).diffie_hellman(&XPublic::from(*key)).was_contributory()
 }
 
 fn aad(from: &InstallationId, to_installation: &InstallationId, msg_id: &MsgId) -> Vec<u8> {
@@ -169,7 +177,11 @@ pub fn open(
 ) -> Result<OpenedDm, OpenError> {
     let sealed: SealedDm = codec::decode(sealed).map_err(|_| OpenError::Malformed)?;
     let my_dh = XPublic::from(recipient.dh_secret).to_bytes();
-    let shared = recipient.dh_secret.diffie_hellman(&XPublic::from(sealed.eph_pub)).to_bytes();
+    let shared = recipient.dh_secret.diffie_hellman(&XPublic::from(sealed.eph_pub));
+    if !shared.was_contributory() {
+        return Err(OpenError::WeakKey);
+    }
+    let shared = shared.to_bytes();
     let (key, nonce) = derive(&sealed.eph_pub, &my_dh, &shared);
     let cipher = ChaCha20Poly1305::new(&key.into());
     let plain = cipher
@@ -211,4 +223,28 @@ pub fn open(
         sent_at_us: inner.sent_at_us,
         body: inner.body,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn low_order_keys_are_refused() {
+        // The identity and a point of order 8 on Curve25519.
+        let low_order: [[u8; 32]; 2] = [[0; 32], {
+            let mut p = [0u8; 32];
+            p[0] = 1;
+            p
+        }];
+        for key in low_order {
+            assert!(!dh_key_is_usable(&key));
+        }
+        assert!(dh_key_is_usable(&XPublic::from(&StaticSecret::from([7; 32])).to_bytes()));
+
+        let secret = StaticSecret::from([9; 32]);
+        let recipient = Recipient { username: "bob", installation: [1; 32], dh_secret: &secret };
+        let sealed = codec::encode(&SealedDm { eph_pub: [0; 32], ciphertext: vec![0; 64] });
+        assert_eq!(open(&recipient, "alice", &[2; 32], &[3; 16], &[4; 32], &sealed), Err(OpenError::WeakKey));
+    }
 }

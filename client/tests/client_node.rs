@@ -662,15 +662,12 @@ fn a_message_queued_twice_by_the_node_is_surfaced_once_and_both_copies_acked() {
 
 #[test]
 fn a_stale_contact_is_looked_up_again_and_the_message_resent() {
-    use nymstr_node::limits::INSTALLATIONS_PER_ACCOUNT_MAX;
     let (mut net, alice, bob) = alice_and_bob();
     net.send(alice, "bob", b"first");
     assert_eq!(received(&net.events(bob)).len(), 1);
     net.events(alice);
-    // Bob's account fills up with new devices; his first installation drops off the list,
-    // so alice's cached contact now names an installation bob no longer has.
-    let devices: Vec<usize> =
-        (0..INSTALLATIONS_PER_ACCOUNT_MAX as u8).map(|i| add_device(&mut net, bob, 10 + i)).collect();
+    // Bob adds a laptop: alice's cached contact now misses one of his installations.
+    let laptop = add_device(&mut net, bob, 10);
     net.pump();
     let msg_id = net.send(alice, "bob", b"second");
     let events = net.events(alice);
@@ -683,8 +680,8 @@ fn a_stale_contact_is_looked_up_again_and_the_message_resent() {
         net.delivered.iter().any(|(_, e)| matches!(e.body, Body::Error { code: ErrorCode::StaleRecipient, .. })),
         "the node did refuse the stale send"
     );
-    for d in devices {
-        assert_eq!(received(&net.events(d)), vec![("alice".into(), msg_id, b"second".to_vec())]);
+    for device in [bob, laptop] {
+        assert_eq!(received(&net.events(device)), vec![("alice".into(), msg_id, b"second".to_vec())]);
     }
     assert_eq!(net.node.queued_total(), 0);
 }
@@ -753,4 +750,60 @@ fn a_message_too_large_for_one_frame_across_all_installations_fails_instead_of_r
     let small = net.send(alice, "bob", b"small");
     assert!(net.events(alice).contains(&Event::SendAcked { to: "bob".into(), msg_id: small }));
     assert_eq!(received(&net.events(laptop)).len(), 1);
+}
+
+#[test]
+fn a_node_that_swaps_an_account_key_is_caught_by_the_pin() {
+    // Alice pinned bob's account key on first lookup. Later the node answers a lookup of
+    // "bob" with mallory's key and devices: alice refuses it and seals nothing for mallory.
+    let (mut net, alice, bob) = alice_and_bob();
+    let mallory = net.add_client(3);
+    net.register(mallory, "mallory");
+    net.send(alice, "bob", b"first");
+    net.events(alice);
+    let bob_key = net.client(bob).identity().unwrap().cert.account_key;
+    let forged_cert = net.client(mallory).identity().unwrap().cert.clone();
+    let forged_key = forged_cert.account_key;
+    let _laptop = add_device(&mut net, bob, 10); // alice's view of bob goes stale
+    net.set_filter(move |dir, _, mut env| {
+        if dir == Dir::ToClient
+            && let Body::LookupResult { username, account_key, installations } = &mut env.body
+            && username == "bob"
+        {
+            *account_key = forged_key;
+            *installations = vec![forged_cert.clone()];
+        }
+        vec![env]
+    });
+    let msg_id = net.send(alice, "bob", b"second");
+    let events = net.events(alice);
+    assert!(
+        events.contains(&Event::KeyChanged { username: "bob".into(), pinned: bob_key, offered: forged_key }),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Failed { what: Operation::Send { msg_id: m, .. }, .. } if *m == msg_id)),
+        "{events:?}"
+    );
+    assert!(received(&net.events(mallory)).is_empty());
+    assert_eq!(delivers_of(&net, msg_id), 0);
+}
+
+#[test]
+fn a_send_from_an_unbound_tag_logs_in_and_goes_again() {
+    // Alice's mixnet client restarted with a fresh tag the node has never seen: her send
+    // is refused as NotLoggedIn, she logs in by herself, and the message goes once.
+    let (mut net, alice, bob) = alice_and_bob();
+    net.send(alice, "bob", b"hello");
+    net.events(alice);
+    net.events(bob);
+    net.clients[alice].0 = SenderTag([0xa0; 16]);
+    let msg_id = net.send(alice, "bob", b"from a new tag");
+    let events = net.events(alice);
+    assert!(events.iter().any(|e| matches!(e, Event::LoggedIn { .. })), "{events:?}");
+    assert!(events.contains(&Event::SendAcked { to: "bob".into(), msg_id }), "{events:?}");
+    assert_eq!(received(&net.events(bob)), vec![("alice".into(), msg_id, b"from a new tag".to_vec())]);
+    assert_eq!(delivers_of(&net, msg_id), 1);
 }

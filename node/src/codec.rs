@@ -70,6 +70,17 @@ pub fn encode_frame(envelope: &Envelope) -> Result<Vec<u8>, CodecError> {
     Ok(out)
 }
 
+/// The request id of a frame that does not decode, when its first bytes still hold one,
+/// so an error answer can name the request it refuses (0 otherwise).
+pub fn peek_request_id(bytes: &[u8]) -> u64 {
+    match bytes.split_first() {
+        Some((&WIRE_VERSION, rest)) if bytes.len() <= FRAME_BYTES_MAX => {
+            bincode::serde::decode_from_slice::<u64, _>(rest, config()).map_or(0, |(id, _)| id)
+        }
+        _ => 0,
+    }
+}
+
 /// Decodes a frame, checking size and version before anything else.
 pub fn decode_frame(bytes: &[u8]) -> Result<Envelope, CodecError> {
     if bytes.len() > FRAME_BYTES_MAX {

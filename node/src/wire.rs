@@ -192,6 +192,8 @@ pub enum ErrorCode {
     UnknownChallenge = 14,
     ChallengeExpired = 15,
     BadSignature = 16,
+    /// The account already holds `INSTALLATIONS_PER_ACCOUNT_MAX` installations.
+    InstallationLimit = 17,
     UnknownUser = 20,
     UnknownInstallation = 21,
     NotLoggedIn = 22,
@@ -206,7 +208,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::Malformed,
         ErrorCode::UnsupportedVersion,
         ErrorCode::FrameTooLarge,
@@ -218,6 +220,7 @@ impl ErrorCode {
         ErrorCode::UnknownChallenge,
         ErrorCode::ChallengeExpired,
         ErrorCode::BadSignature,
+        ErrorCode::InstallationLimit,
         ErrorCode::UnknownUser,
         ErrorCode::UnknownInstallation,
         ErrorCode::NotLoggedIn,

@@ -20,14 +20,14 @@ fn node_with_alice() -> Harness {
     h
 }
 
-/// Feeds `bytes` and returns the single error code the node answers with (request id 0:
-/// an undecodable frame has no request id to echo).
+/// Feeds `bytes` and returns the single error code the node answers with. The answer
+/// echoes the request id when the frame's first bytes still hold one, else 0.
 fn garbage(h: &mut Harness, bytes: &[u8]) -> ErrorCode {
     let rejected = h.node.stats.frames_rejected;
     let out = h.raw(Peer::Tag(tag(CLIENT)), bytes);
     assert_eq!(out.len(), 1, "exactly one answer: {out:?}");
     assert_eq!(out[0].to, tag(CLIENT));
-    assert_eq!(out[0].rid(), 0);
+    assert_eq!(out[0].rid(), nymstr_node::codec::peek_request_id(bytes));
     assert_eq!(out[0].durable_after, 0);
     assert_eq!(h.node.stats.frames_rejected, rejected + 1);
     let Body::Error { code, detail } = out[0].body() else { panic!("expected an error: {out:?}") };
@@ -139,12 +139,36 @@ fn a_node_only_message_from_a_client_is_unexpected_and_echoes_the_request_id() {
         Body::Registered { username: "alice".into(), installation: [0; 32] },
         Body::LoggedIn { installation: [0; 32], queued: 0 },
         Body::Deliver { delivery_id: 1, from_username: "x".into(), from: [0; 32], msg_id: [0; 16], sealed: vec![] },
-        Body::Error { code: ErrorCode::Internal, detail: "?".into() },
         Body::LookupResult { username: "alice".into(), account_key: [0; 32], installations: vec![] },
     ] {
         let kind = body.kind();
         assert_eq!(h.ask_err(tag(CLIENT), body), ErrorCode::UnexpectedMessage, "{kind}");
     }
+    still_serves(&mut h);
+}
+
+#[test]
+fn an_error_is_never_answered_from_a_tag_or_an_address() {
+    // Answering errors would let two peers bounce them forever.
+    let mut h = node_with_alice();
+    let error =
+        encode_frame(&Envelope { request_id: 5, body: Body::Error { code: ErrorCode::Internal, detail: "?".into() } })
+            .unwrap();
+    for from in [Peer::Tag(tag(CLIENT)), Peer::Address(Address(b"some-node".to_vec()))] {
+        let rejected = h.node.stats.frames_rejected;
+        assert!(h.raw(from, &error).is_empty(), "an error was answered");
+        assert_eq!(h.node.stats.frames_rejected, rejected + 1);
+    }
+    still_serves(&mut h);
+}
+
+#[test]
+fn an_undecodable_frame_echoes_its_request_id_when_it_can() {
+    let mut h = node_with_alice();
+    let mut frame = valid_lookup_frame();
+    frame.push(0);
+    let out = h.raw(Peer::Tag(tag(CLIENT)), &frame);
+    assert_eq!(out[0].rid(), 77, "the trailing-byte error names request 77");
     still_serves(&mut h);
 }
 

@@ -476,25 +476,29 @@ fn the_sweep_keeps_challenges_that_are_still_valid() {
 }
 
 #[test]
-fn an_account_lists_at_most_the_installation_limit_and_lookup_and_login_agree() {
+fn an_account_holds_at_most_the_installation_limit_and_the_next_is_refused() {
     use nymstr_node::limits::INSTALLATIONS_PER_ACCOUNT_MAX as MAX;
     let mut h = Harness::new();
     let first = User::new("alice", 1);
     h.register(&first);
     let devices: Vec<User> =
-        (0..MAX as u64).map(|i| User::with_account("alice", 100 + i, first.account.clone())).collect();
+        (1..MAX as u64).map(|i| User::with_account("alice", 100 + i, first.account.clone())).collect();
     for d in &devices {
         h.register(d);
     }
+    // One more is refused with a typed error; nothing is evicted behind anyone's back.
+    let extra = User::with_account("alice", 999, first.account.clone());
+    let nonce = h.challenge_for_register(&extra);
+    assert_eq!(h.ask_err(extra.tag, extra.register_response(&nonce)), ErrorCode::InstallationLimit);
     let Body::LookupResult { installations, .. } = h.lookup(tag(200), "alice") else { panic!() };
     assert_eq!(installations.len(), MAX);
-    // An installation lookup no longer lists cannot log in or send either.
-    assert!(!installations.contains(&first.cert));
-    assert_eq!(
-        h.ask_err(tag(201), Body::LoginRequest { installation: first.installation }),
-        ErrorCode::UnknownInstallation
-    );
+    assert!(installations.contains(&first.cert));
     for d in &devices {
         assert!(installations.contains(&d.cert));
     }
+    assert!(!installations.contains(&extra.cert));
+    assert_eq!(
+        h.ask_err(tag(201), Body::LoginRequest { installation: extra.installation }),
+        ErrorCode::UnknownInstallation
+    );
 }

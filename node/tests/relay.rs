@@ -141,7 +141,7 @@ fn a_dm_to_an_installation_the_recipient_does_not_have_is_stale() {
 fn a_dm_naming_the_same_installation_twice_or_none_is_refused() {
     let (mut h, alice, bob) = alice_and_bob(NodeConfig::default());
     let twice = alice.dm("bob", msg_id(1), &[(bob.installation, b"x".to_vec()), (bob.installation, b"x".to_vec())]);
-    assert_eq!(h.ask_err(alice.tag, Body::SendDm(twice)), ErrorCode::StaleRecipient);
+    assert_eq!(h.ask_err(alice.tag, Body::SendDm(twice)), ErrorCode::Malformed);
     let none = alice.dm("bob", msg_id(2), &[]);
     assert_eq!(h.ask_err(alice.tag, Body::SendDm(none)), ErrorCode::Malformed);
     assert_eq!(h.node.queued_total(), 0);
@@ -484,14 +484,66 @@ fn only_queues_and_dedupe_entries_hold_message_bytes() {
 }
 
 #[test]
-fn a_send_dm_needs_no_particular_tag_but_a_valid_signature() {
-    // The relay authenticates the sender by the outer signature, not by its tag: a sender
-    // may use a fresh tag (fresh reply blocks) for every message.
+fn a_send_dm_is_accepted_only_from_the_senders_logged_in_tag() {
+    // A valid signature is not enough: a captured SendDm replayed from another tag (by
+    // anyone, at any later time) is refused, and nothing is queued.
     let (mut h, alice, bob) = alice_and_bob(NodeConfig::default());
-    let (rid, out) = h.request(tag(77), alice.dm_to(&bob, msg_id(1), b"x"));
-    let acks = acks_for(&out, rid);
-    assert_eq!(acks.len(), 1);
-    assert_eq!(acks[0].to, tag(77), "the ack goes to the tag the message came from");
+    let dm = alice.dm_to(&bob, msg_id(1), b"x");
+    assert_eq!(h.ask_err(tag(77), dm.clone()), ErrorCode::NotLoggedIn);
+    assert_eq!(h.ask_err(bob.tag, dm.clone()), ErrorCode::NotLoggedIn, "another user's tag");
+    assert_eq!(h.node.queued_total(), 0);
+    // From alice's own tag it goes through; after she logs in from a new tag, only the
+    // new one may send for her.
+    let (rid, out) = h.request(alice.tag, dm);
+    assert_eq!(acks_for(&out, rid).len(), 1);
+    h.login(&alice, tag(78));
+    assert_eq!(h.ask_err(alice.tag, alice.dm_to(&bob, msg_id(2), b"y")), ErrorCode::NotLoggedIn);
+    let (rid, out) = h.request(tag(78), alice.dm_to(&bob, msg_id(3), b"z"));
+    assert_eq!(acks_for(&out, rid)[0].to, tag(78));
+}
+
+#[test]
+fn a_retry_of_a_queued_message_is_acked_even_after_the_recipient_added_a_device() {
+    // Dedupe comes before the recipient checks: the retry of a message already queued is
+    // acknowledged, not refused as stale because bob's devices changed meanwhile.
+    let (mut h, alice, bob) = alice_and_bob(NodeConfig::default());
+    let dm = alice.dm_to(&bob, msg_id(1), b"x");
+    h.request(alice.tag, dm.clone());
+    h.register(&User::with_account("bob", 3, bob.account.clone()));
+    let (rid, out) = h.request(alice.tag, dm);
+    assert_eq!(acks_for(&out, rid).len(), 1, "{out:?}");
+    assert_eq!(h.node.queued_total(), 1);
+}
+
+#[test]
+fn a_dm_must_cover_every_installation_of_the_recipient() {
+    let mut h = Harness::new();
+    let alice = User::new("alice", 1);
+    let phone = User::new("bob", 2);
+    let laptop = User::with_account("bob", 3, phone.account.clone());
+    for u in [&alice, &phone, &laptop] {
+        h.register(u);
+    }
+    let partial = alice.dm("bob", msg_id(1), &[(phone.installation, b"p".to_vec())]);
+    assert_eq!(h.ask_err(alice.tag, Body::SendDm(partial)), ErrorCode::StaleRecipient);
+    assert_eq!(h.node.queued_total(), 0);
+}
+
+#[test]
+fn delivery_ids_count_per_installation() {
+    // Ids reveal nothing about traffic to others: each installation's start at 1.
+    let mut h = Harness::new();
+    let alice = User::new("alice", 1);
+    let bob = User::new("bob", 2);
+    let carol = User::new("carol", 3);
+    for u in [&alice, &bob, &carol] {
+        h.register(u);
+    }
+    for i in 0..5 {
+        h.request(alice.tag, alice.dm_to(&bob, msg_id(i), b"x"));
+    }
+    let (_, out) = h.request(alice.tag, alice.dm_to(&carol, msg_id(9), b"x"));
+    assert_eq!(delivers(&out)[0].1, 1, "carol's first delivery id");
 }
 
 #[test]

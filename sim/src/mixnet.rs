@@ -42,10 +42,10 @@ pub fn next_departure(now: Us, last_depart: Us, interval_ms_mean: f64, rng: &mut
 }
 
 /// Expected time for a `k`-packet message to arrive whole, from an idle sender, by Monte
-/// Carlo over the same distributions (used by the latency oracle).
-pub fn expected_message_us(p: &scenario::Mixnet, k: u32, interval_ms_mean: f64, rng: &mut ChaCha20Rng) -> f64 {
-    const SAMPLES: u32 = 20_000;
-    let mut total = 0.0;
+/// Carlo over the same distributions (used by the latency oracle): (mean, standard error).
+pub fn expected_message_us(p: &scenario::Mixnet, k: u32, interval_ms_mean: f64, rng: &mut ChaCha20Rng) -> (f64, f64) {
+    const SAMPLES: u32 = 100_000;
+    let mut m = Moments::default();
     for _ in 0..SAMPLES {
         let mut depart = 0;
         let mut last = 0;
@@ -53,9 +53,9 @@ pub fn expected_message_us(p: &scenario::Mixnet, k: u32, interval_ms_mean: f64, 
             depart = next_departure(0, depart, interval_ms_mean, rng);
             last = last.max(depart + transit_us(p, rng));
         }
-        total += last as f64;
+        m.add(last as f64);
     }
-    total / f64::from(SAMPLES)
+    (m.mean(), m.std_error())
 }
 
 /// Running mean and variance (Welford), for the statistical oracles.

@@ -215,10 +215,15 @@ impl<S: Store> NodeCore<S> {
                     CodecError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
                     _ => ErrorCode::Malformed,
                 };
-                ctx.send_error(from, 0, code, e.to_string());
+                ctx.send_error(from, codec::peek_request_id(bytes), code, e.to_string());
                 return;
             }
         };
+        // An error is never answered, or two peers could bounce errors forever.
+        if let Body::Error { .. } = envelope.body {
+            self.stats.frames_rejected += 1;
+            return;
+        }
         let Peer::Tag(tag) = from.clone() else {
             self.stats.frames_rejected += 1;
             ctx.send_error(

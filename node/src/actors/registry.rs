@@ -56,6 +56,8 @@ pub enum RegistryError {
     UnknownInstallation,
     #[error("too many pending challenges; retry later")]
     Busy,
+    #[error("the account already holds {max} installations; remove one first")]
+    InstallationLimit { max: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -73,6 +75,7 @@ impl CodedError for RegistryError {
             RegistryError::UnknownUser => ErrorCode::UnknownUser,
             RegistryError::UnknownInstallation => ErrorCode::UnknownInstallation,
             RegistryError::Busy => ErrorCode::Busy,
+            RegistryError::InstallationLimit { .. } => ErrorCode::InstallationLimit,
             RegistryError::Store(_) => ErrorCode::Internal,
         }
     }
@@ -187,7 +190,7 @@ impl Registry {
             Some(mut existing) => {
                 if !existing.installations.iter().any(|c| c.signing_key == cert.signing_key) {
                     if existing.installations.len() >= INSTALLATIONS_PER_ACCOUNT_MAX {
-                        existing.installations.remove(0);
+                        return Err(RegistryError::InstallationLimit { max: INSTALLATIONS_PER_ACCOUNT_MAX });
                     }
                     existing.installations.push(cert);
                 }
@@ -256,7 +259,8 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let username = identity::normalize_username(username).map_err(|_| RegistryError::UnknownUser)?;
         let account = self.account(&*ctx.store, &username)?.ok_or(RegistryError::UnknownUser)?;
-        ctx.send(
+        // Durable-gated: a lookup never reveals a registration a crash could still undo.
+        ctx.send_durable(
             super::Peer::Tag(tag),
             rid,
             Body::LookupResult {

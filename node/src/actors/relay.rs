@@ -15,7 +15,13 @@ use crate::limits::{ACK_IDS_MAX, DM_PAYLOAD_BYTES_MAX};
 use crate::store::{Store, StoreError, Table};
 use crate::wire::{Body, ErrorCode, InstallationId, MsgId, SendDm};
 
-const META_NEXT_DELIVERY_ID: &[u8] = b"next_delivery_id";
+/// Meta key prefix of each installation's next delivery id. Ids count per installation, so
+/// a recipient learns nothing about the node's volume from them.
+const META_NEXT_DELIVERY_ID: &[u8] = b"next_delivery_id/";
+
+fn next_id_key(installation: &InstallationId) -> Vec<u8> {
+    [META_NEXT_DELIVERY_ID, installation.as_slice()].concat()
+}
 
 /// A message waiting in one installation's offline queue.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +48,9 @@ pub enum RelayError {
     UnknownRecipient,
     #[error("message targets no installation")]
     NoPayload,
-    #[error("installation is not one of the recipient's: look the recipient up again")]
+    #[error("message targets one installation twice")]
+    DuplicateInstallation,
+    #[error("payloads do not match the recipient's installations: look the recipient up again")]
     StaleRecipient,
     #[error("payload of {len} bytes exceeds {max}")]
     PayloadTooLarge { len: usize, max: usize },
@@ -62,7 +70,9 @@ impl CodedError for RelayError {
             RelayError::UnknownSender => ErrorCode::UnknownInstallation,
             RelayError::BadSignature => ErrorCode::BadSignature,
             RelayError::UnknownRecipient => ErrorCode::UnknownUser,
-            RelayError::NoPayload | RelayError::TooManyAcks { .. } => ErrorCode::Malformed,
+            RelayError::NoPayload | RelayError::DuplicateInstallation | RelayError::TooManyAcks { .. } => {
+                ErrorCode::Malformed
+            }
             RelayError::StaleRecipient => ErrorCode::StaleRecipient,
             RelayError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             RelayError::QueueFull { .. } => ErrorCode::QueueFull,
@@ -80,7 +90,7 @@ struct Inflight {
 
 #[derive(Debug, Default)]
 pub struct Relay {
-    next_delivery_id: u64,
+    next_delivery_id: BTreeMap<InstallationId, u64>,
     queue_len: BTreeMap<InstallationId, u32>,
     inflight: BTreeMap<InstallationId, BTreeMap<u64, Inflight>>,
     timers: BTreeSet<(TimeUs, InstallationId, u64)>,
@@ -108,18 +118,24 @@ pub fn queued_for<S: Store>(store: &S, installation: &InstallationId) -> Result<
 impl Relay {
     pub fn recover<S: Store>(store: &S) -> Result<Self, StoreError> {
         let mut relay = Relay::default();
-        let mut max_id = 0;
+        for (k, v) in store.scan_prefix(Table::Meta, META_NEXT_DELIVERY_ID)? {
+            let installation: InstallationId = k[META_NEXT_DELIVERY_ID.len()..]
+                .try_into()
+                .map_err(|_| StoreError::Corrupt { table: "meta", detail: "delivery id key".into() })?;
+            let next: u64 =
+                crate::codec::decode(&v).map_err(|e| StoreError::Corrupt { table: "meta", detail: e.to_string() })?;
+            relay.next_delivery_id.insert(installation, next);
+        }
         for (k, _) in store.scan_prefix(Table::Queues, &[])? {
             if k.len() != 40 {
                 return Err(StoreError::Corrupt { table: "queues", detail: "key length".into() });
             }
             let installation: InstallationId = k[..32].try_into().expect("32 bytes");
             let id = u64::from_be_bytes(k[32..].try_into().expect("8 bytes"));
-            max_id = max_id.max(id);
+            let next = relay.next_delivery_id.entry(installation).or_insert(1);
+            *next = (*next).max(id + 1);
             *relay.queue_len.entry(installation).or_default() += 1;
         }
-        let stored: u64 = load(store, Table::Meta, META_NEXT_DELIVERY_ID)?.unwrap_or(1);
-        relay.next_delivery_id = stored.max(max_id + 1);
         Ok(relay)
     }
 
@@ -143,6 +159,18 @@ impl Relay {
         let (sender, sender_cert) = registry.installation(&*ctx.store, &dm.from)?.ok_or(RelayError::UnknownSender)?;
         identity::verify(&sender_cert.signing_key, &identity::send_dm_signing_bytes(&dm), &dm.sig)
             .map_err(|_| RelayError::BadSignature)?;
+        // Only the sender's own logged-in tag may submit: a captured SendDm replayed from
+        // anywhere else is refused, whatever the age of the dedupe entry.
+        if registry.installation_for_tag(&tag) != Some(dm.from) {
+            return Err(RelayError::NotLoggedIn);
+        }
+        let seen = seen_key(&dm.from, &dm.msg_id);
+        if ctx.store.get(Table::SeenSends, &seen)?.is_some() {
+            // A retried send, already queued: ack again once that write is durable, even
+            // if the recipient's installations changed since.
+            ctx.send_durable(Peer::Tag(tag), rid, Body::SendAck { msg_id: dm.msg_id });
+            return Ok(());
+        }
         let to = identity::normalize_username(&dm.to).map_err(|_| RelayError::UnknownRecipient)?;
         let recipient = registry.account(&*ctx.store, &to)?.ok_or(RelayError::UnknownRecipient)?;
         if dm.payloads.is_empty() {
@@ -153,25 +181,26 @@ impl Relay {
             if p.sealed.len() > DM_PAYLOAD_BYTES_MAX {
                 return Err(RelayError::PayloadTooLarge { len: p.sealed.len(), max: DM_PAYLOAD_BYTES_MAX });
             }
-            let known =
-                recipient.installations.iter().any(|c| identity::installation_id(&c.signing_key) == p.installation);
-            if !known || !targets.insert(p.installation) {
-                return Err(RelayError::StaleRecipient);
+            if !targets.insert(p.installation) {
+                return Err(RelayError::DuplicateInstallation);
             }
         }
-        let seen = seen_key(&dm.from, &dm.msg_id);
-        if ctx.store.get(Table::SeenSends, &seen)?.is_some() {
-            // A retried send: already queued. Ack again, once that write is durable.
-            ctx.send_durable(Peer::Tag(tag), rid, Body::SendAck { msg_id: dm.msg_id });
-            return Ok(());
+        // Every installation of the recipient gets its own copy (F1): a sender whose view of
+        // the recipient's devices is out of date must look them up again.
+        let current: BTreeSet<InstallationId> =
+            recipient.installations.iter().map(|c| identity::installation_id(&c.signing_key)).collect();
+        if targets != current {
+            return Err(RelayError::StaleRecipient);
         }
         let max = ctx.config.queue_depth_max;
         if targets.iter().any(|i| self.queue_len.get(i).copied().unwrap_or(0) >= max) {
             return Err(RelayError::QueueFull { max });
         }
         for p in dm.payloads {
-            let id = self.next_delivery_id;
-            self.next_delivery_id += 1;
+            let next = self.next_delivery_id.entry(p.installation).or_insert(1);
+            let id = *next;
+            *next += 1;
+            ctx.save(Table::Meta, &next_id_key(&p.installation), &(id + 1))?;
             let queued = QueuedDm {
                 from_username: sender.username.clone(),
                 from: dm.from,
@@ -182,7 +211,6 @@ impl Relay {
             ctx.save(Table::Queues, &queue_key(&p.installation, id), &queued)?;
             *self.queue_len.entry(p.installation).or_default() += 1;
         }
-        ctx.save(Table::Meta, META_NEXT_DELIVERY_ID, &self.next_delivery_id)?;
         ctx.save(Table::SeenSends, &seen, &SeenSend { expires_at_us: ctx.now + ctx.config.seen_send_ttl_us })?;
         ctx.send_durable(Peer::Tag(tag), rid, Body::SendAck { msg_id: dm.msg_id });
         for installation in targets {
