@@ -57,7 +57,7 @@ pub struct Latency {
     pub packet_transit_model: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct MixnetStats {
     pub packets: u64,
     pub packets_lost: u64,

@@ -234,12 +234,7 @@ struct DmRecord {
 
 #[derive(Debug, Default)]
 pub struct Metrics {
-    pub packets: u64,
-    pub packets_lost: u64,
-    pub retransmissions: u64,
-    pub dropped_at_down_endpoint: u64,
-    pub surbs_used: u64,
-    pub surb_requests: u64,
+    pub mixnet: report::MixnetStats,
     pub frames_to_nodes: u64,
     pub frames_to_clients: u64,
     pub registered: u64,
@@ -831,17 +826,9 @@ impl World {
         let frags = mixnet::fragments(&self.sc.mixnet, bytes.len(), 0);
         if t.surbs >= frags && t.waiting.is_empty() {
             t.surbs -= frags;
-            self.metrics.surbs_used += u64::from(frags);
+            self.metrics.mixnet.surbs_used += u64::from(frags);
             let (owner, session) = (t.owner, t.session);
-            let life = self.nodes[node as usize].incarnation;
-            self.send_message(
-                Endpoint::Node(node),
-                life,
-                Endpoint::Client(owner),
-                session,
-                Payload::ToClient { bytes },
-                leg,
-            );
+            self.send_on_surb(node, owner, session, Payload::ToClient { bytes }, leg);
         } else {
             t.waiting.push_back(bytes);
         }
@@ -856,18 +843,16 @@ impl World {
         }
         t.surbs -= 1;
         t.requested = true;
-        self.metrics.surbs_used += 1;
-        self.metrics.surb_requests += 1;
+        self.metrics.mixnet.surbs_used += 1;
+        self.metrics.mixnet.surb_requests += 1;
         let (owner, session) = (t.owner, t.session);
+        self.send_on_surb(node, owner, session, Payload::SurbRequest { tag }, None);
+    }
+
+    /// A node's message to the client session a SURB leads back to.
+    fn send_on_surb(&mut self, node: u32, owner: u32, session: u32, payload: Payload, leg: Option<Leg>) {
         let life = self.nodes[node as usize].incarnation;
-        self.send_message(
-            Endpoint::Node(node),
-            life,
-            Endpoint::Client(owner),
-            session,
-            Payload::SurbRequest { tag },
-            None,
-        );
+        self.send_message(Endpoint::Node(node), life, Endpoint::Client(owner), session, payload, leg);
     }
 
     fn send_message(
@@ -943,14 +928,14 @@ impl World {
             Endpoint::Node(i) => self.nodes[i as usize].last_depart = depart,
             Endpoint::Client(i) => self.clients[i as usize].last_depart = depart,
         }
-        self.metrics.packets += 1;
+        self.metrics.mixnet.packets += 1;
         let rto = mixnet::retransmit_timeout_us(&self.sc.mixnet);
         let lost = rng::chance(&mut self.mix_rng, self.loss);
         let transit = mixnet::transit_us(&self.sc.mixnet, &mut self.mix_rng);
         let ack_lost = !lost && rng::chance(&mut self.mix_rng, self.loss);
         let m = self.msgs.get_mut(&id).expect("message exists");
         if lost {
-            self.metrics.packets_lost += 1;
+            self.metrics.mixnet.packets_lost += 1;
             m.clean = false;
             m.pending += 1;
             self.schedule(depart + rto, Ev::Retransmit { msg: id, frag });
@@ -994,9 +979,9 @@ impl World {
         let resend = !m.delivered && !m.received[frag as usize] && self.alive(m.src, m.src_life);
         self.trace.update(&id.to_le_bytes());
         if resend {
-            self.metrics.retransmissions += 1;
+            self.metrics.mixnet.retransmissions += 1;
             if matches!(m.src, Endpoint::Node(_)) {
-                self.metrics.surbs_used += 1;
+                self.metrics.mixnet.surbs_used += 1;
             }
             self.launch(id, frag, false);
         }
@@ -1017,7 +1002,7 @@ impl World {
             }
         };
         if !dst_up {
-            self.metrics.dropped_at_down_endpoint += 1;
+            self.metrics.mixnet.dropped_at_down_endpoint += 1;
             self.release(id);
             return;
         }
@@ -1163,20 +1148,12 @@ impl World {
             t.surbs -= frags;
             let bytes = t.waiting.pop_front().expect("front exists");
             let (owner, session) = (t.owner, t.session);
-            self.metrics.surbs_used += u64::from(frags);
-            let life = self.nodes[node as usize].incarnation;
+            self.metrics.mixnet.surbs_used += u64::from(frags);
             let leg = match codec::decode_frame(&bytes).map(|e| e.body) {
                 Ok(Body::Deliver { msg_id, .. }) => Some(Leg::Deliver(msg_id)),
                 _ => None,
             };
-            self.send_message(
-                Endpoint::Node(node),
-                life,
-                Endpoint::Client(owner),
-                session,
-                Payload::ToClient { bytes },
-                leg,
-            );
+            self.send_on_surb(node, owner, session, Payload::ToClient { bytes }, leg);
         }
         self.maybe_request_surbs(node, tag);
     }
@@ -1308,14 +1285,7 @@ impl World {
                 packet_transit_mean: self.metrics.transit_first_attempt.mean() / 1000.0,
                 packet_transit_model: f64::from(self.sc.mixnet.hops) * self.sc.mixnet.hop_delay_ms_mean,
             },
-            mixnet: report::MixnetStats {
-                packets: self.metrics.packets,
-                packets_lost: self.metrics.packets_lost,
-                retransmissions: self.metrics.retransmissions,
-                dropped_at_down_endpoint: self.metrics.dropped_at_down_endpoint,
-                surbs_used: self.metrics.surbs_used,
-                surb_requests: self.metrics.surb_requests,
-            },
+            mixnet: self.metrics.mixnet.clone(),
             node: node_stats,
             faults: report::Faults {
                 crashes: self.metrics.crashes,
