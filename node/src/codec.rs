@@ -12,10 +12,15 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::limits::FRAME_BYTES_MAX;
 use crate::wire::{Envelope, WIRE_VERSION};
 
-type Config = Configuration<LittleEndian, Varint, Limit<FRAME_BYTES_MAX>>;
+/// bincode's decode budget is an allocation guard, not the frame limit: it counts
+/// in-memory sizes, which run slightly above wire sizes, so it is set to twice the frame
+/// limit. The frame limit itself is checked on the wire bytes, exactly, before decoding.
+const DECODE_BUDGET_BYTES: usize = 2 * FRAME_BYTES_MAX;
+
+type Config = Configuration<LittleEndian, Varint, Limit<DECODE_BUDGET_BYTES>>;
 
 fn config() -> Config {
-    config::standard().with_limit::<FRAME_BYTES_MAX>()
+    config::standard().with_limit::<DECODE_BUDGET_BYTES>()
 }
 
 /// Why bytes could not be turned into a value (or a value into bytes).

@@ -139,6 +139,13 @@ pub fn verify_cert(cert: &InstallationCert) -> Result<(), VerifyError> {
     verify(&cert.account_key, &bytes, &cert.sig)
 }
 
+/// False for X25519 public keys of small order, which agree on an all-zero secret with
+/// anyone: a certificate carrying one is refused (registration and lookups).
+pub fn dh_key_is_usable(key: &DhPublicKey) -> bool {
+    let probe = x25519_dalek::StaticSecret::from([0x5a; 32]);
+    probe.diffie_hellman(&x25519_dalek::PublicKey::from(*key)).was_contributory()
+}
+
 /// Installation id: `blake3::derive_key(LABEL_INSTALLATION_ID, signing_key)`.
 pub fn installation_id(signing_key: &PublicKey) -> InstallationId {
     blake3::derive_key(LABEL_INSTALLATION_ID, signing_key)
@@ -204,6 +211,16 @@ mod tests {
         let mut swapped = forged.clone();
         swapped.account_key = account.verifying_key().to_bytes();
         assert_eq!(verify_cert(&swapped), Err(VerifyError::BadSignature));
+    }
+
+    #[test]
+    fn low_order_dh_keys_are_unusable() {
+        let mut order8 = [0u8; 32];
+        order8[0] = 1;
+        assert!(!dh_key_is_usable(&[0; 32]));
+        assert!(!dh_key_is_usable(&order8));
+        let good = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([7; 32])).to_bytes();
+        assert!(dh_key_is_usable(&good));
     }
 
     #[test]

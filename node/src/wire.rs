@@ -197,7 +197,8 @@ pub enum ErrorCode {
     UnknownUser = 20,
     UnknownInstallation = 21,
     NotLoggedIn = 22,
-    /// A `SendDm` targets an installation the recipient no longer has: look up again.
+    /// A `SendDm`'s payloads do not cover exactly the recipient's current installations
+    /// (one is gone, or one is missing): look the recipient up again.
     StaleRecipient = 23,
     QueueFull = 30,
     PayloadTooLarge = 31,

@@ -502,3 +502,14 @@ fn an_account_holds_at_most_the_installation_limit_and_the_next_is_refused() {
         ErrorCode::UnknownInstallation
     );
 }
+
+#[test]
+fn a_certificate_with_a_low_order_dh_key_is_refused() {
+    // Every message sealed to such a key would be readable by anyone, and clients drop
+    // such certificates at lookup; the node refuses them at registration.
+    let mut h = Harness::new();
+    let mut weak = User::new("weakling", 1);
+    let inst = weak.installation_key.verifying_key().to_bytes();
+    weak.cert = nymstr_node::identity::issue_cert(&weak.account, &inst, &[0; 32], T0);
+    assert_eq!(h.ask_err(weak.tag, weak.register_request()), ErrorCode::BadCertificate);
+}

@@ -18,6 +18,7 @@ use crate::wire::{Body, ErrorCode, InstallationCert, InstallationId, Nonce, Publ
 pub struct Account {
     pub username: String,
     pub account_key: PublicKey,
+    #[serde(deserialize_with = "crate::wire::bounded::vec::<_, _, INSTALLATIONS_PER_ACCOUNT_MAX>")]
     pub installations: Vec<InstallationCert>,
     pub registered_at_us: TimeUs,
 }
@@ -56,7 +57,7 @@ pub enum RegistryError {
     UnknownInstallation,
     #[error("too many pending challenges; retry later")]
     Busy,
-    #[error("the account already holds {max} installations; remove one first")]
+    #[error("the account already holds the maximum of {max} installations")]
     InstallationLimit { max: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -149,6 +150,11 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let username = identity::normalize_username(username)?;
         identity::verify_cert(&cert).map_err(|_| RegistryError::BadCertificate)?;
+        // A low-order DH key would make every message to this device readable by anyone,
+        // and clients refuse such certificates at lookup: refuse it here too.
+        if !identity::dh_key_is_usable(&cert.dh_key) {
+            return Err(RegistryError::BadCertificate);
+        }
         if let Some(existing) = self.account(&*ctx.store, &username)? {
             // A retry by the owner (its `Registered` was lost) may complete again.
             if existing.account_key != cert.account_key {

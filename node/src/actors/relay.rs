@@ -29,6 +29,7 @@ pub struct QueuedDm {
     pub from_username: String,
     pub from: InstallationId,
     pub msg_id: MsgId,
+    #[serde(with = "serde_bytes")]
     pub sealed: Vec<u8>,
     pub queued_at_us: TimeUs,
 }
