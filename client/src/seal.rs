@@ -42,6 +42,52 @@ pub struct DmInner {
     pub sig: nymstr_node::wire::Sig,
 }
 
+/// What `DmInner::body` holds: `codec(DmContent)` (normative text: `specs/direct.md` §3).
+/// Variant order is part of the format: append, never reorder.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DmContent {
+    /// An application message (the CLI sends UTF-8 text).
+    Text {
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
+    /// "Reach this installation of mine directly at `addr`; tell me yours."
+    DirectOffer { addr: DirectAddress },
+    /// "Reach this installation of mine directly at `addr`" (the answer to an offer).
+    DirectAccept { addr: DirectAddress },
+    /// "Stop sending to this installation directly; use the relay."
+    DirectWithdraw,
+}
+
+/// A transport address an installation reveals, end-to-end encrypted, to one contact.
+/// Variant order is part of the format: append, never reorder.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum DirectAddress {
+    /// `host:port` of a TCP listener speaking length-prefixed frames (`specs/direct.md`).
+    Tcp(String),
+}
+
+impl DirectAddress {
+    /// Checks the bounds every received address must meet (`specs/direct.md` §3).
+    pub fn is_valid(&self) -> bool {
+        match self {
+            DirectAddress::Tcp(a) => {
+                !a.is_empty()
+                    && a.len() <= nymstr_node::limits::ADDRESS_BYTES_MAX
+                    && a.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for DirectAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DirectAddress::Tcp(a) => write!(f, "tcp://{a}"),
+        }
+    }
+}
+
 /// A verified, decrypted direct message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenedDm {
@@ -67,6 +113,8 @@ pub enum OpenError {
     BadSignature,
     #[error("ephemeral key is of low order (no shared secret)")]
     WeakKey,
+    #[error("message content does not decode (unknown content type?)")]
+    Content,
 }
 
 /// False for X25519 public keys of small order, which agree on an all-zero secret with
@@ -228,6 +276,32 @@ pub fn open(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The vectors of `specs/direct.md` §3.
+    #[test]
+    fn content_encodings_match_the_spec() {
+        let addr = DirectAddress::Tcp("127.0.0.1:7001".into());
+        let cases = [
+            (DmContent::Text { body: b"hi".to_vec() }, "00026869"),
+            (DmContent::DirectOffer { addr: addr.clone() }, "01000e3132372e302e302e313a37303031"),
+            (DmContent::DirectAccept { addr }, "02000e3132372e302e302e313a37303031"),
+            (DmContent::DirectWithdraw, "03"),
+        ];
+        for (content, hex) in cases {
+            let bytes = codec::encode(&content);
+            let got: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(got, hex, "{content:?}");
+            assert_eq!(codec::decode::<DmContent>(&bytes).unwrap(), content);
+        }
+        assert!(codec::decode::<DmContent>(&[4]).is_err(), "unknown content types do not decode");
+    }
+
+    #[test]
+    fn direct_addresses_are_checked() {
+        let ok = |a: &str| DirectAddress::Tcp(a.into()).is_valid();
+        assert!(ok("127.0.0.1:7001") && ok("[::1]:7001") && ok("example.org:1"));
+        assert!(!ok("") && !ok("127.0.0.1") && !ok(":7001") && !ok("host:99999") && !ok(&"a".repeat(200)));
+    }
 
     #[test]
     fn low_order_keys_are_refused() {

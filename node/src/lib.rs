@@ -6,9 +6,23 @@
 
 pub mod actors;
 pub mod codec;
+pub mod framing;
 pub mod identity;
 pub mod limits;
 pub mod store;
 pub mod wire;
+
+/// The real node's configuration and data directory (`config.toml`, `node.key`).
+#[cfg(feature = "runtime")]
+pub mod config;
+/// The real node process: the actix host of the core, signals, status file, logging.
+#[cfg(feature = "runtime")]
+pub mod runtime;
+/// The real node's `Store`, on sled.
+#[cfg(feature = "runtime")]
+pub mod sled_store;
+/// The real node's I/O: transports (tcp, nym).
+#[cfg(feature = "runtime")]
+pub mod transport;
 
 pub use actors::{NodeConfig, NodeCore, Output, Peer};

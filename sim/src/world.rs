@@ -659,7 +659,14 @@ impl World {
             Event::KeyChanged { username, .. } => {
                 self.violations.push(format!("client {client} saw the account key of {username} change"));
             }
-            Event::LoggedIn { .. } | Event::LookedUp { .. } => {}
+            // The simulator's clients do not use direct mode.
+            Event::LoggedIn { .. }
+            | Event::LookedUp { .. }
+            | Event::DirectOffered { .. }
+            | Event::DirectReady { .. }
+            | Event::DirectWithdrawn { .. }
+            | Event::DirectDelivered { .. }
+            | Event::DirectFailed { .. } => {}
         }
     }
 

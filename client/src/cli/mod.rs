@@ -1,0 +1,188 @@
+//! The `nymstr` command-line client: arguments, dispatch, exit codes.
+//!
+//! Every command that talks to the node connects over TCP, logs in (the node gives each
+//! connection a fresh sender tag), does its work through the sans-IO `ClientCore`, and
+//! persists the client in sled under the home directory (`crate::persist`).
+
+mod commands;
+#[cfg(unix)]
+mod control;
+pub mod error;
+mod output;
+mod session;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+pub use error::{CliError, EXIT_CODES_HELP, exit};
+use output::Printer;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nymstr",
+    version,
+    about = "Chat over a nymstr node: end-to-end encrypted direct messages",
+    long_about = "Chat over a nymstr node: end-to-end encrypted direct messages.\n\n\
+                  Start with `nymstr init`, then `nymstr register NAME --node HOST:PORT`.",
+    after_help = EXIT_CODES_HELP
+)]
+pub struct Cli {
+    /// State directory (keys, contacts, history) [default: $NYMSTR_HOME, else ~/.nymstr]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Print JSON (one object per line) instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Seconds to wait for the node and peers before giving up
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 30)]
+    pub timeout: u64,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the home directory and this device's keys (refuses if they exist)
+    Init,
+    /// Register a username with a node (saves the node's address)
+    Register {
+        /// The username: 3-32 of a-z, 0-9 and _, starting with a letter
+        name: String,
+        /// The node, as HOST:PORT
+        #[arg(long, value_name = "HOST:PORT")]
+        node: String,
+    },
+    /// Look a user up on the node and pin their account key on first use
+    Lookup {
+        name: String,
+        /// Use this node instead of the saved one
+        #[arg(long, value_name = "HOST:PORT")]
+        node: Option<String>,
+    },
+    /// Send a message; exits 0 once the node (or the recipient directly) acknowledged it
+    Send {
+        /// The recipient's username
+        name: String,
+        /// The message: the words are joined with spaces; "-" reads it from standard
+        /// input; put `--` before a message that starts with "-"
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+        /// Use this node instead of the saved one
+        #[arg(long, value_name = "HOST:PORT")]
+        node: Option<String>,
+    },
+    /// Fetch and show new messages, then exit
+    Inbox {
+        /// Keep listening this many seconds for more messages
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
+        /// Use this node instead of the saved one
+        #[arg(long, value_name = "HOST:PORT")]
+        node: Option<String>,
+    },
+    /// Stay connected and show messages as they arrive, until Ctrl-C. Lines typed on
+    /// standard input are commands: /msg NAME TEXT, /to NAME (then plain lines go to
+    /// NAME), /direct NAME, /direct-off NAME, /help, /quit
+    Listen {
+        /// Accept direct connections from contacts on this address (HOST:PORT; port 0
+        /// picks one). Contacts you agree direct delivery with learn the address
+        #[arg(long, value_name = "HOST:PORT")]
+        direct: Option<String>,
+        /// The address contacts should connect to, if not the bound one (NAT, 0.0.0.0)
+        #[arg(long, value_name = "HOST:PORT", requires = "direct")]
+        advertise: Option<String>,
+        /// Offer direct delivery to this contact (repeatable)
+        #[arg(long = "offer", value_name = "NAME", requires = "direct")]
+        offer: Vec<String>,
+        /// Use this node instead of the saved one
+        #[arg(long, value_name = "HOST:PORT")]
+        node: Option<String>,
+    },
+    /// Show pinned contacts with their key fingerprints and direct-delivery state
+    Contacts,
+    /// Show the message history (with one contact, or all)
+    History {
+        name: Option<String>,
+        /// Show at most this many messages (the most recent)
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Accept a contact's new account key after you verified it out of band
+    Trust {
+        name: String,
+        /// The new account key, 64 hex digits (spaces allowed)
+        #[arg(long, value_name = "KEY")]
+        key: String,
+    },
+    /// Show this device's identity, node and pending messages
+    Status,
+}
+
+/// The home directory: `--home`, else `$NYMSTR_HOME`, else `~/.nymstr`.
+fn home_dir(flag: Option<PathBuf>) -> Result<PathBuf, CliError> {
+    if let Some(dir) = flag {
+        return Ok(dir);
+    }
+    if let Some(dir) = std::env::var_os("NYMSTR_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".nymstr")),
+        None => Err(CliError::Usage("no home directory: pass --home DIR or set NYMSTR_HOME".into())),
+    }
+}
+
+/// Runs the CLI with the process arguments; returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print and succeed; usage errors exit 2.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    let out = Printer::new(cli.json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            out.error("runtime", &format!("cannot start the async runtime: {e}"), exit::FAILURE);
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let result = runtime.block_on(run(cli, &out));
+    // Standard input is read on a blocking thread that cannot be cancelled: do not wait.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            out.error(e.kind(), &e.to_string(), e.exit_code());
+            e.exit()
+        }
+    }
+}
+
+async fn run(cli: Cli, out: &Printer) -> Result<(), CliError> {
+    let home = home_dir(cli.home)?;
+    let timeout = Duration::from_secs(cli.timeout.max(1));
+    let json = cli.json;
+    let printer = || Printer::new(json);
+    let _ = out;
+    match cli.command {
+        Command::Init => commands::init(&home, &printer()),
+        Command::Register { name, node } => commands::register(&home, printer(), &name, &node, timeout).await,
+        Command::Lookup { name, node } => commands::lookup(&home, printer(), &name, node, timeout).await,
+        Command::Send { name, text, node } => commands::send(&home, printer(), &name, text, node, timeout).await,
+        Command::Inbox { wait, node } => commands::inbox(&home, printer(), wait, node, timeout).await,
+        Command::Listen { direct, advertise, offer, node } => {
+            commands::listen(&home, printer(), direct, advertise, offer, node, timeout).await
+        }
+        Command::Contacts => commands::contacts(&home, &printer()),
+        Command::History { name, limit } => commands::history(&home, &printer(), name, limit),
+        Command::Trust { name, key } => commands::trust(&home, &printer(), &name, &key),
+        Command::Status => commands::status(&home, &printer()),
+    }
+}

@@ -1,0 +1,161 @@
+//! Printing: human text by default, JSON lines with `--json`. Data goes to stdout;
+//! notices and errors go to stderr (in JSON mode `listen` prints notices as JSON events
+//! on stdout so one stream carries everything a script follows).
+
+use std::io::Write;
+
+use serde_json::{Value, json};
+
+use crate::core::Via;
+use crate::persist::{Direction, HistoryEntry, Status};
+
+pub struct Printer {
+    pub json: bool,
+    /// Notices as JSON events on stdout (for `listen --json`).
+    pub events_on_stdout: bool,
+}
+
+impl Printer {
+    pub fn new(json: bool) -> Self {
+        Self { json, events_on_stdout: false }
+    }
+
+    /// One line of data: `text` for people, `value` for scripts.
+    pub fn data(&self, text: impl FnOnce() -> String, value: impl FnOnce() -> Value) {
+        let mut out = std::io::stdout().lock();
+        let line = if self.json { value().to_string() } else { text() };
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+
+    /// A line for people only (nothing in JSON mode), e.g. "no new messages".
+    pub fn human(&self, text: &str) {
+        if !self.json {
+            println!("{text}");
+        }
+    }
+
+    /// Something worth knowing that is not the command's result.
+    pub fn notice(&self, kind: &str, text: &str, fields: Value) {
+        if self.json && self.events_on_stdout {
+            let mut v = json!({ "type": kind });
+            if let (Some(obj), Value::Object(extra)) = (v.as_object_mut(), fields) {
+                obj.extend(extra);
+            }
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{v}");
+            let _ = out.flush();
+        } else {
+            eprintln!("nymstr: {text}");
+        }
+    }
+
+    pub fn error(&self, kind: &str, message: &str, exit_code: u8) {
+        if self.json {
+            eprintln!("{}", json!({ "type": "error", "error": kind, "message": message, "exit_code": exit_code }));
+        } else {
+            eprintln!("nymstr: error: {message}");
+        }
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    ::hex::encode(bytes)
+}
+
+/// An account key as people compare it: 16 groups of 4 hex digits.
+pub fn fingerprint(key: &[u8; 32]) -> String {
+    let h = hex(key);
+    h.as_bytes().chunks(4).map(|c| std::str::from_utf8(c).expect("hex is ascii")).collect::<Vec<_>>().join(" ")
+}
+
+pub fn via_name(via: Option<Via>) -> &'static str {
+    match via {
+        Some(Via::Relay) => "relay",
+        Some(Via::Direct) => "direct",
+        None => "",
+    }
+}
+
+/// `2024-05-01 12:34:56Z` from µs since the Unix epoch (UTC; no time-zone database).
+pub fn time(us: u64) -> String {
+    let secs = us / 1_000_000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Howard Hinnant's `civil_from_days`.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+pub fn text_of(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).into_owned()
+}
+
+/// A message as one JSON object.
+pub fn entry_json(e: &HistoryEntry, me: &str) -> Value {
+    let (from, to) = match e.direction {
+        Direction::In => (e.peer.as_str(), me),
+        Direction::Out => (me, e.peer.as_str()),
+    };
+    let mut v = json!({
+        "type": "message",
+        "direction": match e.direction { Direction::In => "in", Direction::Out => "out" },
+        "from": from,
+        "to": to,
+        "msg_id": hex(&e.msg_id),
+        "sent_at_us": e.sent_at_us,
+        "recorded_at_us": e.at_us,
+        "text": text_of(&e.body),
+        "status": e.status.name(),
+        "via": e.via.map(|v| via_name(Some(v))),
+    });
+    if let Status::Failed(reason) = &e.status {
+        v["reason"] = json!(reason);
+    }
+    v
+}
+
+/// A received message for people: `[time] alice: text`.
+pub fn entry_line(e: &HistoryEntry) -> String {
+    match e.direction {
+        Direction::In => {
+            let via = if e.via == Some(Via::Direct) { " (direct)" } else { "" };
+            format!("[{}] {}{via}: {}", time(e.sent_at_us), e.peer, text_of(&e.body))
+        }
+        Direction::Out => {
+            let status = match &e.status {
+                Status::Failed(reason) => format!("failed: {reason}"),
+                Status::Delivered => "delivered directly".to_string(),
+                other => other.name().to_string(),
+            };
+            format!("[{}] -> {} ({status}): {}", time(e.at_us), e.peer, text_of(&e.body))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_fingerprints_read_well() {
+        assert_eq!(time(0), "1970-01-01 00:00:00Z");
+        assert_eq!(time(1_700_000_000_000_000), "2023-11-14 22:13:20Z");
+        assert_eq!(time(951_782_400_000_000), "2000-02-29 00:00:00Z");
+        let f = fingerprint(&[0xab; 32]);
+        assert_eq!(f.split(' ').count(), 16);
+        assert!(f.starts_with("abab abab"));
+    }
+}

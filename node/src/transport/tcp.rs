@@ -1,0 +1,572 @@
+//! The TCP transport: length-prefixed frames (`crate::framing`) on a stream, one fresh
+//! random [`SenderTag`] per accepted connection. Normative text: `specs/tcp.md`.
+//!
+//! It emulates the mixnet's reply contract: the node core sees only the tag, replies to
+//! the tag go back on that connection, and the socket address of a client is dropped at
+//! `accept` (it is never logged, stored or handed to the core). A frame for a tag whose
+//! connection is gone is dropped silently, as a mixnet drops a reply whose SURBs ran out.
+//!
+//! Tasks: one accept loop, one dispatcher (outbound frames to per-connection write
+//! queues), and per connection a reader (framing, rate limit, idle timeout) and a writer.
+//! Limits and what happens at each:
+//!
+//! | limit | at the limit |
+//! | --- | --- |
+//! | `max_connections` | a new connection is accepted and closed at once |
+//! | `rate_limit_*` (token bucket per tag) | the frame is dropped and answered `Error{Busy}` (the frame's request id) |
+//! | framing (`FRAME_BYTES_MAX`, empty frame) | one `Error{FrameTooLarge or Malformed}`, request id 0, then close |
+//! | `idle_timeout_secs` with no byte received | close |
+//! | `write_queue_frames` full (the peer does not read) | close (slow consumer) |
+//! | `write_timeout_secs` for one batch of writes | close |
+//!
+//! Shutdown (the contract of `transport/mod.rs`): when the node closes its inbound
+//! receiver the transport stops accepting and stops reading; when every outbound sender
+//! is dropped it writes what is queued, closes every connection and drops its last
+//! inbound sender.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rand_core::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::Instant;
+
+use super::{Inbound, OUTBOUND_QUEUE_MAX, Outbound, TransportHandle};
+use crate::actors::{Peer, SenderTag};
+use crate::codec;
+use crate::framing::{self, FramingError};
+use crate::wire::{Body, Envelope, ErrorCode};
+
+/// Settings of the TCP transport (`[transport.tcp]` in `config.toml`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpConfig {
+    /// Address and port to listen on. Port 0 picks a free port (the bound address is
+    /// printed at start and written to `status.json`).
+    pub listen: SocketAddr,
+    /// Connections served at once; a connection beyond this is closed as soon as it is
+    /// accepted.
+    pub max_connections: usize,
+    /// Sustained frames per second accepted from one connection (one sender tag);
+    /// 0 disables the limit.
+    pub rate_limit_frames_per_sec: u32,
+    /// Frames one connection may send in a burst above the sustained rate.
+    pub rate_limit_burst_frames: u32,
+    /// A connection that sends no byte for this long is closed; 0 disables the timeout.
+    pub idle_timeout_secs: u64,
+    /// A connection whose pending replies cannot be written within this time is closed.
+    pub write_timeout_secs: u64,
+    /// Replies queued for one connection; a peer that lets the queue fill is closed.
+    pub write_queue_frames: usize,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
+            max_connections: 1024,
+            rate_limit_frames_per_sec: 50,
+            rate_limit_burst_frames: 200,
+            idle_timeout_secs: 900,
+            write_timeout_secs: 30,
+            write_queue_frames: 256,
+        }
+    }
+}
+
+impl TcpConfig {
+    /// Range checks; on failure, the offending key and why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.max_connections == 0 {
+            return Err(("max_connections", "must be at least 1".into()));
+        }
+        if self.rate_limit_frames_per_sec > 0 && self.rate_limit_burst_frames == 0 {
+            return Err(("rate_limit_burst_frames", "must be at least 1 while a rate limit is set".into()));
+        }
+        if self.write_timeout_secs == 0 {
+            return Err(("write_timeout_secs", "must be at least 1".into()));
+        }
+        if self.write_queue_frames == 0 {
+            return Err(("write_queue_frames", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Why the transport could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TcpError {
+    #[error("cannot listen on {addr}: the address is already in use (is another node running?)")]
+    AddrInUse { addr: SocketAddr },
+    #[error("cannot listen on {addr}: permission denied (ports below 1024 need privileges)")]
+    PermissionDenied { addr: SocketAddr },
+    #[error("cannot listen on {addr}: the address is not available on this host")]
+    AddrNotAvailable { addr: SocketAddr },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("invalid [transport.tcp] setting `{key}`: {message}")]
+    Config { key: &'static str, message: String },
+    #[error("cannot seed the sender-tag generator from the operating system: {0}")]
+    Entropy(String),
+}
+
+/// Starts listening on `config.listen`; inbound frames go to `inbound`.
+pub async fn start(config: TcpConfig, inbound: mpsc::Sender<Inbound>) -> Result<TransportHandle, TcpError> {
+    config.check().map_err(|(key, message)| TcpError::Config { key, message })?;
+    let addr = config.listen;
+    let listener = TcpListener::bind(addr).await.map_err(|source| match source.kind() {
+        io::ErrorKind::AddrInUse => TcpError::AddrInUse { addr },
+        io::ErrorKind::PermissionDenied => TcpError::PermissionDenied { addr },
+        io::ErrorKind::AddrNotAvailable => TcpError::AddrNotAvailable { addr },
+        _ => TcpError::Bind { addr, source },
+    })?;
+    let local = listener.local_addr().map_err(|source| TcpError::Bind { addr, source })?;
+    let rng = crate::runtime::os::os_seeded_rng().map_err(|e| TcpError::Entropy(e.to_string()))?;
+    let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE_MAX);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shared = Arc::new(Shared { config, conns: Mutex::new(BTreeMap::new()), counters: Counters::default() });
+    tokio::spawn(dispatch(outbound_rx, shared.clone(), stop_tx));
+    tokio::spawn(accept_loop(listener, shared, inbound, rng, stop_rx));
+    tracing::info!(address = %local, "tcp transport listening");
+    Ok(TransportHandle { outbound, address: local.to_string() })
+}
+
+/// A served connection, as the dispatcher sees it.
+struct Conn {
+    /// Length-prefixed frames for the writer.
+    queue: mpsc::Sender<Vec<u8>>,
+    /// Closes the connection at once (slow consumer).
+    kill: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Counters {
+    accepted: AtomicU64,
+    refused_at_limit: AtomicU64,
+    rate_limited: AtomicU64,
+    framing_errors: AtomicU64,
+    slow_consumers: AtomicU64,
+    idle_closed: AtomicU64,
+}
+
+struct Shared {
+    config: TcpConfig,
+    conns: Mutex<BTreeMap<SenderTag, Conn>>,
+    counters: Counters,
+}
+
+impl Shared {
+    fn conns(&self) -> MutexGuard<'_, BTreeMap<SenderTag, Conn>> {
+        // A panic while holding the lock cannot leave the map inconsistent (every
+        // operation on it is a single insert, get or remove).
+        self.conns.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn count(&self, counter: impl Fn(&Counters) -> &AtomicU64) {
+        counter(&self.counters).fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn short(tag: &SenderTag) -> String {
+    tag.0[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    inbound: mpsc::Sender<Inbound>,
+    mut rng: rand_chacha::ChaCha20Rng,
+    mut stop: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(shared.config.max_connections));
+    let mut last_limit_warning: Option<Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = inbound.closed() => break,
+            _ = stop.changed() => break,
+        };
+        // The peer's socket address is dropped here: nothing past this line can log it.
+        let stream = match accepted {
+            Ok((stream, _peer_address)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed; retrying in 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            shared.count(|c| &c.refused_at_limit);
+            let now = Instant::now();
+            if last_limit_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
+                last_limit_warning = Some(now);
+                tracing::warn!(
+                    max_connections = shared.config.max_connections,
+                    refused_total = shared.counters.refused_at_limit.load(Ordering::Relaxed),
+                    "connection limit reached: closing new connections"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        shared.count(|c| &c.accepted);
+        let (queue, queue_rx) = mpsc::channel(shared.config.write_queue_frames);
+        let kill = Arc::new(Notify::new());
+        let tag = {
+            let mut conns = shared.conns();
+            let tag = loop {
+                let mut t = [0u8; 16];
+                rng.fill_bytes(&mut t);
+                let t = SenderTag(t);
+                if !conns.contains_key(&t) {
+                    break t;
+                }
+            };
+            conns.insert(tag, Conn { queue: queue.clone(), kill: kill.clone() });
+            tag
+        };
+        tracing::debug!(tag = %short(&tag), "connection opened");
+        tokio::spawn(serve(stream, tag, shared.clone(), inbound.clone(), queue, queue_rx, kill, permit));
+    }
+    tracing::debug!("tcp transport stopped accepting");
+}
+
+/// Why a connection's reader stopped.
+#[derive(Debug)]
+enum End {
+    PeerClosed,
+    ReadError(io::ErrorKind),
+    Idle,
+    Framing(FramingError),
+    NodeStopping,
+    WriterEnded,
+    SlowConsumer,
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::PeerClosed => write!(f, "closed by the peer"),
+            End::ReadError(kind) => write!(f, "read error: {kind}"),
+            End::Idle => write!(f, "idle timeout"),
+            End::Framing(e) => write!(f, "framing error: {e}"),
+            End::NodeStopping => write!(f, "node stopping"),
+            End::WriterEnded => write!(f, "write failed or timed out"),
+            End::SlowConsumer => write!(f, "write queue full (the peer does not read)"),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    stream: TcpStream,
+    tag: SenderTag,
+    shared: Arc<Shared>,
+    inbound: mpsc::Sender<Inbound>,
+    replies: mpsc::Sender<Vec<u8>>,
+    queue_rx: mpsc::Receiver<Vec<u8>>,
+    kill: Arc<Notify>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, wr) = stream.into_split();
+    let write_timeout = Duration::from_secs(shared.config.write_timeout_secs);
+    let mut writer = tokio::spawn(write_loop(wr, queue_rx, write_timeout));
+    let end = tokio::select! {
+        end = read_loop(&mut rd, tag, &inbound, replies, &shared) => end,
+        _ = &mut writer => End::WriterEnded,
+        _ = kill.notified() => End::SlowConsumer,
+    };
+    match end {
+        // Stay registered: the node's last replies (released by its final flush) still go
+        // out; the dispatcher drops the queue once the node has sent everything.
+        End::NodeStopping => {
+            let _ = writer.await;
+        }
+        End::WriterEnded | End::SlowConsumer => {
+            unregister(&shared, tag);
+            writer.abort();
+        }
+        _ => {
+            unregister(&shared, tag);
+            // Write what is queued (e.g. the framing error), then close.
+            if let Ok(Ok(())) = writer.await
+                && matches!(end, End::Framing(_))
+            {
+                // Read and discard what the peer still sends for a moment, so that
+                // closing with unread input does not reset the connection before the
+                // peer has read our error frame.
+                let mut sink = [0u8; 4096];
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    let mut total = 0usize;
+                    while let Ok(n) = rd.read(&mut sink).await {
+                        total += n;
+                        if n == 0 || total > 1 << 20 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+        }
+    }
+    match &end {
+        End::Idle => shared.count(|c| &c.idle_closed),
+        End::SlowConsumer => shared.count(|c| &c.slow_consumers),
+        End::Framing(_) => shared.count(|c| &c.framing_errors),
+        _ => {}
+    }
+    tracing::debug!(tag = %short(&tag), reason = %end, "connection closed");
+    // `inbound` is dropped only now: the node learns that every connection finished
+    // when its inbound channel has no sender left.
+    drop(inbound);
+}
+
+fn unregister(shared: &Shared, tag: SenderTag) {
+    shared.conns().remove(&tag);
+}
+
+async fn read_loop(
+    rd: &mut OwnedReadHalf,
+    tag: SenderTag,
+    inbound: &mpsc::Sender<Inbound>,
+    replies: mpsc::Sender<Vec<u8>>,
+    shared: &Shared,
+) -> End {
+    let config = &shared.config;
+    let idle = (config.idle_timeout_secs > 0).then(|| Duration::from_secs(config.idle_timeout_secs));
+    let mut bucket = TokenBucket::new(config.rate_limit_frames_per_sec, config.rate_limit_burst_frames);
+    let mut decoder = framing::Decoder::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let read = async {
+            match idle {
+                Some(d) => tokio::time::timeout(d, rd.read(&mut buf)).await.ok(),
+                None => Some(rd.read(&mut buf).await),
+            }
+        };
+        let n = tokio::select! {
+            r = read => match r {
+                None => return End::Idle,
+                Some(Ok(0)) => return End::PeerClosed,
+                Some(Ok(n)) => n,
+                Some(Err(e)) => return End::ReadError(e.kind()),
+            },
+            _ = inbound.closed() => return End::NodeStopping,
+        };
+        decoder.push(&buf[..n]);
+        loop {
+            let frame = match decoder.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    let code = match e {
+                        FramingError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+                        FramingError::Empty => ErrorCode::Malformed,
+                    };
+                    let _ = replies.try_send(error_frame(0, code, &e.to_string()));
+                    return End::Framing(e);
+                }
+            };
+            if !bucket.take(Instant::now()) {
+                shared.count(|c| &c.rate_limited);
+                let detail =
+                    format!("rate limit of {} frames/s exceeded; frame dropped", config.rate_limit_frames_per_sec);
+                // Best effort: a peer that floods and does not read loses these too.
+                let _ = replies.try_send(error_frame(codec::peek_request_id(&frame), ErrorCode::Busy, &detail));
+                continue;
+            }
+            // Back-pressure: a node that cannot keep up slows every reader down here.
+            let sent = tokio::select! {
+                r = inbound.send(Inbound { from: Peer::Tag(tag), bytes: frame }) => r.is_ok(),
+                _ = inbound.closed() => false,
+            };
+            if !sent {
+                return End::NodeStopping;
+            }
+        }
+    }
+}
+
+async fn write_loop(wr: OwnedWriteHalf, mut queue: mpsc::Receiver<Vec<u8>>, timeout: Duration) -> io::Result<()> {
+    let mut w = BufWriter::with_capacity(64 * 1024, wr);
+    while let Some(first) = queue.recv().await {
+        let batch = async {
+            w.write_all(&first).await?;
+            // Coalesce whatever else is already queued into the same flush.
+            for _ in 0..64 {
+                match queue.try_recv() {
+                    Ok(more) => w.write_all(&more).await?,
+                    Err(_) => break,
+                }
+            }
+            w.flush().await
+        };
+        tokio::time::timeout(timeout, batch).await.map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    }
+    // Every sender is gone: nothing more will be written. Half-close politely.
+    let _ = tokio::time::timeout(timeout, w.shutdown()).await;
+    Ok(())
+}
+
+async fn dispatch(mut outbound: mpsc::Receiver<Outbound>, shared: Arc<Shared>, stop: watch::Sender<bool>) {
+    let mut last_slow_warning: Option<Instant> = None;
+    while let Some(Outbound { to, bytes }) = outbound.recv().await {
+        let Peer::Tag(tag) = to else {
+            // v1 nodes do not talk to each other; federation brings node addresses.
+            tracing::debug!("frame for a node address dropped: the tcp transport does not dial nodes in v1");
+            continue;
+        };
+        let framed = match framing::encode(&bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbound frame dropped: cannot be framed");
+                continue;
+            }
+        };
+        let mut conns = shared.conns();
+        // A tag with no connection (closed, or never ours) is dropped silently, as a
+        // mixnet drops a reply whose SURBs are gone.
+        let Some(conn) = conns.get(&tag) else { continue };
+        match conn.queue.try_send(framed) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if let Some(conn) = conns.remove(&tag) {
+                    conn.kill.notify_one();
+                }
+                drop(conns);
+                shared.count(|c| &c.slow_consumers);
+                let now = Instant::now();
+                if last_slow_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
+                    last_slow_warning = Some(now);
+                    tracing::warn!(
+                        tag = %short(&tag),
+                        write_queue_frames = shared.config.write_queue_frames,
+                        "closing a connection that does not read its replies"
+                    );
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                conns.remove(&tag);
+            }
+        }
+    }
+    // The node dropped every outbound sender: it has stopped. Stop accepting, and let
+    // each connection write what it has queued and close.
+    let _ = stop.send(true);
+    shared.conns().clear();
+    let c = &shared.counters;
+    tracing::info!(
+        accepted = c.accepted.load(Ordering::Relaxed),
+        refused_at_limit = c.refused_at_limit.load(Ordering::Relaxed),
+        rate_limited_frames = c.rate_limited.load(Ordering::Relaxed),
+        framing_errors = c.framing_errors.load(Ordering::Relaxed),
+        slow_consumers = c.slow_consumers.load(Ordering::Relaxed),
+        idle_closed = c.idle_closed.load(Ordering::Relaxed),
+        "tcp transport stopped"
+    );
+}
+
+/// A length-prefixed `Error` frame with `request_id`.
+fn error_frame(request_id: u64, code: ErrorCode, detail: &str) -> Vec<u8> {
+    let mut detail = detail.to_string();
+    let max = crate::limits::ERROR_DETAIL_BYTES_MAX;
+    if detail.len() > max {
+        let mut cut = max;
+        while !detail.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        detail.truncate(cut);
+    }
+    let envelope = Envelope { request_id, body: Body::Error { code, detail } };
+    let frame = codec::encode_frame(&envelope).expect("an error frame with a bounded detail fits in a frame");
+    framing::encode(&frame).expect("an encoded frame is never empty and fits")
+}
+
+/// Token bucket: `rate` tokens per second up to `burst`; rate 0 never refuses.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self { rate: f64::from(rate), burst: f64::from(burst), tokens: f64::from(burst), last: None }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        if let Some(last) = self.last {
+            let refill = now.saturating_duration_since(last).as_secs_f64() * self.rate;
+            self.tokens = (self.tokens + refill).min(self.burst);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_the_burst_then_the_rate() {
+        let mut b = TokenBucket::new(10, 3);
+        let t0 = Instant::now();
+        assert!(b.take(t0) && b.take(t0) && b.take(t0));
+        assert!(!b.take(t0), "burst exhausted");
+        assert!(!b.take(t0 + Duration::from_millis(50)), "half a token");
+        assert!(b.take(t0 + Duration::from_millis(100)), "one token after 1/rate");
+        assert!(b.take(t0 + Duration::from_secs(100)) && b.take(t0 + Duration::from_secs(100)));
+        assert!(b.take(t0 + Duration::from_secs(100)));
+        assert!(!b.take(t0 + Duration::from_secs(100)), "refill is capped at the burst");
+        let mut unlimited = TokenBucket::new(0, 0);
+        assert!((0..10_000).all(|_| unlimited.take(t0)));
+    }
+
+    #[test]
+    fn error_frames_decode_with_their_code_and_request_id() {
+        let framed = error_frame(42, ErrorCode::Busy, &"x".repeat(1000));
+        let mut d = framing::Decoder::new();
+        d.push(&framed);
+        let frame = d.next_frame().unwrap().unwrap();
+        let env = codec::decode_frame(&frame).unwrap();
+        assert_eq!(env.request_id, 42);
+        match env.body {
+            Body::Error { code, detail } => {
+                assert_eq!(code, ErrorCode::Busy);
+                assert_eq!(detail.len(), crate::limits::ERROR_DETAIL_BYTES_MAX);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn config_checks_name_the_key() {
+        assert!(TcpConfig::default().check().is_ok());
+        let bad = TcpConfig { max_connections: 0, ..TcpConfig::default() };
+        assert_eq!(bad.check().unwrap_err().0, "max_connections");
+        let bad = TcpConfig { rate_limit_burst_frames: 0, ..TcpConfig::default() };
+        assert_eq!(bad.check().unwrap_err().0, "rate_limit_burst_frames");
+        let ok = TcpConfig { rate_limit_frames_per_sec: 0, rate_limit_burst_frames: 0, ..TcpConfig::default() };
+        assert!(ok.check().is_ok());
+    }
+}
