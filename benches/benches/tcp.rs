@@ -77,6 +77,15 @@ impl Drop for InProcessNode {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        // Group commit at work: how many messages one sled flush covered on average.
+        if let Ok(s) = runtime::status::Status::read(&self.dir.join(config::STATUS_FILE)) {
+            let dms = s.stats["dms_accepted"].as_u64().unwrap_or(0);
+            eprintln!(
+                "tcp/node_4x4: {dms} messages relayed, {} store flushes ({:.1} messages per flush)",
+                s.flushes,
+                dms as f64 / s.flushes.max(1) as f64
+            );
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1057,8 +1057,10 @@ impl ClientCore {
     fn on_logged_in(&mut self, now: TimeUs, rid: u64, queued: u32) {
         if self.pending.remove(&rid).is_some() {
             self.events.push_back(Event::LoggedIn { queued });
-            // Sends refused while the tag was unbound go again now, from the bound tag.
-            let unacked: Vec<OutgoingDm> = self.unacked.values().cloned().collect();
+            // Sends refused while the tag was unbound go again now, from the bound tag, in
+            // the order they were written (the node queues them in arrival order).
+            let mut unacked: Vec<OutgoingDm> = self.unacked.values().cloned().collect();
+            unacked.sort_by_key(|d| (d.sent_at_us, d.msg_id));
             for dm in unacked {
                 self.transmit_dm(now, dm);
             }

@@ -290,8 +290,10 @@ impl Home {
         let old = &self.saved.seen;
         let (of, oe) = (old.first_seq, old.first_seq + old.ids.len() as u64);
         let (nf, ne) = (new.first_seq, new.first_seq + new.ids.len() as u64);
+        // Expected: the front moved forward, the back did not shrink, and the overlap agrees.
+        // Anything else (a state from elsewhere) rewrites the log.
         let consistent = nf >= of
-            && ne >= oe.min(ne)
+            && ne >= oe
             && (nf.max(of)..oe.min(ne)).all(|s| old.ids[(s - of) as usize] == new.ids[(s - nf) as usize]);
         let mut batch = sled::Batch::default();
         let mut writes = 0;

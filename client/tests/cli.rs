@@ -384,6 +384,7 @@ fn exit_codes_tell_what_is_wrong() {
     assert_eq!(fresh.run(&["register", "no way!", "--node", &node.addr]).status.code(), Some(2));
     assert_eq!(fresh.run(&["send", "bob"]).status.code(), Some(2));
     assert_eq!(fresh.run(&["send", "bob", "x", "--colour"]).status.code(), Some(2));
+    assert_eq!(fresh.run(&["register", "fresh", "--node", "localhost"]).status.code(), Some(2));
     // A taken name is refused by the node.
     User::join("carol", &node);
     let out = fresh.run(&["register", "carol", "--node", &node.addr]);

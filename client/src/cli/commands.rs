@@ -180,8 +180,19 @@ pub fn status(dir: &Path, out: &Printer) -> Result<(), CliError> {
 
 // --- network commands ---
 
+/// `HOST:PORT`, checked before anything is tried.
+fn check_node_addr(addr: &str) -> Result<(), CliError> {
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
+        _ => Err(CliError::Usage(format!("--node {addr}: expected HOST:PORT, for example 127.0.0.1:7000"))),
+    }
+}
+
 /// Opens the home for a network command: the node is `--node`, else the saved one.
 fn session(dir: &Path, out: Printer, node: Option<String>, timeout: Duration) -> Result<Session, CliError> {
+    if let Some(node) = &node {
+        check_node_addr(node)?;
+    }
     let home = open_home(dir)?;
     let node = match node {
         Some(n) => n,
@@ -218,6 +229,7 @@ fn key_changed(ev: &Event, name: &str) -> Option<CliError> {
 
 pub async fn register(dir: &Path, out: Printer, name: &str, node: &str, timeout: Duration) -> Result<(), CliError> {
     let name = identity::normalize_username(name).map_err(|e| CliError::Usage(e.to_string()))?;
+    check_node_addr(node)?;
     let home = open_home(dir)?;
     let state = home.state();
     if state.registered {

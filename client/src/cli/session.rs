@@ -266,8 +266,6 @@ impl Session {
                 Wake::DirectFrame(conn, bytes) => self.core.handle_direct_frame(now, conn, &bytes),
                 Wake::Line(Some(line)) => {
                     if let Flow::Done(r) = goal.on_line(self, &line) {
-                        self.persist()?;
-                        self.pump_out().await;
                         return r;
                     }
                 }

@@ -685,7 +685,7 @@ mod tests {
                 .await
                 .expect("start gave up within two minutes");
             match result {
-                Err(NymError::Connect(_)) => {}
+                Err(e @ NymError::Connect(_)) => eprintln!("offline start: {e}"),
                 Err(other) => panic!("expected a connect error, got {other}"),
                 Ok(handle) => panic!("connected offline to {}", handle.address),
             }
