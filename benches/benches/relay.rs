@@ -6,10 +6,6 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use nymstr_benches::Bench;
-use nymstr_node::actors::{Output, Peer};
-use nymstr_node::codec;
-use nymstr_node::store::Store;
-use nymstr_node::wire::Body;
 
 fn relay(c: &mut Criterion) {
     let mut g = c.benchmark_group("relay");
@@ -32,17 +28,7 @@ fn relay(c: &mut Criterion) {
             let frames = bench.send_frames(iters as usize, 200);
             let start = Instant::now();
             for f in &frames {
-                bench.node.handle_frame(bench.now, Peer::Tag(bench.alice_tag), f);
-                let mut ids = Vec::new();
-                for Output::Send { envelope, .. } in bench.node.drain_outputs() {
-                    if let Body::Deliver { delivery_id, .. } = envelope.body {
-                        ids.push(delivery_id);
-                    }
-                }
-                bench.node.store_mut().flush().expect("memory flush");
-                let ack = nymstr_node::wire::Envelope { request_id: 0, body: Body::AckDelivery { delivery_ids: ids } };
-                bench.node.handle_frame(bench.now, Peer::Tag(bench.bob_tag), &codec::encode_frame(&ack).expect("fits"));
-                bench.node.drain_outputs().for_each(drop);
+                bench.relay_cycle(f);
             }
             let elapsed = start.elapsed();
             // Keep the client's bookkeeping bounded across criterion's many calls.

@@ -22,12 +22,10 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nymstr_benches::Bench;
 use nymstr_client::{ClientConfig, ClientCore, Event};
-use nymstr_node::actors::{Output, Peer};
-use nymstr_node::codec::{self, decode_frame, encode_frame};
+use nymstr_node::codec::{decode_frame, encode_frame};
 use nymstr_node::config::{self, Config, DataDir};
 use nymstr_node::framing;
 use nymstr_node::runtime::{self, RunOptions, StopHandle, os::now_us};
-use nymstr_node::store::Store;
 use nymstr_node::wire::{Body, Envelope};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -267,17 +265,7 @@ fn tcp(c: &mut Criterion) {
             let frames = bench.send_frames(iters as usize, BODY_BYTES);
             let start = Instant::now();
             for f in &frames {
-                bench.node.handle_frame(bench.now, Peer::Tag(bench.alice_tag), f);
-                let mut ids = Vec::new();
-                for Output::Send { envelope, .. } in bench.node.drain_outputs() {
-                    if let Body::Deliver { delivery_id, .. } = envelope.body {
-                        ids.push(delivery_id);
-                    }
-                }
-                bench.node.store_mut().flush().expect("memory flush");
-                let ack = Envelope { request_id: 0, body: Body::AckDelivery { delivery_ids: ids } };
-                bench.node.handle_frame(bench.now, Peer::Tag(bench.bob_tag), &codec::encode_frame(&ack).expect("fits"));
-                bench.node.drain_outputs().for_each(drop);
+                bench.relay_cycle(f);
             }
             let elapsed = start.elapsed();
             while bench.alice.poll_event().is_some() {}

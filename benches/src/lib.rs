@@ -75,6 +75,23 @@ impl Bench {
         }
     }
 
+    /// One relay cycle in the core alone: alice's `SendDm` frame is handled (decode, verify,
+    /// queue, ack, deliver), the store flushed, and bob's `AckDelivery` handled (delete).
+    pub fn relay_cycle(&mut self, send_dm_frame: &[u8]) {
+        use nymstr_node::wire::{Body, Envelope};
+        self.node.handle_frame(self.now, Peer::Tag(self.alice_tag), send_dm_frame);
+        let mut ids = Vec::new();
+        for Output::Send { envelope, .. } in self.node.drain_outputs() {
+            if let Body::Deliver { delivery_id, .. } = envelope.body {
+                ids.push(delivery_id);
+            }
+        }
+        self.node.store_mut().flush().expect("memory flush");
+        let ack = Envelope { request_id: 0, body: Body::AckDelivery { delivery_ids: ids } };
+        self.node.handle_frame(self.now, Peer::Tag(self.bob_tag), &codec::encode_frame(&ack).expect("fits"));
+        self.node.drain_outputs().for_each(drop);
+    }
+
     /// `n` distinct signed `SendDm` frames from alice to bob, ready for the node.
     pub fn send_frames(&mut self, n: usize, body_bytes: usize) -> Vec<Vec<u8>> {
         let body = vec![7u8; body_bytes];
