@@ -97,6 +97,7 @@ impl SledStore {
             open_tree(Table::ALL[4])?,
             open_tree(Table::ALL[5])?,
             open_tree(Table::ALL[6])?,
+            open_tree(Table::ALL[7])?,
         ];
         let mut counts = [0u64; Table::ALL.len()];
         for (count, tree) in counts.iter_mut().zip(&trees) {

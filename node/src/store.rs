@@ -20,20 +20,23 @@ pub enum Table {
     Bindings,
     /// installation id || delivery id (u64 BE) -> QueuedDm
     Queues,
-    /// sender installation id || msg id -> delivery ids (dedupe of retried sends)
+    /// sender installation id || msg id -> expiry (dedupe of retried sends)
     SeenSends,
+    /// expiry minute (u64 BE) || sender installation id || msg id -> () (sweep index)
+    SeenExpiry,
     /// fixed keys -> counters
     Meta,
 }
 
 impl Table {
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 8] = [
         Table::Accounts,
         Table::Installations,
         Table::Challenges,
         Table::Bindings,
         Table::Queues,
         Table::SeenSends,
+        Table::SeenExpiry,
         Table::Meta,
     ];
 
@@ -45,6 +48,7 @@ impl Table {
             Table::Bindings => "bindings",
             Table::Queues => "queues",
             Table::SeenSends => "seen_sends",
+            Table::SeenExpiry => "seen_expiry",
             Table::Meta => "meta",
         }
     }

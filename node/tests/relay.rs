@@ -606,3 +606,31 @@ fn send_dedupe_is_forgotten_after_its_ttl() {
     let (_, out) = h.request(alice.tag, alice.dm_to(&bob, msg_id(1), b"x"));
     assert_eq!(delivers(&out).len(), 1);
 }
+
+#[test]
+fn the_sweep_reads_only_expired_minutes_and_keeps_a_pair_sent_again() {
+    use nymstr_node::store::Table;
+    let ttl = 120_000_000; // two minutes
+    let config = NodeConfig { seen_send_ttl_us: ttl, sweep_every_us: 10_000_000, ..NodeConfig::default() };
+    let (mut h, alice, bob) = alice_and_bob(config);
+    for i in 0..3 {
+        let (_, out) = h.request(alice.tag, alice.dm_to(&bob, msg_id(i), b"x"));
+        h.request(bob.tag, Body::AckDelivery { delivery_ids: vec![delivers(&out)[0].1] });
+    }
+    assert_eq!(h.node.store().len(Table::SeenSends), 3);
+    assert_eq!(h.node.store().len(Table::SeenExpiry), 3);
+    // Past the TTL, msg 0 is sent again: a new message (not a duplicate), remembered anew.
+    let t = h.now + ttl + 1;
+    h.timeout(t);
+    let (_, out) = h.request(alice.tag, alice.dm_to(&bob, msg_id(0), b"again"));
+    assert_eq!(delivers(&out).len(), 1);
+    h.request(bob.tag, Body::AckDelivery { delivery_ids: vec![delivers(&out)[0].1] });
+    // A minute and a half later the first entries' expiry minute is wholly past and they
+    // go; msg 0's new entry (expiring two minutes after its re-send) stays.
+    let t = h.now + 90_000_000;
+    h.timeout(t);
+    assert_eq!(h.node.store().len(Table::SeenSends), 1);
+    assert_eq!(h.node.store().len(Table::SeenExpiry), 1);
+    let (_, out) = h.request(alice.tag, alice.dm_to(&bob, msg_id(0), b"again"));
+    assert!(delivers(&out).is_empty(), "still a duplicate of the second send");
+}

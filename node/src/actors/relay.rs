@@ -19,6 +19,21 @@ use crate::wire::{Body, ErrorCode, InstallationId, MsgId, SendDm};
 /// a recipient learns nothing about the node's volume from them.
 const META_NEXT_DELIVERY_ID: &[u8] = b"next_delivery_id/";
 
+/// Dedupe entries are indexed by the minute they expire, so a sweep reads only what has
+/// expired (amortised O(expired)), never the whole table.
+const EXPIRY_BUCKET_US: u64 = 60_000_000;
+/// Meta key of the first expiry bucket not yet swept.
+const META_SEEN_SWEEP_NEXT: &[u8] = b"seen_sweep_next";
+/// Buckets one sweep visits at most (a node down for days catches up over several sweeps).
+const SWEEP_BUCKETS_MAX: u64 = 24 * 60;
+
+fn expiry_key(expires_at_us: TimeUs, seen: &[u8; 48]) -> [u8; 56] {
+    let mut k = [0u8; 56];
+    k[..8].copy_from_slice(&(expires_at_us / EXPIRY_BUCKET_US).to_be_bytes());
+    k[8..].copy_from_slice(seen);
+    k
+}
+
 fn next_id_key(installation: &InstallationId) -> Vec<u8> {
     [META_NEXT_DELIVERY_ID, installation.as_slice()].concat()
 }
@@ -166,7 +181,9 @@ impl Relay {
             return Err(RelayError::NotLoggedIn);
         }
         let seen = seen_key(&dm.from, &dm.msg_id);
-        if ctx.store.get(Table::SeenSends, &seen)?.is_some() {
+        let remembered: Option<SeenSend> = ctx.load(Table::SeenSends, &seen)?;
+        // An entry past its expiry no longer dedupes, whether or not a sweep removed it yet.
+        if remembered.is_some_and(|s| s.expires_at_us > ctx.now) {
             // A retried send, already queued: ack again once that write is durable, even
             // if the recipient's installations changed since.
             ctx.send_durable(Peer::Tag(tag), rid, Body::SendAck { msg_id: dm.msg_id });
@@ -212,7 +229,9 @@ impl Relay {
             ctx.save(Table::Queues, &queue_key(&p.installation, id), &queued)?;
             *self.queue_len.entry(p.installation).or_default() += 1;
         }
-        ctx.save(Table::SeenSends, &seen, &SeenSend { expires_at_us: ctx.now + ctx.config.seen_send_ttl_us })?;
+        let expires_at_us = ctx.now + ctx.config.seen_send_ttl_us;
+        ctx.save(Table::SeenSends, &seen, &SeenSend { expires_at_us })?;
+        ctx.store.put(Table::SeenExpiry, &expiry_key(expires_at_us, &seen), &[])?;
         ctx.send_durable(Peer::Tag(tag), rid, Body::SendAck { msg_id: dm.msg_id });
         for installation in targets {
             if let Some(bound) = registry.tag_for_installation(&*ctx.store, &installation)? {
@@ -327,13 +346,34 @@ impl Relay {
         Ok(())
     }
 
-    /// Forgets expired send-dedupe entries.
+    /// Forgets expired send-dedupe entries, one expiry minute at a time: only buckets that
+    /// lie wholly in the past are read, so the work is proportional to what expired.
     pub fn sweep<S: Store>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), StoreError> {
-        for (k, v) in ctx.store.scan_prefix(Table::SeenSends, &[])? {
-            let expired = crate::codec::decode::<SeenSend>(&v).map_or(true, |s| s.expires_at_us <= ctx.now);
-            if expired {
-                ctx.store.delete(Table::SeenSends, &k)?;
+        let first_open_bucket = ctx.now / EXPIRY_BUCKET_US;
+        let cursor = ctx.load::<u64>(Table::Meta, META_SEEN_SWEEP_NEXT)?;
+        let mut bucket = match cursor {
+            Some(next) => next,
+            // Never swept: start at the oldest bucket present (empty index: nothing to do).
+            None => match ctx.store.scan_prefix(Table::SeenExpiry, &[])?.first() {
+                Some((k, _)) => u64::from_be_bytes(k[..8].try_into().expect("expiry key is 56 bytes")),
+                None => first_open_bucket,
+            },
+        };
+        let stop = first_open_bucket.min(bucket.saturating_add(SWEEP_BUCKETS_MAX));
+        while bucket < stop {
+            for (k, _) in ctx.store.scan_prefix(Table::SeenExpiry, &bucket.to_be_bytes())? {
+                let seen = &k[8..];
+                // The pair may have been sent again since and carry a later expiry: keep it.
+                let current: Option<SeenSend> = ctx.load(Table::SeenSends, seen)?;
+                if current.is_none_or(|s| s.expires_at_us <= ctx.now) {
+                    ctx.store.delete(Table::SeenSends, seen)?;
+                }
+                ctx.store.delete(Table::SeenExpiry, &k)?;
             }
+            bucket += 1;
+        }
+        if cursor != Some(bucket) {
+            ctx.save(Table::Meta, META_SEEN_SWEEP_NEXT, &bucket)?;
         }
         Ok(())
     }
