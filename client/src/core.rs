@@ -1115,7 +1115,9 @@ impl ClientCore {
         let installations: Vec<_> = installations
             .into_iter()
             .filter(|c| {
-                c.account_key == account_key && identity::verify_cert(c).is_ok() && seal::dh_key_is_usable(&c.dh_key)
+                c.account_key == account_key
+                    && identity::verify_cert(c).is_ok()
+                    && identity::dh_key_is_usable(&c.dh_key)
             })
             .collect();
         if asked != username || installations.is_empty() {

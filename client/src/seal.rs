@@ -117,12 +117,6 @@ pub enum OpenError {
     Content,
 }
 
-/// False for X25519 public keys of small order, which agree on an all-zero secret with
-/// anyone; such a certificate is refused at lookup.
-pub fn dh_key_is_usable(key: &DhPublicKey) -> bool {
-    StaticSecret::from([0x5a; 32]).diffie_hellman(&XPublic::from(*key)).was_contributory()
-}
-
 fn aad(from: &InstallationId, to_installation: &InstallationId, msg_id: &MsgId) -> Vec<u8> {
     codec::encode(&(from, to_installation, msg_id))
 }
@@ -312,9 +306,9 @@ mod tests {
             p
         }];
         for key in low_order {
-            assert!(!dh_key_is_usable(&key));
+            assert!(!identity::dh_key_is_usable(&key));
         }
-        assert!(dh_key_is_usable(&XPublic::from(&StaticSecret::from([7; 32])).to_bytes()));
+        assert!(identity::dh_key_is_usable(&XPublic::from(&StaticSecret::from([7; 32])).to_bytes()));
 
         let secret = StaticSecret::from([9; 32]);
         let recipient = Recipient { username: "bob", installation: [1; 32], dh_secret: &secret };

@@ -279,7 +279,6 @@ pub struct World {
 impl World {
     pub fn new(sc: Scenario) -> Self {
         let seed = sc.seed;
-        let mut work_rng = rng::stream(seed, Stream::Workload);
         let mut nodes = Vec::new();
         for i in 0..sc.nodes.discovery {
             let core = NodeCore::start(
@@ -353,10 +352,9 @@ impl World {
         // Schedule joins, faults, background flushes and the end of traffic.
         let spread = w.sc.clients.join_spread.us();
         for i in 0..w.sc.clients.count {
-            let at = EPOCH_US + if spread == 0 { 0 } else { rng::below(&mut work_rng, spread) };
+            let at = EPOCH_US + if spread == 0 { 0 } else { rng::below(&mut w.work_rng, spread) };
             w.schedule(at, Ev::Join { client: i });
         }
-        w.work_rng = work_rng;
         for i in 0..w.sc.nodes.discovery {
             let at = EPOCH_US + ms_to_us(w.sc.nodes.background_flush_ms);
             w.schedule(at, Ev::BackgroundFlush { node: i });

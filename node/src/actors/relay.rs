@@ -312,7 +312,7 @@ impl Relay {
             }
             let queued: QueuedDm =
                 crate::codec::decode(&v).map_err(|e| StoreError::Corrupt { table: "queues", detail: e.to_string() })?;
-            self.send_delivery(ctx, installation, tag, id, queued);
+            self.send_delivery(ctx, tag, id, queued);
             let backoff_us = ctx.config.redeliver_after_us;
             self.track(installation, id, Inflight { due_us: ctx.now + backoff_us, backoff_us });
             stats.deliveries += 1;
@@ -337,7 +337,7 @@ impl Relay {
             let tag = registry.tag_for_installation(&*ctx.store, &installation)?;
             let queued: Option<QueuedDm> = load(&*ctx.store, Table::Queues, &queue_key(&installation, id))?;
             if let (Some(tag), Some(queued)) = (tag, queued) {
-                self.send_delivery(ctx, &installation, tag, id, queued);
+                self.send_delivery(ctx, tag, id, queued);
                 let backoff_us = (f.backoff_us * 2).min(ctx.config.redeliver_after_max_us);
                 self.track(&installation, id, Inflight { due_us: ctx.now + backoff_us, backoff_us });
                 stats.redeliveries += 1;
@@ -378,14 +378,7 @@ impl Relay {
         Ok(())
     }
 
-    fn send_delivery<S: Store>(
-        &self,
-        ctx: &mut Ctx<'_, S>,
-        _installation: &InstallationId,
-        tag: SenderTag,
-        id: u64,
-        q: QueuedDm,
-    ) {
+    fn send_delivery<S: Store>(&self, ctx: &mut Ctx<'_, S>, tag: SenderTag, id: u64, q: QueuedDm) {
         ctx.send_durable(
             Peer::Tag(tag),
             0,
