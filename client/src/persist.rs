@@ -185,12 +185,7 @@ impl Home {
             return Err(PersistError::Version { path, found: file.version });
         }
         let db_path = dir.join(DB_DIR);
-        let db = sled::Config::new().path(&db_path).open().map_err(|e| match e {
-            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                PersistError::Locked(dir.to_path_buf())
-            }
-            other => PersistError::Db(other.to_string()),
-        })?;
+        let db = open_db(dir, &db_path)?;
         restrict(&db_path, 0o700)?;
         let tree = |name: &str| db.open_tree(name);
         let mut home = Home {
@@ -482,6 +477,28 @@ fn restrict(path: &Path, mode: u32) -> Result<()> {
     #[cfg(not(unix))]
     let _ = (path, mode);
     Ok(())
+}
+
+/// Attempts, 20 ms apart, to take the database lock before reporting the home in use.
+/// sled releases its lock only when its background flusher lets go of the database, a
+/// moment after the previous holder (in this process or one just exiting) closed it.
+const LOCK_ATTEMPTS: u32 = 50;
+
+fn open_db(dir: &Path, db_path: &Path) -> Result<sled::Db> {
+    let mut attempt = 1;
+    loop {
+        match sled::Config::new().path(db_path).open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
+                if attempt == LOCK_ATTEMPTS {
+                    return Err(PersistError::Locked(dir.to_path_buf()));
+                }
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(other) => return Err(PersistError::Db(other.to_string())),
+        }
+    }
 }
 
 #[cfg(test)]
