@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::codec;
 use crate::limits::{USERNAME_BYTES_MAX, USERNAME_BYTES_MIN};
-use crate::wire::{DhPublicKey, InstallationCert, InstallationId, MsgId, Nonce, PublicKey, SendDm, Sig};
+use crate::wire::{DhPublicKey, GroupId, InstallationCert, InstallationId, MsgId, Nonce, PublicKey, SendDm, Sig};
 
 pub const LABEL_CERT: &str = "nymstr/v1/installation-cert";
 pub const LABEL_INSTALLATION_ID: &str = "nymstr/v1/installation-id";
@@ -18,6 +18,9 @@ pub const LABEL_REGISTER_ACCOUNT: &str = "nymstr/v1/register/account";
 pub const LABEL_REGISTER_INSTALLATION: &str = "nymstr/v1/register/installation";
 pub const LABEL_LOGIN: &str = "nymstr/v1/login";
 pub const LABEL_SEND_DM: &str = "nymstr/v1/send-dm";
+pub const LABEL_GROUP_SUBSCRIBE: &str = "nymstr/v1/group/subscribe";
+pub const LABEL_GROUP_INVITE: &str = "nymstr/v1/group/invite";
+pub const LABEL_GROUP_ADVERT: &str = "nymstr/v1/group/advert";
 
 /// Names nobody may register: they would impersonate the service or its operators.
 pub const RESERVED_USERNAMES: &[&str] = &[
@@ -178,6 +181,29 @@ pub fn send_dm_fields_bytes(
     payloads: &[crate::wire::InstallationPayload],
 ) -> Vec<u8> {
     signing_bytes(LABEL_SEND_DM, &(from, to, msg_id, payloads))
+}
+
+/// What a member signs to subscribe a tag to a group: the steward's nonce and the group.
+pub fn group_subscribe_bytes(group_id: &GroupId, nonce: &Nonce) -> Vec<u8> {
+    signing_bytes(LABEL_GROUP_SUBSCRIBE, &(group_id, nonce))
+}
+
+/// What an admin signs to invite: every field of the token but the signature.
+pub fn invite_token_bytes(
+    group_id: &GroupId,
+    token_id: &[u8; 16],
+    expires_at_us: u64,
+    admin_key: &PublicKey,
+) -> Vec<u8> {
+    signing_bytes(LABEL_GROUP_INVITE, &(group_id, token_id, expires_at_us, admin_key))
+}
+
+/// What an admin signs to advertise a public group: every field but the signature.
+pub fn group_advert_bytes(a: &crate::wire::GroupAdvert) -> Vec<u8> {
+    signing_bytes(
+        LABEL_GROUP_ADVERT,
+        &(&a.group_id, &a.name, &a.description, a.open, &a.group_node, a.issued_at_us, &a.admin_key),
+    )
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod framing;
 pub mod identity;
 pub mod limits;
+pub mod mls;
 pub mod store;
 pub mod wire;
 

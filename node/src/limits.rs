@@ -15,3 +15,14 @@ pub const USERNAME_BYTES_MIN: usize = 3;
 pub const USERNAME_BYTES_MAX: usize = 32;
 /// Transport address length (nym `Recipient` is 96 bytes).
 pub const ADDRESS_BYTES_MAX: usize = 128;
+/// Log entries one `GroupEntries` reply may carry (the reply must also fit one frame).
+pub const GROUP_FETCH_MAX: usize = 64;
+/// Adverts one `Directory` reply may carry.
+pub const DIRECTORY_ADVERTS_MAX: usize = 64;
+/// Largest MLS message (or GroupInfo) one `GroupUpload` may carry, in bytes.
+pub const GROUP_MLS_BYTES_MAX: usize = 48 * 1024;
+/// Group name and description lengths, in bytes.
+pub const GROUP_NAME_BYTES_MAX: usize = 64;
+pub const GROUP_DESCRIPTION_BYTES_MAX: usize = 512;
+/// Members of one group (one steward's fan-out).
+pub const GROUP_MEMBERS_MAX: usize = 1_000;

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_big_array::BigArray;
 
-use crate::limits::{ACK_IDS_MAX, INSTALLATIONS_PER_ACCOUNT_MAX};
+use crate::limits::{ACK_IDS_MAX, DIRECTORY_ADVERTS_MAX, GROUP_FETCH_MAX, INSTALLATIONS_PER_ACCOUNT_MAX};
 
 /// Wire protocol version carried as the first byte of every frame.
 pub const WIRE_VERSION: u8 = 1;
@@ -21,6 +21,10 @@ pub type InstallationId = [u8; 32];
 pub type MsgId = [u8; 16];
 /// Single-use registration / login challenge.
 pub type Nonce = [u8; 32];
+/// Creator-chosen random group identifier (also the MLS `GroupId`).
+pub type GroupId = [u8; 16];
+/// Creator-chosen random identifier of one upload to a group (dedupe of retries).
+pub type UploadId = [u8; 16];
 
 /// An ed25519 signature.
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +74,49 @@ pub struct SendDm {
     pub payloads: Vec<InstallationPayload>,
     /// Signature by the sender installation over `identity::send_dm_signing_bytes`.
     pub sig: Sig,
+}
+
+/// A group's public advert, signed by an admin's member key (`identity::group_advert_bytes`).
+/// Listed by discovery nodes for public groups; never sent for hidden ones.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupAdvert {
+    pub group_id: GroupId,
+    pub name: String,
+    pub description: String,
+    /// Anyone may join by external commit (`true`), or only with an invite token.
+    pub open: bool,
+    /// Transport address of the group node hosting the steward (empty: the node listing it).
+    #[serde(with = "serde_bytes")]
+    pub group_node: Vec<u8>,
+    pub issued_at_us: u64,
+    pub admin_key: PublicKey,
+    pub sig: Sig,
+}
+
+/// An admin-signed, expiring, single-use invitation to an invite-only group, redeemed by
+/// attaching it to an external commit (`GroupUpload::invite`). Sent to the invitee inside
+/// an end-to-end sealed DM; the steward sees it only when it is redeemed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteToken {
+    pub group_id: GroupId,
+    pub token_id: [u8; 16],
+    pub expires_at_us: u64,
+    /// A member key in the group's admin set when the token is redeemed.
+    pub admin_key: PublicKey,
+    /// Signature by `admin_key` over `identity::invite_token_bytes`.
+    pub sig: Sig,
+}
+
+/// One entry of a group's ordered log at the steward: an accepted handshake message or an
+/// application ciphertext, exactly as uploaded (`mls` is a TLS-encoded `MlsMessageOut`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupEntry {
+    /// Position in the group's log, from 1, without gaps.
+    pub seq: u64,
+    /// Epoch the message was sent in.
+    pub epoch: u64,
+    #[serde(with = "serde_bytes")]
+    pub mls: Vec<u8>,
 }
 
 /// Every message of protocol v1.
@@ -149,6 +196,100 @@ pub enum Body {
         code: ErrorCode,
         detail: String,
     },
+
+    // --- groups (steward, `specs/groups.md`) ---
+    /// The creator hosts a new group: its epoch-0 `GroupInfo` with the ratchet tree
+    /// extension (TLS-encoded `MlsMessageOut`), and an advert if the group is public.
+    GroupCreate {
+        group_id: GroupId,
+        #[serde(with = "serde_bytes")]
+        group_info: Vec<u8>,
+        advert: Option<GroupAdvert>,
+    },
+    /// The group is hosted durably.
+    GroupCreated {
+        group_id: GroupId,
+        epoch: u64,
+    },
+    /// A member (by its leaf's signature key = installation signing key) asks to receive
+    /// the group's log from `from_seq` on this tag. Answered with a `Challenge`.
+    GroupSubscribe {
+        group_id: GroupId,
+        member_key: PublicKey,
+        from_seq: u64,
+    },
+    /// Proof of the member key: signature over `identity::group_subscribe_bytes`.
+    GroupSubscribeProof {
+        group_id: GroupId,
+        nonce: Nonce,
+        sig: Sig,
+    },
+    /// The tag now receives `GroupPush`es; entries from the requested seq follow.
+    GroupSubscribed {
+        group_id: GroupId,
+        epoch: u64,
+        next_seq: u64,
+    },
+    /// One MLS message for the group: a proposal or commit (`PublicMessage`) or an
+    /// application message (`PrivateMessage`). Commits carry the new epoch's `GroupInfo`;
+    /// external commits to an invite-only group carry an invite token. One network message
+    /// per group message whatever the group size (P1).
+    GroupUpload {
+        group_id: GroupId,
+        upload_id: UploadId,
+        #[serde(with = "serde_bytes")]
+        mls: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        group_info: Vec<u8>,
+        invite: Option<InviteToken>,
+    },
+    /// The upload is in the log durably at `seq`.
+    GroupUploadAck {
+        group_id: GroupId,
+        upload_id: UploadId,
+        seq: u64,
+        epoch: u64,
+    },
+    /// The steward pushes a new log entry to every subscribed member tag.
+    GroupPush {
+        group_id: GroupId,
+        entry: GroupEntry,
+    },
+    /// A member asks for log entries from `from_seq` (repair, catch-up).
+    GroupFetch {
+        group_id: GroupId,
+        from_seq: u64,
+        max: u32,
+    },
+    /// Entries in order from the requested seq (fewer if history was pruned: then the
+    /// first entry's seq is above `from_seq`); `next_seq` is the seq the next entry gets.
+    GroupEntries {
+        group_id: GroupId,
+        #[serde(deserialize_with = "bounded::vec::<_, _, GROUP_FETCH_MAX>")]
+        entries: Vec<GroupEntry>,
+        next_seq: u64,
+    },
+    /// Anyone may ask for the current `GroupInfo` (for an external join).
+    GroupInfoRequest {
+        group_id: GroupId,
+    },
+    GroupInfoReply {
+        group_id: GroupId,
+        epoch: u64,
+        open: bool,
+        #[serde(with = "serde_bytes")]
+        group_info: Vec<u8>,
+    },
+    /// Anyone may ask a node for the public groups it lists.
+    DirectoryRequest,
+    Directory {
+        #[serde(deserialize_with = "bounded::vec::<_, _, DIRECTORY_ADVERTS_MAX>")]
+        adverts: Vec<GroupAdvert>,
+    },
+    /// A member stops receiving pushes on this tag.
+    GroupUnsubscribe {
+        group_id: GroupId,
+    },
 }
 
 impl Body {
@@ -169,6 +310,21 @@ impl Body {
             Body::Deliver { .. } => "deliver",
             Body::AckDelivery { .. } => "ack_delivery",
             Body::Error { .. } => "error",
+            Body::GroupCreate { .. } => "group_create",
+            Body::GroupCreated { .. } => "group_created",
+            Body::GroupSubscribe { .. } => "group_subscribe",
+            Body::GroupSubscribeProof { .. } => "group_subscribe_proof",
+            Body::GroupSubscribed { .. } => "group_subscribed",
+            Body::GroupUpload { .. } => "group_upload",
+            Body::GroupUploadAck { .. } => "group_upload_ack",
+            Body::GroupPush { .. } => "group_push",
+            Body::GroupFetch { .. } => "group_fetch",
+            Body::GroupEntries { .. } => "group_entries",
+            Body::GroupInfoRequest { .. } => "group_info_request",
+            Body::GroupInfoReply { .. } => "group_info_reply",
+            Body::DirectoryRequest => "directory_request",
+            Body::Directory { .. } => "directory",
+            Body::GroupUnsubscribe { .. } => "group_unsubscribe",
         }
     }
 }
@@ -204,12 +360,39 @@ pub enum ErrorCode {
     PayloadTooLarge = 31,
     /// A bounded table (e.g. pending challenges) is full; retry later.
     Busy = 32,
+    // --- groups ---
+    /// No group with this id is hosted here.
+    UnknownGroup = 40,
+    /// A group with this id already exists.
+    GroupExists = 41,
+    /// The MLS message or GroupInfo did not parse or did not validate (signature, tree,
+    /// membership tag, proposal contents).
+    BadMlsMessage = 42,
+    /// The message is for another epoch; the detail names the current one
+    /// (`current epoch N`). Fetch the log and retry.
+    WrongEpoch = 43,
+    /// The sender is not (or no longer) a member of the group.
+    NotMember = 44,
+    /// A commit from a member who is not the designated steward for this epoch and round.
+    NotSteward = 45,
+    /// The proposal type or target is not allowed for this sender by the group's policy.
+    NotAllowed = 46,
+    /// An external join to an invite-only group without an invite token.
+    InviteRequired = 47,
+    /// The invite token's signature or admin key is not valid for this group.
+    BadInvite = 48,
+    /// The invite token was already redeemed.
+    InviteUsed = 49,
+    InviteExpired = 50,
+    /// The tag has not subscribed to this group as a member (uploads of application
+    /// messages come only from a subscribed member's tag).
+    NotSubscribed = 51,
     /// The node failed internally (storage); nothing was acknowledged.
     Internal = 99,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 32] = [
         ErrorCode::Malformed,
         ErrorCode::UnsupportedVersion,
         ErrorCode::FrameTooLarge,
@@ -229,6 +412,18 @@ impl ErrorCode {
         ErrorCode::QueueFull,
         ErrorCode::PayloadTooLarge,
         ErrorCode::Busy,
+        ErrorCode::UnknownGroup,
+        ErrorCode::GroupExists,
+        ErrorCode::BadMlsMessage,
+        ErrorCode::WrongEpoch,
+        ErrorCode::NotMember,
+        ErrorCode::NotSteward,
+        ErrorCode::NotAllowed,
+        ErrorCode::InviteRequired,
+        ErrorCode::BadInvite,
+        ErrorCode::InviteUsed,
+        ErrorCode::InviteExpired,
+        ErrorCode::NotSubscribed,
         ErrorCode::Internal,
     ];
 
