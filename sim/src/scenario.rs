@@ -37,7 +37,7 @@ macro_rules! ranged {
     ($fn_name:ident, $ty:ty, $key:literal, $lo:expr, $hi:expr, $desc:literal) => {
         fn $fn_name<'de, D: Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
             let v = <$ty>::deserialize(d)?;
-            #[allow(clippy::manual_range_contains)]
+            #[allow(clippy::manual_range_contains, unused_comparisons)]
             if v < $lo || v > $hi {
                 return Err(serde::de::Error::custom(format!("`{}` = {} is out of range: {}", $key, v, $desc)));
             }
@@ -58,6 +58,11 @@ ranged!(rate_in_range, f64, "rate_per_client_per_min", 0.0, 600.0, "0 to 600 mes
 ranged!(bytes_in_range, u32, "message_bytes", 1, 30_000, "1 to 30000 bytes");
 ranged!(share_in_range, f64, "new_contact_share", 0.0, 1.0, "a probability from 0 to 1");
 ranged!(churn_in_range, f64, "offline_per_hour", 0.0, 600.0, "0 to 600 per hour");
+ranged!(group_nodes_in_range, u32, "group", 0, 1_000, "0 to 1000 nodes");
+ranged!(groups_in_range, u32, "count", 0, 100_000, "0 to 100000 groups");
+ranged!(group_size_in_range, u32, "size", 2, 1_000, "2 to 1000 members");
+ranged!(group_rate_in_range, f64, "rate", 0.0, 600.0, "0 to 600 per minute");
+ranged!(fraction_in_range, f64, "fraction", 0.0, 1.0, "a fraction from 0 to 1");
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -145,6 +150,9 @@ impl Default for Mixnet {
 pub struct Nodes {
     #[serde(deserialize_with = "discovery_in_range")]
     pub discovery: u32,
+    /// Group nodes (stewards hosting groups), numbered after the discovery nodes.
+    #[serde(deserialize_with = "group_nodes_in_range")]
+    pub group: u32,
     /// Time one explicit store flush takes (sled fsync).
     pub flush_ms: f64,
     /// Background flush period (sled's `flush_every_ms`, default 500).
@@ -161,6 +169,7 @@ impl Default for Nodes {
     fn default() -> Self {
         Self {
             discovery: 1,
+            group: 0,
             flush_ms: 5.0,
             background_flush_ms: 500.0,
             core: nymstr_node::NodeConfig::default(),
@@ -193,6 +202,58 @@ impl Default for Clients {
 #[serde(deny_unknown_fields, default)]
 pub struct Workload {
     pub dm: DmWorkload,
+    pub groups: GroupWorkload,
+}
+
+/// Group chats (needs `[nodes] group >= 1` when `count > 0`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupWorkload {
+    #[serde(deserialize_with = "groups_in_range")]
+    pub count: u32,
+    /// Initial size of each group, uniform in `size_min..=size_max` (creator included).
+    #[serde(deserialize_with = "group_size_in_range")]
+    pub size_min: u32,
+    #[serde(deserialize_with = "group_size_in_range")]
+    pub size_max: u32,
+    /// Application messages per member per minute.
+    #[serde(deserialize_with = "group_rate_in_range")]
+    pub message_rate_per_member_per_min: f64,
+    /// Share of groups anyone may join by external commit (the rest are invite-only).
+    #[serde(deserialize_with = "fraction_in_range")]
+    pub open_fraction: f64,
+    /// Share of groups advertised in the directory (the rest are hidden).
+    #[serde(deserialize_with = "fraction_in_range")]
+    pub public_fraction: f64,
+    /// New members joining some group, across the whole federation, per minute.
+    #[serde(deserialize_with = "group_rate_in_range")]
+    pub joins_per_min: f64,
+    /// Members leaving some group per minute.
+    #[serde(deserialize_with = "group_rate_in_range")]
+    pub leaves_per_min: f64,
+    /// Bytes of text in one group message.
+    #[serde(deserialize_with = "bytes_in_range")]
+    pub message_bytes: u32,
+    /// Groups are created at uniformly random times within this window (after the
+    /// clients' join spread).
+    pub create_spread: Dur,
+}
+
+impl Default for GroupWorkload {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            size_min: 3,
+            size_max: 50,
+            message_rate_per_member_per_min: 0.5,
+            open_fraction: 0.5,
+            public_fraction: 0.5,
+            joins_per_min: 2.0,
+            leaves_per_min: 1.0,
+            message_bytes: 120,
+            create_spread: Dur::from_secs(60),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -247,6 +308,13 @@ pub enum ScenarioError {
     Invalid { line: usize, message: String },
 }
 
+/// Line of the first `key =` in the source (for cross-key checks serde cannot span).
+fn key_line(src: &str, key: &str) -> usize {
+    src.lines()
+        .position(|l| l.trim_start().strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('=')))
+        .map_or(1, |i| i + 1)
+}
+
 fn line_of(src: &str, offset: usize) -> usize {
     src[..offset.min(src.len())].bytes().filter(|b| *b == b'\n').count() + 1
 }
@@ -257,12 +325,13 @@ impl Scenario {
         for fault in &scenario.faults {
             let line = line_of(src, fault.span().start);
             match fault.get_ref() {
-                Fault::Crash { node, .. } if *node >= scenario.nodes.discovery => {
+                Fault::Crash { node, .. } if *node >= scenario.nodes.discovery + scenario.nodes.group => {
                     return Err(ScenarioError::Invalid {
                         line,
                         message: format!(
-                            "faults: `node` = {node} but the scenario has {} discovery node(s)",
-                            scenario.nodes.discovery
+                            "faults: `node` = {node} but the scenario has {} discovery and {} group node(s) \
+                             (numbered from 0, discovery first)",
+                            scenario.nodes.discovery, scenario.nodes.group
                         ),
                     });
                 }
@@ -274,6 +343,28 @@ impl Scenario {
                 }
                 _ => {}
             }
+        }
+        let g = &scenario.workload.groups;
+        if g.count > 0 && scenario.nodes.group == 0 {
+            return Err(ScenarioError::Invalid {
+                line: key_line(src, "count"),
+                message: "workload.groups: `count` > 0 needs at least one group node (`[nodes] group`)".into(),
+            });
+        }
+        if g.size_min > g.size_max {
+            return Err(ScenarioError::Invalid {
+                line: key_line(src, "size_min"),
+                message: format!("workload.groups: `size_min` = {} exceeds `size_max` = {}", g.size_min, g.size_max),
+            });
+        }
+        if g.count > 0 && g.size_max > scenario.clients.count {
+            return Err(ScenarioError::Invalid {
+                line: key_line(src, "size_max"),
+                message: format!(
+                    "workload.groups: `size_max` = {} exceeds the {} clients",
+                    g.size_max, scenario.clients.count
+                ),
+            });
         }
         if scenario.mixnet.surb_bytes as usize * 2 > scenario.mixnet.packet_payload_bytes as usize * 64 {
             return Err(ScenarioError::Invalid {
@@ -325,6 +416,26 @@ mod tests {
         let err = Scenario::parse("duration = \"ten minutes\"\n").unwrap_err().to_string();
         assert!(err.contains("duration") || err.contains("ten minutes"), "{err}");
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn group_keys_parse_and_cross_checks_name_the_key() {
+        let src = "[nodes]\ngroup = 2\n[workload.groups]\ncount = 20\nsize_min = 3\nsize_max = 50\n\
+                   message_rate_per_member_per_min = 0.5\nopen_fraction = 0.5\npublic_fraction = 0.5\n\
+                   joins_per_min = 2\nleaves_per_min = 1\n";
+        let s = Scenario::parse(src).unwrap();
+        assert_eq!((s.nodes.group, s.workload.groups.count, s.workload.groups.size_max), (2, 20, 50));
+        let err = Scenario::parse("[workload.groups]\ncount = 3\n").unwrap_err().to_string();
+        assert!(err.contains("group node") && err.contains("line 2"), "{err}");
+        let err = Scenario::parse("[nodes]\ngroup = 1\n[workload.groups]\ncount = 1\nsize_min = 9\nsize_max = 4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("size_min") && err.contains("line 5"), "{err}");
+        let err = Scenario::parse("[workload.groups]\nopen_fraction = 1.5\n").unwrap_err().to_string();
+        assert!(err.contains("fraction") && err.contains("line 2"), "{err}");
+        // A crash may target a group node (numbered after the discovery nodes).
+        let src = "[nodes]\ndiscovery = 1\ngroup = 1\n[[faults]]\nat = \"1m\"\nkind = \"crash\"\nnode = 1\nrestart_after = \"5s\"\n";
+        assert!(Scenario::parse(src).is_ok());
     }
 
     #[test]

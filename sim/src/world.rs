@@ -138,9 +138,9 @@ enum Payload {
     /// Client to node; the node sees only `tag`, and the SURBs are credited to it.
     ToNode { tag: SenderTag, owner: u32, session: u32, bytes: Vec<u8>, surbs: u32 },
     /// Node to client, travelling on the client's SURBs.
-    ToClient { bytes: Vec<u8> },
+    ToClient { node: u32, bytes: Vec<u8> },
     /// Node asks the client behind `tag` for more SURBs (sent on a SURB).
-    SurbRequest { tag: SenderTag },
+    SurbRequest { node: u32, tag: SenderTag },
     /// Client answers with fresh SURBs only.
     SurbTopUp { tag: SenderTag, owner: u32, session: u32, surbs: u32 },
 }
@@ -833,7 +833,7 @@ impl World {
             t.surbs -= frags;
             self.metrics.mixnet.surbs_used += u64::from(frags);
             let (owner, session) = (t.owner, t.session);
-            self.send_on_surb(node, owner, session, Payload::ToClient { bytes }, leg);
+            self.send_on_surb(node, owner, session, Payload::ToClient { node, bytes }, leg);
         } else {
             t.waiting.push_back(bytes);
         }
@@ -851,7 +851,7 @@ impl World {
         self.metrics.mixnet.surbs_used += 1;
         self.metrics.mixnet.surb_requests += 1;
         let (owner, session) = (t.owner, t.session);
-        self.send_on_surb(node, owner, session, Payload::SurbRequest { tag }, None);
+        self.send_on_surb(node, owner, session, Payload::SurbRequest { node, tag }, None);
     }
 
     /// A node's message to the client session a SURB leads back to.
@@ -872,7 +872,7 @@ impl World {
         let p = &self.sc.mixnet;
         let (len, surbs) = match &payload {
             Payload::ToNode { bytes, surbs, .. } => (bytes.len(), *surbs),
-            Payload::ToClient { bytes } => (bytes.len(), 0),
+            Payload::ToClient { bytes, .. } => (bytes.len(), 0),
             Payload::SurbRequest { .. } => (32, 0),
             Payload::SurbTopUp { surbs, .. } => (0, *surbs),
         };
@@ -1047,7 +1047,7 @@ impl World {
             (Endpoint::Node(node), Payload::SurbTopUp { tag, owner, session, surbs }) => {
                 self.credit_surbs(node, tag, owner, session, surbs)
             }
-            (Endpoint::Client(client), Payload::ToClient { bytes }) => {
+            (Endpoint::Client(client), Payload::ToClient { node: _, bytes }) => {
                 self.metrics.frames_to_clients += 1;
                 self.trace.update(blake3::hash(&bytes).as_bytes());
                 if let Some(Leg::Deliver(m)) = leg {
@@ -1056,9 +1056,8 @@ impl World {
                 self.clients[client as usize].core.handle_frame(now, &bytes);
                 self.after_client_step(client);
             }
-            (Endpoint::Client(client), Payload::SurbRequest { tag }) => {
-                let c = &self.clients[client as usize];
-                let (node, session) = (c.node, c.session);
+            (Endpoint::Client(client), Payload::SurbRequest { node, tag }) => {
+                let session = self.clients[client as usize].session;
                 let surbs = self.sc.mixnet.surbs_per_message;
                 self.send_message(
                     Endpoint::Client(client),
@@ -1158,7 +1157,7 @@ impl World {
                 Ok(Body::Deliver { msg_id, .. }) => Some(Leg::Deliver(msg_id)),
                 _ => None,
             };
-            self.send_on_surb(node, owner, session, Payload::ToClient { bytes }, leg);
+            self.send_on_surb(node, owner, session, Payload::ToClient { node, bytes }, leg);
         }
         self.maybe_request_surbs(node, tag);
     }
