@@ -229,6 +229,12 @@ impl Config {
         if c.sweep_every_us < 100_000 {
             return core("sweep_every_us", "must be at least 100_000 (100 ms)");
         }
+        if c.group_commit_timeout_us < 1_000_000 {
+            return core("group_commit_timeout_us", "must be at least 1_000_000 (1 s)");
+        }
+        if c.group_history_max == 0 {
+            return core("group_history_max", "must be at least 1");
+        }
         if let Err((key, message)) = self.transport.tcp.check() {
             return Err(("transport.tcp", key, message));
         }
@@ -395,6 +401,15 @@ redeliver_after_max_us = {redeliver_after_max_us}
 seen_send_ttl_us = {seen_send_ttl_us}
 # Period of the housekeeping sweep of expired challenges and send records (µs).
 sweep_every_us = {sweep_every_us}
+# Groups (specs/groups.md): how long an epoch's designated steward has to commit before
+# the next admin in steward order may (µs).
+group_commit_timeout_us = {group_commit_timeout_us}
+# Application messages kept per group log (handshake messages are always kept).
+group_history_max = {group_history_max}
+# Groups this node hosts; beyond this GroupCreate gets Error{{Busy}}.
+groups_max = {groups_max}
+# Proposals accepted per group and epoch; beyond this uploads get Error{{Busy}}.
+group_proposals_per_epoch_max = {group_proposals_per_epoch_max}
 "#,
         version = env!("CARGO_PKG_VERSION"),
         format = match d.log.format {
@@ -421,6 +436,10 @@ sweep_every_us = {sweep_every_us}
         redeliver_after_max_us = grouped(c.redeliver_after_max_us),
         seen_send_ttl_us = grouped(c.seen_send_ttl_us),
         sweep_every_us = grouped(c.sweep_every_us),
+        group_commit_timeout_us = grouped(c.group_commit_timeout_us),
+        group_history_max = grouped(c.group_history_max as u64),
+        groups_max = grouped(c.groups_max as u64),
+        group_proposals_per_epoch_max = c.group_proposals_per_epoch_max,
     );
     #[cfg(feature = "nym")]
     {

@@ -89,16 +89,14 @@ impl SledStore {
         let open_tree = |t: Table| {
             db.open_tree(t.name()).map_err(|e| SledOpenError::Open { path: path.to_path_buf(), detail: e.to_string() })
         };
-        let trees = [
-            open_tree(Table::ALL[0])?,
-            open_tree(Table::ALL[1])?,
-            open_tree(Table::ALL[2])?,
-            open_tree(Table::ALL[3])?,
-            open_tree(Table::ALL[4])?,
-            open_tree(Table::ALL[5])?,
-            open_tree(Table::ALL[6])?,
-            open_tree(Table::ALL[7])?,
-        ];
+        let mut opened = Vec::with_capacity(Table::ALL.len());
+        for t in Table::ALL {
+            opened.push(open_tree(t)?);
+        }
+        let trees: [sled::Tree; Table::ALL.len()] = match opened.try_into() {
+            Ok(trees) => trees,
+            Err(_) => unreachable!("one tree per table"),
+        };
         let mut counts = [0u64; Table::ALL.len()];
         for (count, tree) in counts.iter_mut().zip(&trees) {
             // `Tree::len` walks the tree once; after this the counts are kept exactly.

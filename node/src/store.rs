@@ -26,10 +26,26 @@ pub enum Table {
     SeenExpiry,
     /// fixed keys -> counters
     Meta,
+    /// group id -> GroupRecord (steward: current GroupInfo, epoch start, advert)
+    Groups,
+    /// group id || openmls storage key -> value (the public group's MemoryStorage records)
+    GroupMls,
+    /// group id || seq (u64 BE) -> GroupEntry (the group's log)
+    GroupLog,
+    /// group id || seq (u64 BE) -> SeqIndex (kind and upload id of each log entry)
+    GroupSeqs,
+    /// group id || upload id -> UploadRecord (dedupe of retried uploads)
+    GroupUploads,
+    /// group id || sender tag -> member key (subscriptions)
+    GroupSubs,
+    /// nonce -> PendingSubscribe (group subscribe challenges; never flushed on purpose)
+    GroupChallenges,
+    /// group id || invite token id -> token expiry (redeemed invites)
+    GroupInvites,
 }
 
 impl Table {
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 16] = [
         Table::Accounts,
         Table::Installations,
         Table::Challenges,
@@ -38,6 +54,14 @@ impl Table {
         Table::SeenSends,
         Table::SeenExpiry,
         Table::Meta,
+        Table::Groups,
+        Table::GroupMls,
+        Table::GroupLog,
+        Table::GroupSeqs,
+        Table::GroupUploads,
+        Table::GroupSubs,
+        Table::GroupChallenges,
+        Table::GroupInvites,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +74,14 @@ impl Table {
             Table::SeenSends => "seen_sends",
             Table::SeenExpiry => "seen_expiry",
             Table::Meta => "meta",
+            Table::Groups => "groups",
+            Table::GroupMls => "group_mls",
+            Table::GroupLog => "group_log",
+            Table::GroupSeqs => "group_seqs",
+            Table::GroupUploads => "group_uploads",
+            Table::GroupSubs => "group_subs",
+            Table::GroupChallenges => "group_challenges",
+            Table::GroupInvites => "group_invites",
         }
     }
 }

@@ -3,11 +3,13 @@
 //!
 //! `NodeCore` is the shape a host sees (quinn-proto style): `handle_frame`,
 //! `handle_timeout`, `poll_timeout`, `drain_outputs`. It routes each message to the core
-//! that owns it: [`registry`] (accounts, challenges, tag bindings) and [`relay`] (direct
-//! messages, offline queues, deliveries).
+//! that owns it: [`registry`] (accounts, challenges, tag bindings), [`relay`] (direct
+//! messages, offline queues, deliveries) and [`steward`] (MLS groups: logs, commits,
+//! subscriptions, pushes, directory).
 
 pub mod registry;
 pub mod relay;
+pub mod steward;
 
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
@@ -63,6 +65,16 @@ pub struct NodeConfig {
     pub seen_send_ttl_us: u64,
     /// Period of the housekeeping sweep (expired challenges and dedupe entries).
     pub sweep_every_us: u64,
+    /// How long the designated steward of an epoch has to commit before the next admin in
+    /// steward order may (one retry round).
+    pub group_commit_timeout_us: u64,
+    /// Application messages kept per group log; older ones are pruned (handshake
+    /// messages are kept).
+    pub group_history_max: usize,
+    /// Groups one node hosts; beyond this `GroupCreate` gets `Busy`.
+    pub groups_max: usize,
+    /// Proposals accepted per group and epoch; beyond this uploads get `Busy`.
+    pub group_proposals_per_epoch_max: usize,
 }
 
 impl Default for NodeConfig {
@@ -76,6 +88,10 @@ impl Default for NodeConfig {
             redeliver_after_max_us: 300_000_000,
             seen_send_ttl_us: 24 * 3_600_000_000,
             sweep_every_us: 10_000_000,
+            group_commit_timeout_us: 30_000_000,
+            group_history_max: 10_000,
+            groups_max: 10_000,
+            group_proposals_per_epoch_max: 256,
         }
     }
 }
@@ -159,13 +175,14 @@ pub struct NodeStats {
     pub acks: u64,
 }
 
-/// One discovery node: the registry and relay cores over one store.
+/// One node: the registry, relay and steward cores over one store.
 pub struct NodeCore<S: Store> {
     store: S,
     rng: ChaCha20Rng,
     config: NodeConfig,
     registry: registry::Registry,
     relay: relay::Relay,
+    steward: steward::Steward,
     out: Vec<Output>,
     next_sweep_us: TimeUs,
     pub stats: NodeStats,
@@ -181,15 +198,17 @@ pub enum StartError {
 impl<S: Store> NodeCore<S> {
     /// Starts (or restarts) a node over `store`, recovering in-memory indexes from it and
     /// re-sending every queued message to installations whose tag binding survived.
-    pub fn start(now: TimeUs, store: S, rng: ChaCha20Rng, config: NodeConfig) -> Result<Self, StartError> {
+    pub fn start(now: TimeUs, store: S, mut rng: ChaCha20Rng, config: NodeConfig) -> Result<Self, StartError> {
         let registry = registry::Registry::recover(&store)?;
         let relay = relay::Relay::recover(&store)?;
+        let steward = steward::Steward::recover(&store, &mut rng)?;
         let mut node = Self {
             store,
             rng,
             config,
             registry,
             relay,
+            steward,
             out: Vec::new(),
             next_sweep_us: now,
             stats: NodeStats::default(),
@@ -278,6 +297,29 @@ impl<S: Store> NodeCore<S> {
                 self.stats.acks += 1;
                 self.relay.on_ack(&mut ctx, &self.registry, tag, rid, &delivery_ids, &mut self.stats).map_err(err)
             }
+            Body::GroupCreate { group_id, group_info, advert } => {
+                self.steward.on_create(&mut ctx, tag, rid, group_id, group_info, advert).map_err(err)
+            }
+            Body::GroupSubscribe { group_id, member_key, from_seq } => {
+                self.steward.on_subscribe(&mut ctx, tag, rid, group_id, member_key, from_seq).map_err(err)
+            }
+            Body::GroupSubscribeProof { group_id, nonce, sig } => {
+                self.steward.on_subscribe_proof(&mut ctx, tag, rid, group_id, nonce, sig).map_err(err)
+            }
+            Body::GroupUpload { group_id, upload_id, mls, group_info, invite } => {
+                self.steward.on_upload(&mut ctx, tag, rid, group_id, upload_id, mls, group_info, invite).map_err(err)
+            }
+            Body::GroupFetch { group_id, from_seq, max } => {
+                self.steward.on_fetch(&mut ctx, tag, rid, group_id, from_seq, max).map_err(err)
+            }
+            Body::GroupInfoRequest { group_id } => {
+                self.steward.on_group_info_request(&mut ctx, tag, rid, group_id).map_err(err)
+            }
+            Body::DirectoryRequest => {
+                self.steward.on_directory_request(&mut ctx, tag, rid);
+                Ok(())
+            }
+            Body::GroupUnsubscribe { group_id } => self.steward.on_unsubscribe(&mut ctx, tag, group_id).map_err(err),
             other => Err((ErrorCode::UnexpectedMessage, format!("{} is not a request", other.kind()))),
         };
         if let Err((code, detail)) = result {
@@ -299,6 +341,7 @@ impl<S: Store> NodeCore<S> {
         if now >= self.next_sweep_us {
             let _ = self.registry.sweep(&mut ctx);
             let _ = self.relay.sweep(&mut ctx);
+            let _ = self.steward.sweep(&mut ctx);
             self.next_sweep_us = now + self.config.sweep_every_us;
         }
     }
@@ -323,6 +366,16 @@ impl<S: Store> NodeCore<S> {
 
     pub fn config(&self) -> &NodeConfig {
         &self.config
+    }
+
+    /// The steward core (read-only: hosted groups, epochs, subscriptions).
+    pub fn steward(&self) -> &steward::Steward {
+        &self.steward
+    }
+
+    /// The steward's counters (kept apart from [`NodeStats`], which hosts sum field by field).
+    pub fn group_stats(&self) -> &steward::StewardStats {
+        &self.steward.stats
     }
 
     /// Messages currently queued across all installations.
