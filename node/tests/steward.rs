@@ -684,3 +684,92 @@ fn history_keeps_the_newest_application_messages_and_every_handshake() {
     let Body::GroupEntries { entries, .. } = reply(&out, rid).clone() else { panic!() };
     assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![6, 7]);
 }
+
+// --- proposals and subscriptions ---
+
+#[test]
+fn proposals_follow_the_group_policy() {
+    let mut h = Harness::new();
+    let (mut alice, mut bob, mut carol) = group_of_three(&mut h, true);
+    // A member who is not an admin may not remove someone else, nor change the policy.
+    let carol_leaf = carol.leaf_index();
+    let (provider, signer) = (&bob.provider, &bob.signer);
+    let g = bob.group.as_mut().expect("in a group");
+    let (remove_carol, _) = g.propose_remove_member(provider, signer, carol_leaf).expect("propose remove");
+    let open_up = GroupPolicy { admins: vec![signer.public_key()], open: true };
+    let (take_over, _) =
+        g.propose_group_context_extensions(provider, policy_extensions(&open_up), signer).expect("propose gce");
+    g.clear_pending_proposals(provider.storage()).expect("clear");
+    assert_eq!(
+        refused(&mut h, &bob, upload_body(bytes(&remove_carol), Vec::new(), 150, None)).0,
+        ErrorCode::NotAllowed
+    );
+    assert_eq!(refused(&mut h, &bob, upload_body(bytes(&take_over), Vec::new(), 151, None)).0, ErrorCode::NotAllowed);
+
+    // But anyone may leave: the proposal is logged and pushed, and the admin commits it.
+    let (provider, signer) = (&bob.provider, &bob.signer);
+    let leave = bob.group.as_mut().expect("in a group").leave_group(provider, signer).expect("leave");
+    let (_, out) = accept(&mut h, &bob, upload_body(bytes(&leave), Vec::new(), 152, None));
+    assert_eq!(pushes(&out).len(), 2);
+    deliver(&out, &mut [&mut alice, &mut carol]);
+    let (provider, signer) = (&alice.provider, &alice.signer);
+    let (commit, _, gi) =
+        alice.group.as_mut().expect("in a group").commit_to_pending_proposals(provider, signer).expect("commit");
+    let gi = bytes(&MlsMessageOut::from(gi.expect("group info")));
+    let (_, out) = accept(&mut h, &alice, upload_body(bytes(&commit), gi, 153, None));
+    alice.merge();
+    assert!(pushes(&out).iter().any(|(t, _)| *t == bob.tag()), "the leaver hears the commit");
+    deliver(&out, &mut [&mut bob, &mut carol]);
+    assert!(!bob.group().is_active());
+    assert_eq!(h.node.steward().epoch(&GID), Some(3));
+    assert_eq!(h.node.group_stats().group_proposals, 1);
+}
+
+#[test]
+fn a_newer_subscription_replaces_the_old_tag_and_unsubscribing_stops_pushes() {
+    let mut h = Harness::new();
+    let (mut alice, mut bob, carol) = group_of_three(&mut h, true);
+    let old_tag = bob.tag();
+    bob.user.tag = tag(150); // bob reconnected: a fresh tag
+    subscribe(&mut h, &bob, u64::MAX);
+    let m = alice.app(b"one");
+    let (_, out) = accept(&mut h, &alice, upload_body(m, Vec::new(), 160, None));
+    let mut to: Vec<_> = pushes(&out).iter().map(|(t, _)| *t).collect();
+    to.sort();
+    assert_eq!(to, vec![carol.tag(), bob.tag()]);
+    assert!(!to.contains(&old_tag));
+    assert_eq!(deliver(&out, &mut [&mut bob]), vec![Some(b"one".to_vec())]);
+
+    let (rid, out) = h.request(carol.tag(), Body::GroupUnsubscribe { group_id: GID });
+    assert!(out.iter().all(|s| s.rid() != rid), "no reply to an unsubscribe: {out:#?}");
+    let m = alice.app(b"two");
+    let (_, out) = accept(&mut h, &alice, upload_body(m, Vec::new(), 161, None));
+    assert_eq!(pushes(&out).iter().map(|(t, _)| *t).collect::<Vec<_>>(), vec![bob.tag()]);
+    assert_eq!(h.node.steward().subscribed_tags(&GID).len(), 2);
+}
+
+#[test]
+fn a_subscribe_challenge_expires_and_is_swept() {
+    let mut h = Harness::new();
+    let (alice, _bob, _carol) = group_of_three(&mut h, true);
+    let challenge = h.ask(tag(170), Body::GroupSubscribe { group_id: GID, member_key: alice.key(), from_seq: 1 });
+    let Body::Challenge { nonce, expires_at_us } = challenge.body().clone() else { panic!() };
+    let sig = identity::sign(&alice.user.installation_key, &identity::group_subscribe_bytes(&GID, &nonce));
+    h.now = expires_at_us;
+    let proof = Body::GroupSubscribeProof { group_id: GID, nonce, sig };
+    assert_eq!(h.ask_err(tag(170), proof.clone()), ErrorCode::ChallengeExpired);
+    assert_eq!(h.ask_err(tag(170), proof), ErrorCode::UnknownChallenge, "single use");
+    // Another challenge, answered from the wrong tag, then left to expire and be swept.
+    let challenge = h.ask(tag(171), Body::GroupSubscribe { group_id: GID, member_key: alice.key(), from_seq: 1 });
+    let Body::Challenge { nonce, .. } = challenge.body().clone() else { panic!() };
+    let sig = identity::sign(&alice.user.installation_key, &identity::group_subscribe_bytes(&GID, &nonce));
+    assert_eq!(
+        h.ask_err(tag(172), Body::GroupSubscribeProof { group_id: GID, nonce, sig }),
+        ErrorCode::UnknownChallenge
+    );
+    let _ = h.ask(tag(171), Body::GroupSubscribe { group_id: GID, member_key: alice.key(), from_seq: 1 });
+    assert_eq!(h.node.store().len(nymstr_node::store::Table::GroupChallenges), 1);
+    let later = h.now + h.config().challenge_ttl_us + h.config().sweep_every_us;
+    h.timeout(later);
+    assert_eq!(h.node.store().len(nymstr_node::store::Table::GroupChallenges), 0);
+}

@@ -343,7 +343,7 @@ impl Steward {
             let mut mirror = BTreeMap::new();
             let mut records = Vec::new();
             for (k, v) in store.scan_prefix(Table::GroupMls, &group_id)? {
-                let key = k[16..].to_vec();
+                let key = k.get(16..).unwrap_or_default().to_vec();
                 mirror.insert(key.clone(), *blake3::hash(&v).as_bytes());
                 records.push((key, v));
             }
@@ -374,7 +374,11 @@ impl Steward {
             let mut subs = BTreeMap::new();
             let mut sub_by_key = BTreeMap::new();
             for (k, v) in store.scan_prefix(Table::GroupSubs, &group_id)? {
-                let tag = SenderTag(k[16..].try_into().map_err(|_| corrupt(Table::GroupSubs, "key length"))?);
+                let tag = SenderTag(
+                    k.get(16..)
+                        .and_then(|t| t.try_into().ok())
+                        .ok_or_else(|| corrupt(Table::GroupSubs, "key length"))?,
+                );
                 let key: PublicKey = crate::codec::decode(&v).map_err(|e| corrupt(Table::GroupSubs, e.to_string()))?;
                 subs.insert(tag, key);
                 sub_by_key.insert(key, tag);
