@@ -5,7 +5,9 @@
 //! (`net`) and its on-disk state (`persist`).
 
 pub mod core;
+pub mod group;
 pub mod seal;
+pub mod sync;
 
 #[cfg(feature = "cli")]
 pub mod cli;
