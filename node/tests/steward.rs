@@ -773,3 +773,48 @@ fn a_subscribe_challenge_expires_and_is_swept() {
     h.timeout(later);
     assert_eq!(h.node.store().len(nymstr_node::store::Table::GroupChallenges), 0);
 }
+
+// --- robustness ---
+
+/// Flips one byte at ~100 positions of real MLS messages: the node answers each with
+/// exactly one reply and never panics; nothing authenticated can be altered unnoticed,
+/// and the untouched commit is accepted afterwards.
+#[test]
+fn mutated_mls_messages_never_panic_the_node() {
+    let mut h = Harness::new();
+    let (mut alice, _bob, _carol) = group_of_three(&mut h, true);
+    let (commit, gi) = alice.commit_update();
+    let app = alice.app(b"payload");
+    let mut upload = 0u8;
+    for original in [&gi, &app, &commit] {
+        let step = (original.len() / 100).max(1);
+        // The last 33 bytes of a member's commit are its membership tag, which only members
+        // can check (specs/groups.md §9): not mutated here.
+        let end = if std::ptr::eq(original, &commit) { original.len() - 33 } else { original.len() };
+        for i in (0..end).step_by(step) {
+            let mut m = original.clone();
+            m[i] ^= 0x5a;
+            upload = upload.wrapping_add(1);
+            let body = Body::GroupUpload {
+                group_id: GID,
+                upload_id: [upload, 0xee, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                mls: m.clone(),
+                group_info: gi.clone(),
+                invite: None,
+            };
+            let (rid, out) = h.request(alice.tag(), body);
+            assert_eq!(out.iter().filter(|s| s.rid() == rid).count(), 1);
+            // Only an application message's ciphertext is unauthenticated for the steward
+            // (its receivers drop what they cannot decrypt).
+            let accepted = matches!(reply(&out, rid), Body::GroupUploadAck { .. });
+            assert!(!accepted || std::ptr::eq(original, &app), "mutation at byte {i} of {} accepted", original.len());
+            // A mutated GroupInfo offered as a new group.
+            let create = Body::GroupCreate { group_id: [0x70; 16], group_info: m, advert: None };
+            let (rid, out) = h.request(alice.tag(), create);
+            assert!(matches!(reply(&out, rid), Body::Error { .. }));
+        }
+    }
+    assert_eq!(h.node.steward().epoch(&GID), Some(2), "no mutated commit was accepted");
+    accept(&mut h, &alice, upload_body(commit, gi, 1, None));
+    assert_eq!(h.node.steward().epoch(&GID), Some(3));
+}

@@ -1080,6 +1080,15 @@ fn merge<S: Store>(
     if vgi.group_context() != trial.group_context() {
         return Err(StewardError::BadMls("group_info's group context is not the new epoch's".into()));
     }
+    // The signed GroupInfo must commit to the commit's confirmation tag (which the commit's
+    // own signature does not cover): GroupInfoTBS = context || extensions || tag || signer.
+    let tbs = vgi.unsigned_payload().map_err(|e| bad_mls("group_info", e))?;
+    let mut expected = trial.group_context().tls_serialize_detached().map_err(state_err)?;
+    expected.extend(vgi.extensions().tls_serialize_detached().map_err(|e| bad_mls("group_info", e))?);
+    expected.extend(trial.confirmation_tag().tls_serialize_detached().map_err(state_err)?);
+    if !tbs.starts_with(&expected) {
+        return Err(StewardError::BadMls("group_info's confirmation tag is not the commit's".into()));
+    }
     let tree = vgi
         .extensions()
         .ratchet_tree()
