@@ -513,7 +513,7 @@ fn an_admin_commits_only_from_its_round_on() {
 }
 
 #[test]
-fn a_commit_that_removes_its_committer_or_the_last_admin_is_refused() {
+fn a_commit_that_leaves_no_admin_member_is_refused() {
     let mut h = Harness::new();
     let (mut alice, _bob, _carol) = group_of_three(&mut h, true);
     // The only admin hands the group a policy whose admin is not a member.
