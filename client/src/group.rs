@@ -34,6 +34,7 @@ use nymstr_node::wire::{
     Body, Envelope, ErrorCode, GroupAdvert, GroupEntry, GroupId, InstallationCert, InviteToken, MsgId, PublicKey, Sig,
     UploadId,
 };
+use openmls::ciphersuite::hash_ref::ProposalRef;
 use openmls::prelude::{
     Capabilities, Ciphersuite, CredentialWithKey, Extension, ExtensionType, Extensions, GroupContext, LeafNodeIndex,
     LeafNodeParameters, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupJoinConfig, MlsMessageBodyIn,
@@ -42,6 +43,7 @@ use openmls::prelude::{
 };
 use openmls_memory_storage::MemoryStorage;
 use openmls_traits::OpenMlsProvider;
+use openmls_traits::storage::StorageProvider as _;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -306,6 +308,9 @@ struct Upload {
 struct OutMsg {
     msg_id: MsgId,
     plaintext: Vec<u8>,
+    /// Set once it was uploaded: kept across re-encryptions and restores, so the steward
+    /// dedupes a copy it already accepted.
+    upload_id: Option<UploadId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -378,6 +383,8 @@ struct Group {
     /// was applied: the steward rounds count from the later of the two.
     epoch_started_at: TimeUs,
     proposals_since: Option<TimeUs>,
+    /// No commit of ours before this (set when one was refused).
+    commit_hold_until: TimeUs,
 }
 
 /// Everything `restore` needs: openmls' storage records (sorted) and per-group state.
@@ -581,9 +588,9 @@ impl GroupCore {
             // Unconfirmed uploads start over.
             let uploads = std::mem::take(&mut rec.uploads);
             let mut requeue = Vec::new();
-            for (_, up) in uploads {
+            for (upload_id, up) in uploads {
                 if let UploadKind::App { msg_id, plaintext } = up.kind {
-                    requeue.push(OutMsg { msg_id, plaintext });
+                    requeue.push(OutMsg { msg_id, plaintext, upload_id: Some(upload_id) });
                 }
             }
             for m in requeue.into_iter().rev() {
@@ -601,6 +608,7 @@ impl GroupCore {
                 catching_up: false,
                 epoch_started_at: 0,
                 proposals_since: None,
+                commit_hold_until: 0,
             };
             core.groups.insert(group.rec.id, group);
         }
@@ -927,7 +935,7 @@ impl GroupCore {
         message: SyncMessage,
     ) -> Result<(), GroupError> {
         let g = self.groups.get_mut(group).ok_or(GroupError::UnknownGroup)?;
-        g.rec.outbox.push_back(OutMsg { msg_id: message.msg_id, plaintext: message.encode() });
+        g.rec.outbox.push_back(OutMsg { msg_id: message.msg_id, plaintext: message.encode(), upload_id: None });
         self.pump(now, group);
         Ok(())
     }
@@ -954,7 +962,7 @@ impl GroupCore {
             bloom: BloomFilter::from_ids(g.rec.window.iter()).into_bytes(),
             body,
         };
-        g.rec.outbox.push_back(OutMsg { msg_id, plaintext: message.encode() });
+        g.rec.outbox.push_back(OutMsg { msg_id, plaintext: message.encode(), upload_id: None });
         self.pump(now, group);
         Ok(msg_id)
     }
@@ -1010,7 +1018,7 @@ impl GroupCore {
         }
         for g in self.groups.values() {
             consider(g.rec.missing.values().map(|m| m.deadline_us).min());
-            if !g.catching_up {
+            if !g.catching_up && g.subscribed {
                 consider(g.gap_since.map(|t| t + self.config.gap_wait_us));
             }
             if let Phase::Joining { retry_at_us, .. } = g.rec.phase {
@@ -1424,6 +1432,8 @@ impl GroupCore {
             _ => {
                 if matches!(fetch, Some((_, false))) {
                     g.catching_up = false;
+                    // Still behind after this reply: the next catch-up waits its turn.
+                    g.gap_since = Some(now);
                 }
                 let mut expect = fetch.map_or(g.rec.next_seq, |(f, _)| f);
                 let upto = entries.last().map_or(next_seq, |e| e.seq);
@@ -1467,7 +1477,15 @@ impl GroupCore {
     fn on_error(&mut self, now: TimeUs, group: &GroupId, step: Step, code: ErrorCode, detail: String) {
         match step {
             Step::Create => {
-                if code == ErrorCode::GroupExists {
+                if matches!(code, ErrorCode::Busy | ErrorCode::Internal) {
+                    if let Some(Phase::Creating { group_info, advert }) =
+                        self.groups.get(group).map(|g| g.rec.phase.clone())
+                    {
+                        let body = Body::GroupCreate { group_id: *group, group_info, advert };
+                        let backoff = self.config.retry_after_us;
+                        self.request_with(now, *group, Step::Create, body, backoff);
+                    }
+                } else if code == ErrorCode::GroupExists {
                     // Our own earlier attempt (ids are random): created.
                     self.on_created(now, group);
                 } else {
@@ -1489,6 +1507,7 @@ impl GroupCore {
                     let body = self.subscribe_body(group);
                     self.request_with(now, *group, Step::Subscribe, body, backoff);
                 }
+                ErrorCode::NotMember => self.removed(group),
                 _ => self.error_event(*group, code, detail),
             },
             Step::Fetch { repair, .. } => {
@@ -1500,6 +1519,8 @@ impl GroupCore {
                         g.subscribed = false;
                     }
                     self.subscribe(now, *group);
+                } else if code == ErrorCode::NotMember {
+                    self.removed(group);
                 } else if !matches!(code, ErrorCode::Busy | ErrorCode::Internal) {
                     self.error_event(*group, code, detail);
                 }
@@ -1552,7 +1573,7 @@ impl GroupCore {
             UploadKind::App { msg_id, plaintext } => match code {
                 ErrorCode::WrongEpoch | ErrorCode::NotSubscribed => {
                     // Encrypt again once we have caught up (or subscribed).
-                    g.rec.outbox.push_front(OutMsg { msg_id, plaintext });
+                    g.rec.outbox.push_front(OutMsg { msg_id, plaintext, upload_id: Some(upload_id) });
                     if code == ErrorCode::NotSubscribed {
                         g.subscribed = false;
                         self.subscribe(now, *group);
@@ -1560,6 +1581,11 @@ impl GroupCore {
                         let from = g.rec.next_seq;
                         self.fetch(now, *group, from, false);
                     }
+                }
+                ErrorCode::NotMember => {
+                    // Probably removed by a commit we have not applied yet: catch up.
+                    let from = g.rec.next_seq;
+                    self.fetch(now, *group, from, false);
                 }
                 _ => self.error_event(*group, code, format!("message {msg_id:02x?} refused: {detail}")),
             },
@@ -1589,6 +1615,8 @@ impl GroupCore {
                 if let Some(m) = g.mls.as_mut() {
                     let _ = m.clear_pending_commit(self.provider.storage());
                 }
+                // Not again before the next round (a refused commit must not spin).
+                g.commit_hold_until = now + self.config.commit_timeout_us;
                 match code {
                     ErrorCode::WrongEpoch | ErrorCode::NotSteward => {
                         let from = g.rec.next_seq;
@@ -1599,6 +1627,14 @@ impl GroupCore {
             }
         }
         self.pump(now, group);
+    }
+
+    /// The steward says we are no longer a member (we missed the commit that removed us).
+    fn removed(&mut self, group: &GroupId) {
+        if self.groups.get(group).is_some_and(|g| matches!(g.rec.phase, Phase::Member)) {
+            self.drop_group(group, true);
+            self.events.push_back(GroupEvent::Removed { group: *group });
+        }
     }
 
     fn retry_join(&mut self, now: TimeUs, group: &GroupId) {
@@ -1667,10 +1703,12 @@ impl GroupCore {
                     let g = self.groups.get_mut(group).expect("present");
                     let Some(mls) = g.mls.as_mut() else { return };
                     let before = members_of(mls);
+                    let refs = pending_refs(mls);
                     if let Err(e) = mls.merge_pending_commit(&self.provider) {
                         self.error_event(*group, ErrorCode::BadMlsMessage, format!("merging our commit: {e:?}"));
                         return;
                     }
+                    purge_proposals(&self.provider, mls, refs);
                     self.on_new_epoch(now, group, before);
                 }
                 UploadKind::Proposal => self.process(now, group, entry),
@@ -1725,10 +1763,12 @@ impl GroupCore {
         let Some(mls) = g.mls.as_mut() else { return };
         let removed = staged.self_removed();
         let before = members_of(mls);
+        let refs = pending_refs(mls);
         if let Err(e) = mls.merge_staged_commit(&self.provider, staged) {
             self.error_event(*group, ErrorCode::BadMlsMessage, format!("merging a commit: {e:?}"));
             return;
         }
+        purge_proposals(&self.provider, mls, refs);
         if removed {
             self.drop_group(group, true);
             self.events.push_back(GroupEvent::Removed { group: *group });
@@ -2021,7 +2061,10 @@ impl GroupCore {
                         invite: None,
                         acked_seq: None,
                     };
-                    self.upload(now, group, up);
+                    match m.upload_id {
+                        Some(id) => self.upload_with_id(now, group, id, up),
+                        None => self.upload(now, group, up),
+                    }
                 }
                 Err(e) => {
                     self.error_event(*group, ErrorCode::BadMlsMessage, format!("cannot encrypt: {e}"));
@@ -2051,7 +2094,7 @@ impl GroupCore {
         let cap = 4 * policy.admins.len() as u64 + 8;
         (0..=cap)
             .find(|r| nmls::designated_steward(&g.rec.id, epoch, *r, &policy.admins) == Some(me))
-            .map(|r| origin + r * self.config.commit_timeout_us.max(1))
+            .map(|r| (origin + r * self.config.commit_timeout_us.max(1)).max(g.commit_hold_until))
     }
 
     fn own_removal_pending(&self, mls: &MlsGroup) -> bool {
@@ -2099,6 +2142,7 @@ impl GroupCore {
                 // A proposal we cannot commit: drop them all; their proposers propose again.
                 let _ = mls.clear_pending_proposals(self.provider.storage());
                 g.proposals_since = None;
+                g.commit_hold_until = now + self.config.commit_timeout_us;
                 self.error_event(*group, ErrorCode::BadMlsMessage, format!("cannot commit: {e}"));
             }
         }
@@ -2137,7 +2181,20 @@ impl Group {
             catching_up: false,
             epoch_started_at: 0,
             proposals_since: None,
+            commit_hold_until: 0,
         }
+    }
+}
+
+fn pending_refs(mls: &MlsGroup) -> Vec<ProposalRef> {
+    mls.pending_proposals().map(|p| p.proposal_reference_ref().clone()).collect()
+}
+
+/// openmls_memory_storage 0.6 clears a proposal queue under the wrong keys and leaves the
+/// proposal records behind; remove them one by one after a merge.
+fn purge_proposals(provider: &NymstrProvider, mls: &MlsGroup, refs: Vec<ProposalRef>) {
+    for r in refs {
+        let _ = provider.storage().remove_proposal(mls.group_id(), &r);
     }
 }
 

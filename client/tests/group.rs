@@ -355,8 +355,21 @@ fn a_rename_reaches_everyone_and_a_later_joiner_learns_it() {
 fn a_removed_member_is_told_and_cannot_read_what_follows() {
     let (mut net, g) = three(true);
     let carol_key = net.key(2);
-    // Keep carol's state from before her removal, to try decrypting later entries with it.
+    // Keep carol's state from before her removal, to try decrypting later entries with it;
+    // record every entry pushed to bob from now on.
     let before = net.core(2).export_state();
+    let pushes = Rc::new(RefCell::new(Vec::new()));
+    let seen = pushes.clone();
+    let bob_tag = net.members[1].tag;
+    net.set_filter(move |dir, tag, env| {
+        if dir == Dir::ToMember
+            && tag == bob_tag
+            && let Body::GroupPush { entry, .. } = &env.body
+        {
+            seen.borrow_mut().push(entry.clone());
+        }
+        vec![env]
+    });
     let now = net.now;
     net.core(0).remove(now, &g, &carol_key).unwrap();
     net.pump();
@@ -370,26 +383,24 @@ fn a_removed_member_is_told_and_cannot_read_what_follows() {
     net.events(0);
     net.events(1);
     // Messages after the removal: bob reads them, carol does not receive them.
-    let pushes = Rc::new(RefCell::new(Vec::new()));
-    let seen = pushes.clone();
-    net.set_filter(move |dir, _, env| {
-        if dir == Dir::ToMember
-            && let Body::GroupPush { entry, .. } = &env.body
-        {
-            seen.borrow_mut().push(entry.clone());
-        }
-        vec![env]
-    });
     net.send(0, &g, "carol is gone");
     assert_eq!(texts(&net.events(1)), vec![("alice".into(), "carol is gone".into())]);
     assert!(net.events(2).is_empty());
-    // Even with her old keys carol cannot decrypt it.
-    let entry = pushes.borrow().last().cloned().expect("pushed to bob");
+    // Even with her old keys, and skipping the commit that removed her, carol cannot
+    // decrypt it: the log as she would see it with the commit "pruned".
+    let entries = pushes.borrow().clone();
+    assert_eq!(entries.len(), 3, "proposal, commit, message: {entries:?}");
+    let next_seq = entries[2].seq + 1;
+    let without_commit = vec![entries[0].clone(), entries[2].clone()];
     let mut old = GroupCore::restore(keys("carol", 103), seed(33), config(), before).unwrap();
     old.handle_timeout(net.now);
-    old.handle_envelope(net.now, NODE, Envelope { request_id: 0, body: Body::GroupPush { group_id: g, entry } });
+    let body = Body::GroupEntries { group_id: g, entries: without_commit, next_seq };
+    old.handle_envelope(net.now, NODE, Envelope { request_id: 0, body });
     let ev: Vec<GroupEvent> = std::iter::from_fn(|| old.poll_event()).collect();
+    assert!(ev.iter().any(|e| matches!(e, GroupEvent::HistoryGap { .. })), "{ev:?}");
     assert!(texts(&ev).is_empty(), "{ev:?}");
+    assert_eq!(old.stats().unprocessable, 1, "the message was tried and failed");
+    assert_eq!(old.next_seq(&g), Some(next_seq));
 }
 
 #[test]
@@ -588,6 +599,16 @@ fn a_member_restored_mid_conversation_carries_on() {
         vec![("alice".into(), "three".into()), ("bob".into(), "four, from restored bob".into())]
     );
     assert_eq!(net.core(1).members(&g).len(), 3);
+    // openmls' leaked proposal records are purged after merges.
+    let (mut net2, g2) = three(true);
+    let carol = net2.key(2);
+    let now = net2.now;
+    net2.core(0).remove(now, &g2, &carol).unwrap();
+    net2.pump();
+    for i in 0..2 {
+        let state = net2.core(i).export_state();
+        assert!(!state.storage.keys().any(|k| k.starts_with(b"QueuedProposal")), "member {i}");
+    }
     // The delta export brings a saved state up to date.
     let mut state = saved;
     let d1 = net.core(1).export_changes();
@@ -618,4 +639,30 @@ fn the_same_seeds_give_byte_identical_transmits() {
     let b = scenario();
     assert!(a.len() > 15, "{} frames", a.len());
     assert_eq!(a, b);
+}
+
+#[test]
+fn a_message_in_flight_across_a_restore_lands_once() {
+    let (mut net, g) = three(true);
+    let bob_tag = net.members[1].tag;
+    // Bob's upload reaches the steward but the ack is lost; bob restarts.
+    net.set_filter(move |dir, tag, env| {
+        if dir == Dir::ToMember && tag == bob_tag && matches!(env.body, Body::GroupUploadAck { .. }) {
+            return vec![];
+        }
+        vec![env]
+    });
+    let m = net.send(1, &g, "did it arrive?");
+    let saved = net.core(1).export_state();
+    net.clear_filter();
+    let restored = GroupCore::restore(keys("bob", 102), seed(23), config(), saved).unwrap();
+    net.members[1] = Member { tag: SenderTag([23; 16]), core: restored, events: Vec::new() };
+    net.advance(GroupConfig::default().gap_wait_us + 1);
+    // Everyone, bob included, has it exactly once.
+    for i in 0..3 {
+        let ev = net.events(i);
+        let got: Vec<MsgId> = seqs(&ev).into_iter().map(|(_, id)| id).collect();
+        assert_eq!(got, vec![m], "member {i}: {ev:?}");
+    }
+    assert!(net.core(1).is_idle());
 }
