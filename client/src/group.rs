@@ -53,6 +53,9 @@ use crate::sync::{self, BloomFilter, CausalRef, HISTORY_MAX, SyncBody, SyncMessa
 
 pub type TimeUs = u64;
 
+/// Own messages whose acknowledgements (peers' bloom filters) are tracked, per group.
+pub const ACKS_TRACKED: usize = 64;
+
 /// Domain-separation labels deriving the core's two random streams from the host's seed.
 pub const LABEL_SEED_PROVIDER: &str = "nymstr/v1/group-core/provider";
 pub const LABEL_SEED_CORE: &str = "nymstr/v1/group-core/rng";
@@ -272,6 +275,9 @@ pub enum Intent {
     Remove(PublicKey),
     Leave,
     Promote(PublicKey),
+    /// Drop an admin from the policy (before its removal or departure, so that no one who
+    /// is gone stays a designated steward).
+    Demote(PublicKey),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -890,6 +896,9 @@ impl GroupCore {
         if *member_key == self.member_key() {
             return self.leave(now, group);
         }
+        if policy_of(mls).is_admin(member_key) {
+            self.add_intent(now, group, Intent::Demote(*member_key));
+        }
         self.add_intent(now, group, Intent::Remove(*member_key));
         Ok(())
     }
@@ -909,6 +918,9 @@ impl GroupCore {
             self.events.push_back(GroupEvent::Removed { group: *group });
             return Ok(());
         }
+        if policy.is_admin(&me) {
+            self.add_intent(now, group, Intent::Demote(me));
+        }
         self.add_intent(now, group, Intent::Leave);
         Ok(())
     }
@@ -923,6 +935,23 @@ impl GroupCore {
             return Err(GroupError::UnknownMember);
         }
         self.add_intent(now, group, Intent::Promote(*member_key));
+        Ok(())
+    }
+
+    /// Proposes dropping `member_key` from the admins (admins only; not the last one).
+    pub fn demote(&mut self, now: TimeUs, group: &GroupId, member_key: &PublicKey) -> Result<(), GroupError> {
+        let mls = self.member_mls(group).ok_or(GroupError::NotMember)?;
+        let policy = policy_of(mls);
+        if !policy.is_admin(&self.member_key()) {
+            return Err(GroupError::NotAdmin);
+        }
+        if !policy.is_admin(member_key) {
+            return Err(GroupError::UnknownMember);
+        }
+        if policy.admins.len() == 1 {
+            return Err(GroupError::LastAdmin);
+        }
+        self.add_intent(now, group, Intent::Demote(*member_key));
         Ok(())
     }
 
@@ -1791,6 +1820,7 @@ impl GroupCore {
             Intent::Remove(k) => member_index_of(mls, k).is_some(),
             Intent::Leave => true,
             Intent::Promote(k) => member_index_of(mls, k).is_some() && !policy.is_admin(k),
+            Intent::Demote(k) => policy.is_admin(k),
         });
         let joined = after.iter().any(|m| !before.iter().any(|b| b.key == m.key));
         let resend_meta = joined
@@ -1903,7 +1933,7 @@ impl GroupCore {
         g.rec.failed.remove(&seq);
         if own {
             g.rec.acks.push_back((m.msg_id, BTreeSet::new()));
-            while g.rec.acks.len() > sync::BLOOM_WINDOW {
+            while g.rec.acks.len() > ACKS_TRACKED {
                 g.rec.acks.pop_front();
             }
         } else if let Some(filter) = m.filter() {
@@ -1999,13 +2029,21 @@ impl GroupCore {
                         Some(i) => mls.propose_remove_member(&self.provider, &self.signer, i).map_err(err),
                         None => Err(GroupError::UnknownMember),
                     },
-                    Intent::Promote(k) => {
+                    Intent::Promote(k) | Intent::Demote(k) => {
                         let mut policy = policy_of(mls);
-                        policy.admins.push(*k);
+                        if matches!(intent, Intent::Promote(_)) {
+                            policy.admins.push(*k);
+                        } else {
+                            policy.admins.retain(|a| a != k);
+                        }
                         let policy = policy.normalized();
-                        required_extensions(&policy).and_then(|ext| {
-                            mls.propose_group_context_extensions(&self.provider, ext, &self.signer).map_err(err)
-                        })
+                        if policy.admins.is_empty() {
+                            Err(GroupError::LastAdmin)
+                        } else {
+                            required_extensions(&policy).and_then(|ext| {
+                                mls.propose_group_context_extensions(&self.provider, ext, &self.signer).map_err(err)
+                            })
+                        }
                     }
                 };
                 match made {
@@ -2117,7 +2155,18 @@ impl GroupCore {
             .consume_proposal_store(true)
             .load_psks(self.provider.storage())
             .map_err(err)
-            .and_then(|b| b.build(self.provider.rand(), self.provider.crypto(), &self.signer, |_| true).map_err(err))
+            .and_then(|b| {
+                // At most one GroupContextExtensions proposal per commit (RFC 9420 §12.2):
+                // the first in log order; the others are proposed again next epoch.
+                let mut gce = false;
+                let first_gce_only = |p: &QueuedProposal| {
+                    if !matches!(p.proposal(), Proposal::GroupContextExtensions(_)) {
+                        return true;
+                    }
+                    !std::mem::replace(&mut gce, true)
+                };
+                b.build(self.provider.rand(), self.provider.crypto(), &self.signer, first_gce_only).map_err(err)
+            })
             .and_then(|b| b.stage_commit(&self.provider).map_err(err));
         match made {
             Ok(bundle) => {

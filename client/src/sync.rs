@@ -165,7 +165,11 @@ impl BloomFilter {
 
 /// The [`BLOOM_HASHES`] bit positions of `id`.
 pub fn positions(id: &MsgId) -> [usize; BLOOM_HASHES] {
-    let h = blake3::derive_key(LABEL_BLOOM, id);
+    // `derive_key` = a keyed hasher from the label, then the input: keep the keyed hasher.
+    static HASHER: std::sync::LazyLock<blake3::Hasher> =
+        std::sync::LazyLock::new(|| blake3::Hasher::new_derive_key(LABEL_BLOOM));
+    let h: [u8; 32] = HASHER.clone().update(id).finalize().into();
+    debug_assert_eq!(h, blake3::derive_key(LABEL_BLOOM, id));
     let mut out = [0usize; BLOOM_HASHES];
     for (i, slot) in out.iter_mut().enumerate() {
         *slot = usize::from(u16::from_le_bytes([h[2 * i], h[2 * i + 1]])) & (BLOOM_BITS - 1);

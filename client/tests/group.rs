@@ -666,3 +666,36 @@ fn a_message_in_flight_across_a_restore_lands_once() {
     }
     assert!(net.core(1).is_idle());
 }
+
+#[test]
+fn an_admin_who_leaves_or_is_removed_is_dropped_from_the_admins() {
+    let (mut net, g) = three(true);
+    let (alice, bob, carol) = (0, 1, 2);
+    let (alice_key, bob_key, carol_key) = (net.key(alice), net.key(bob), net.key(carol));
+    let now = net.now;
+    net.core(alice).promote(now, &g, &bob_key).unwrap();
+    net.pump();
+    net.core(alice).promote(now, &g, &carol_key).unwrap();
+    net.pump();
+    let admins = |net: &mut Net, i: usize| -> Vec<PublicKey> {
+        net.core(i).members(&g).iter().filter(|m| m.admin).map(|m| m.key).collect()
+    };
+    assert_eq!(admins(&mut net, carol).len(), 3);
+    // alice leaves: she is demoted and removed; nobody who is gone stays an admin.
+    let now = net.now;
+    net.core(alice).leave(now, &g).unwrap();
+    net.advance(3 * GroupConfig::default().commit_timeout_us);
+    assert!(net.events(alice).contains(&GroupEvent::Removed { group: g }));
+    let mut expect = vec![bob_key, carol_key];
+    expect.sort();
+    assert_eq!(admins(&mut net, bob), expect);
+    assert!(!net.core(bob).members(&g).iter().any(|m| m.key == alice_key));
+    // bob removes carol, also an admin.
+    let now = net.now;
+    net.core(bob).remove(now, &g, &carol_key).unwrap();
+    net.advance(3 * GroupConfig::default().commit_timeout_us);
+    assert!(net.events(carol).contains(&GroupEvent::Removed { group: g }));
+    assert_eq!(admins(&mut net, bob), vec![bob_key]);
+    assert_eq!(net.core(bob).members(&g).len(), 1);
+    assert!(net.core(bob).is_idle());
+}
