@@ -335,3 +335,184 @@ async fn accept_loop(listener: TcpListener, events: mpsc::Sender<ListenerEvent>)
         });
     }
 }
+
+/// What happens on the connections to group nodes.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// The connection to `addr` is up (generation `generation`).
+    Connected {
+        addr: String,
+        generation: u64,
+    },
+    Frame {
+        addr: String,
+        generation: u64,
+        bytes: Vec<u8>,
+    },
+    /// The connection could not be made or broke; queued frames to it are dropped.
+    Lost {
+        addr: String,
+        generation: u64,
+        error: NetError,
+    },
+}
+
+struct Link {
+    generation: u64,
+    out: mpsc::UnboundedSender<Envelope>,
+    task: JoinHandle<()>,
+}
+
+/// One TCP connection per group node address (each gets its own sender tag from the
+/// node), separate from the home-node connection. Frames to a node with no connection
+/// open one; a lost connection is reported once and replaced by the next frame to it.
+pub struct GroupLinks {
+    links: std::collections::BTreeMap<String, Link>,
+    next_generation: u64,
+    events_tx: mpsc::UnboundedSender<LinkEvent>,
+    events_rx: mpsc::UnboundedReceiver<LinkEvent>,
+}
+
+impl Default for GroupLinks {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GroupLinks {
+    pub fn new() -> Self {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        Self { links: Default::default(), next_generation: 1, events_tx, events_rx }
+    }
+
+    /// Connects to `addr` now (if not connected), so an unreachable node is an error
+    /// before anything is attempted.
+    pub async fn connect(&mut self, addr: &str) -> Result<(), NetError> {
+        if self.links.contains_key(addr) {
+            return Ok(());
+        }
+        let conn = Connection::connect(addr, CONNECT_TIMEOUT).await?;
+        self.spawn(addr, Some(conn));
+        Ok(())
+    }
+
+    /// Opens a connection to `addr` in the background, unless one is open.
+    pub fn ensure(&mut self, addr: &str) {
+        if !self.links.contains_key(addr) {
+            self.spawn(addr, None);
+        }
+    }
+
+    pub fn is_open(&self, addr: &str) -> bool {
+        self.links.contains_key(addr)
+    }
+
+    fn spawn(&mut self, addr: &str, conn: Option<Connection>) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let (out, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(serve_link(addr.to_string(), generation, conn, rx, self.events_tx.clone()));
+        self.links.insert(addr.to_string(), Link { generation, out, task });
+    }
+
+    /// Queues a frame for `addr` (connecting if needed).
+    pub fn send(&mut self, addr: &str, envelope: Envelope) {
+        self.ensure(addr);
+        if let Some(link) = self.links.get(addr) {
+            let _ = link.out.send(envelope);
+        }
+    }
+
+    /// The next event of a current connection (cancel-safe). A `Lost` connection is
+    /// forgotten: the next frame to its node opens a new one.
+    pub async fn next(&mut self) -> LinkEvent {
+        loop {
+            let Some(ev) = self.events_rx.recv().await else { return std::future::pending().await };
+            let (addr, generation) = match &ev {
+                LinkEvent::Connected { addr, generation }
+                | LinkEvent::Frame { addr, generation, .. }
+                | LinkEvent::Lost { addr, generation, .. } => (addr, *generation),
+            };
+            if self.links.get(addr).is_none_or(|l| l.generation != generation) {
+                continue;
+            }
+            if matches!(ev, LinkEvent::Lost { .. }) {
+                self.links.remove(addr);
+            }
+            return ev;
+        }
+    }
+
+    /// Writes what is queued and closes every connection (waiting at most `WRITE_TIMEOUT`).
+    pub async fn close(&mut self) {
+        let links = std::mem::take(&mut self.links);
+        let mut tasks = Vec::new();
+        for (_, link) in links {
+            drop(link.out);
+            tasks.push(link.task);
+        }
+        let all = async {
+            for t in tasks.iter_mut() {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(WRITE_TIMEOUT, all).await.is_err() {
+            for t in &tasks {
+                t.abort();
+            }
+        }
+    }
+}
+
+impl Drop for GroupLinks {
+    fn drop(&mut self) {
+        for link in self.links.values() {
+            link.task.abort();
+        }
+    }
+}
+
+async fn serve_link(
+    addr: String,
+    generation: u64,
+    conn: Option<Connection>,
+    mut out: mpsc::UnboundedReceiver<Envelope>,
+    events: mpsc::UnboundedSender<LinkEvent>,
+) {
+    let mut conn = match conn {
+        Some(c) => c,
+        None => match Connection::connect(&addr, CONNECT_TIMEOUT).await {
+            Ok(c) => c,
+            Err(error) => {
+                let _ = events.send(LinkEvent::Lost { addr, generation, error });
+                return;
+            }
+        },
+    };
+    let _ = events.send(LinkEvent::Connected { addr: addr.clone(), generation });
+    loop {
+        tokio::select! {
+            r = conn.recv() => match r {
+                Ok(bytes) => {
+                    let _ = events.send(LinkEvent::Frame { addr: addr.clone(), generation, bytes });
+                }
+                Err(error) => {
+                    let _ = events.send(LinkEvent::Lost { addr, generation, error });
+                    return;
+                }
+            },
+            m = out.recv() => match m {
+                Some(env) => {
+                    if let Err(error) = conn.send(&env).await {
+                        let _ = events.send(LinkEvent::Lost { addr, generation, error });
+                        return;
+                    }
+                }
+                None => {
+                    conn.close().await;
+                    return;
+                }
+            },
+        }
+    }
+}

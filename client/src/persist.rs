@@ -7,9 +7,19 @@
 //!   `meta` (account, node address, counters), `contacts` (username → `Contact`), `pins`
 //!   (pin seq → `(username, key)`), `seen` (seq → `(installation, msg id)`), `outgoing`
 //!   (msg id → `OutgoingDm`), `direct` (username → `DirectPeer`), `history` (seq →
-//!   `HistoryEntry`), `history_ids` (direction · peer · 0 · msg id → seq).
+//!   `HistoryEntry`), `history_ids` (direction · peer · 0 · msg id → seq); for groups
+//!   (`crate::group::GroupCore`): `group_storage` (openmls storage key → record, raw: the
+//!   MLS secrets of every group), `group_state` (`records` → every `GroupRecord`, `stats`),
+//!   `group_invites` (group id → `InviteRecord`: invitations received, not yet accepted),
+//!   `group_log` (seq → `GroupLine`: group messages and notices shown by `inbox`),
+//!   `group_log_ids` (group id · msg id → seq).
 //!
-//! Every record is encoded with `nymstr_node::codec`. The client state is stored record by
+//! The database holds group secrets: its directory is `0700` and its files `0600`.
+//!
+//! Every record is encoded with `nymstr_node::codec`, except the group records, which grow
+//! past the codec's 64 KiB decode limit (they remember up to 10,000 message ids per
+//! group) and are encoded with bincode 2 directly (standard configuration, a 256 MiB
+//! decode budget). The client state is stored record by
 //! record, not as one blob: a whole `ClientState` can exceed the codec's 64 KiB limit, and
 //! writing only what changed keeps a save cheap. A save ends with a flush, and hosts send
 //! acknowledgements only after it (acknowledge only what is durable).
@@ -23,6 +33,9 @@ use nymstr_node::wire::MsgId;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::core::{ClientState, Contact, DirectPeer, IdentityState, OutgoingDm, SeenLog, Via};
+use crate::group::{GroupRecord, GroupState, GroupStateDelta, GroupStats};
+use crate::seal::GroupInvite;
+use nymstr_node::wire::{GroupId, PublicKey};
 
 const IDENTITY_FILE: &str = "identity";
 const DB_DIR: &str = "db";
@@ -113,6 +126,65 @@ pub struct HistoryEntry {
     pub read: bool,
 }
 
+/// An invitation to a group, received in a sealed DM and not yet accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteRecord {
+    pub from: String,
+    pub msg_id: MsgId,
+    pub received_at_us: u64,
+    pub invite: GroupInvite,
+    /// `inbox` or `listen` printed it.
+    pub shown: bool,
+}
+
+/// What a line of group history says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupLineKind {
+    /// A text message (ours too, recorded as read).
+    Message { from: String, sender_key: PublicKey, msg_id: MsgId, text: String, log_seq: u64 },
+    /// Something that happened in the group: `kind` is a short stable name (`joined`,
+    /// `left`, `renamed`, `missing`, ...), `who` the member it concerns, if any.
+    Notice { kind: String, who: Option<String>, text: String },
+}
+
+/// One line of group history: a message or a notice, in the order this device saw them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupLine {
+    pub seq: u64,
+    /// Local clock when recorded, µs since the epoch.
+    pub at_us: u64,
+    pub group: GroupId,
+    /// The group's name when recorded.
+    pub group_name: String,
+    pub kind: GroupLineKind,
+    pub read: bool,
+}
+
+/// bincode for records without a size bound (local, trusted bytes).
+const BIG_DECODE_BUDGET: usize = 256 * 1024 * 1024;
+
+fn big_config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<BIG_DECODE_BUDGET>,
+> {
+    bincode::config::standard().with_limit::<BIG_DECODE_BUDGET>()
+}
+
+fn encode_big<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    bincode::serde::encode_to_vec(value, big_config())
+        .map_err(|e| PersistError::Corrupt { what: "group state", detail: e.to_string() })
+}
+
+fn decode_big<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(bytes, big_config())
+        .map_err(|e| PersistError::Corrupt { what, detail: e.to_string() })?;
+    if used != bytes.len() {
+        return Err(PersistError::Corrupt { what, detail: format!("{} trailing bytes", bytes.len() - used) });
+    }
+    Ok(value)
+}
+
 /// The account as the CLI sees it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct AccountMeta {
@@ -132,9 +204,17 @@ pub struct Home {
     direct: sled::Tree,
     history: sled::Tree,
     history_ids: sled::Tree,
+    group_storage: sled::Tree,
+    group_state: sled::Tree,
+    group_invites: sled::Tree,
+    group_log: sled::Tree,
+    group_log_ids: sled::Tree,
     identity: IdentityState,
     /// What the trees hold now, so a save writes only the difference.
     saved: ClientState,
+    /// The encoded group records and stats as stored.
+    saved_group_records: Option<Vec<u8>>,
+    saved_group_stats: Option<Vec<u8>>,
 }
 
 impl Home {
@@ -198,10 +278,18 @@ impl Home {
             direct: tree("direct")?,
             history: tree("history")?,
             history_ids: tree("history_ids")?,
+            group_storage: tree("group_storage")?,
+            group_state: tree("group_state")?,
+            group_invites: tree("group_invites")?,
+            group_log: tree("group_log")?,
+            group_log_ids: tree("group_log_ids")?,
             db,
             identity: file.identity,
             saved: ClientState::default(),
+            saved_group_records: None,
+            saved_group_stats: None,
         };
+        restrict_tree(&db_path)?;
         if let Some(v) = home.meta.get("version")? {
             let found: u32 = decode("version", &v)?;
             if found > FORMAT_VERSION {
@@ -209,6 +297,8 @@ impl Home {
             }
         }
         home.saved = home.read_state()?;
+        home.saved_group_records = home.group_state.get("records")?.map(|v| v.to_vec());
+        home.saved_group_stats = home.group_state.get("stats")?.map(|v| v.to_vec());
         Ok(home)
     }
 
@@ -315,6 +405,156 @@ impl Home {
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
+    }
+
+    // --- groups ---
+
+    /// The group member state as last saved (empty if there is none).
+    pub fn group_state(&self) -> Result<GroupState> {
+        let mut storage = BTreeMap::new();
+        for item in self.group_storage.iter() {
+            let (k, v) = item?;
+            storage.insert(k.to_vec(), v.to_vec());
+        }
+        let groups: Vec<GroupRecord> = match &self.saved_group_records {
+            Some(v) => decode_big("group records", v)?,
+            None => Vec::new(),
+        };
+        let stats: GroupStats = match &self.saved_group_stats {
+            Some(v) => decode("group stats", v)?,
+            None => GroupStats::default(),
+        };
+        Ok(GroupState { storage, groups, stats })
+    }
+
+    /// Writes a group state delta (`GroupCore::export_changes`). Not flushed: returns
+    /// whether anything was written, and the caller flushes before acknowledging.
+    pub fn save_group_delta(&mut self, delta: GroupStateDelta) -> Result<bool> {
+        let mut writes = 0usize;
+        if !delta.upserts.is_empty() || !delta.deletes.is_empty() {
+            let mut batch = sled::Batch::default();
+            for k in &delta.deletes {
+                batch.remove(k.as_slice());
+                writes += 1;
+            }
+            for (k, v) in &delta.upserts {
+                batch.insert(k.as_slice(), v.as_slice());
+                writes += 1;
+            }
+            self.group_storage.apply_batch(batch)?;
+        }
+        let records = encode_big(&delta.groups)?;
+        if self.saved_group_records.as_deref() != Some(records.as_slice()) {
+            self.group_state.insert("records", records.as_slice())?;
+            self.saved_group_records = Some(records);
+            writes += 1;
+        }
+        let stats = codec::encode(&delta.stats);
+        if self.saved_group_stats.as_deref() != Some(stats.as_slice()) {
+            self.group_state.insert("stats", stats.as_slice())?;
+            self.saved_group_stats = Some(stats);
+            writes += 1;
+        }
+        Ok(writes > 0)
+    }
+
+    /// Keeps an invitation (a newer one for the same group replaces it). Not flushed.
+    pub fn record_invite(&self, record: &InviteRecord) -> Result<()> {
+        self.group_invites.insert(record.invite.token.group_id, codec::encode(record))?;
+        Ok(())
+    }
+
+    /// Invitations not yet accepted, oldest first.
+    pub fn invites(&self) -> Result<Vec<InviteRecord>> {
+        let mut out: Vec<InviteRecord> = Vec::new();
+        for item in self.group_invites.iter() {
+            let (_, v) = item?;
+            out.push(decode("group invitation", &v)?);
+        }
+        out.sort_by_key(|r| r.received_at_us);
+        Ok(out)
+    }
+
+    pub fn invite(&self, group: &GroupId) -> Result<Option<InviteRecord>> {
+        self.group_invites.get(group)?.map(|v| decode("group invitation", &v)).transpose()
+    }
+
+    pub fn remove_invite(&self, group: &GroupId) -> Result<()> {
+        self.group_invites.remove(group)?;
+        Ok(())
+    }
+
+    pub fn mark_invite_shown(&self, group: &GroupId) -> Result<()> {
+        if let Some(mut r) = self.invite(group)? {
+            r.shown = true;
+            self.record_invite(&r)?;
+        }
+        Ok(())
+    }
+
+    /// Appends a line of group history; a message already recorded (same group and
+    /// message id) is not recorded twice and comes back as stored. Not flushed.
+    pub fn record_group_line(&self, mut line: GroupLine) -> Result<GroupLine> {
+        let id_key = match &line.kind {
+            GroupLineKind::Message { msg_id, .. } => {
+                let mut k = line.group.to_vec();
+                k.extend_from_slice(msg_id);
+                Some(k)
+            }
+            GroupLineKind::Notice { .. } => None,
+        };
+        if let Some(k) = &id_key
+            && let Some(seq) = self.group_log_ids.get(k)?
+            && let Some(existing) = self.group_log.get(&seq)?
+        {
+            return decode("group history line", &existing);
+        }
+        let seq = self.db.generate_id()?;
+        line.seq = seq;
+        self.group_log.insert(seq.to_be_bytes(), codec::encode(&line))?;
+        if let Some(k) = id_key {
+            self.group_log_ids.insert(k, &seq.to_be_bytes())?;
+        }
+        Ok(line)
+    }
+
+    pub fn mark_group_read(&self, line: &GroupLine) -> Result<()> {
+        if let Some(bytes) = self.group_log.get(line.seq.to_be_bytes())? {
+            let mut l: GroupLine = decode("group history line", &bytes)?;
+            l.read = true;
+            self.group_log.insert(line.seq.to_be_bytes(), codec::encode(&l))?;
+        }
+        Ok(())
+    }
+
+    /// Group lines not shown yet, oldest first.
+    pub fn group_unread(&self) -> Result<Vec<GroupLine>> {
+        let mut out = Vec::new();
+        for item in self.group_log.iter() {
+            let (_, v) = item?;
+            let line: GroupLine = decode("group history line", &v)?;
+            if !line.read {
+                out.push(line);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The last `limit` lines of one group (or all), oldest first.
+    pub fn group_lines(&self, group: Option<&GroupId>, limit: usize) -> Result<Vec<GroupLine>> {
+        let mut out = Vec::new();
+        for item in self.group_log.iter().rev() {
+            let (_, v) = item?;
+            let line: GroupLine = decode("group history line", &v)?;
+            if group.is_none_or(|g| *g == line.group) {
+                out.push(line);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        out.reverse();
+        Ok(out)
     }
 
     /// The node this account registered with.
@@ -476,6 +716,29 @@ fn restrict(path: &Path, mode: u32) -> Result<()> {
     }
     #[cfg(not(unix))]
     let _ = (path, mode);
+    Ok(())
+}
+
+/// The database's files (group secrets among them) are the owner's alone: directories
+/// `0700`, files `0600`.
+fn restrict_tree(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        let entries = std::fs::read_dir(dir).map_err(|source| PersistError::Io { path: dir.to_path_buf(), source })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => {
+                    restrict(&path, 0o700)?;
+                    restrict_tree(&path)?;
+                }
+                Ok(t) if t.is_file() => restrict(&path, 0o600)?,
+                _ => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
     Ok(())
 }
 

@@ -11,10 +11,12 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::cli::error::{CliError, describe_code};
+use crate::cli::groups::{resolve, show_group_line, show_invite, show_new_invite};
 use crate::cli::output::{Printer, entry_json, entry_line, fingerprint, hex, via_name};
 use crate::cli::session::{Flow, Goal, Session, now_us, os_rng};
 use crate::core::{BODY_BYTES_MAX, Event, Identity, Operation};
-use crate::persist::{Direction, HistoryEntry, Home, Status};
+use crate::group::GroupEvent;
+use crate::persist::{Direction, GroupLine, HistoryEntry, Home, Status};
 use crate::seal::DirectAddress;
 
 // --- offline commands ---
@@ -181,7 +183,7 @@ pub fn status(dir: &Path, out: &Printer) -> Result<(), CliError> {
 // --- network commands ---
 
 /// `HOST:PORT`, checked before anything is tried.
-fn check_node_addr(addr: &str) -> Result<(), CliError> {
+pub(super) fn check_node_addr(addr: &str) -> Result<(), CliError> {
     match addr.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
         _ => Err(CliError::Usage(format!("--node {addr}: expected HOST:PORT, for example 127.0.0.1:7000"))),
@@ -189,7 +191,7 @@ fn check_node_addr(addr: &str) -> Result<(), CliError> {
 }
 
 /// Opens the home for a network command: the node is `--node`, else the saved one.
-fn session(dir: &Path, out: Printer, node: Option<String>, timeout: Duration) -> Result<Session, CliError> {
+pub(super) fn session(dir: &Path, out: Printer, node: Option<String>, timeout: Duration) -> Result<Session, CliError> {
     if let Some(node) = &node {
         check_node_addr(node)?;
     }
@@ -209,7 +211,7 @@ fn node_timeout(s: &Session, what: &str) -> CliError {
     CliError::Timeout { node: s.node_addr.clone(), secs: s.timeout.as_secs(), what: what.to_string() }
 }
 
-fn login_failed(ev: &Event) -> Option<CliError> {
+pub(super) fn login_failed(ev: &Event) -> Option<CliError> {
     match ev {
         Event::Failed { what: Operation::Login, code, detail } => {
             Some(CliError::Refused { what: "login".into(), reason: describe_code(*code, detail) })
@@ -218,7 +220,7 @@ fn login_failed(ev: &Event) -> Option<CliError> {
     }
 }
 
-fn key_changed(ev: &Event, name: &str) -> Option<CliError> {
+pub(super) fn key_changed(ev: &Event, name: &str) -> Option<CliError> {
     match ev {
         Event::KeyChanged { username, pinned, offered } if username == name => {
             Some(CliError::KeyChanged { username: username.clone(), pinned: hex(pinned), offered: hex(offered) })
@@ -344,7 +346,7 @@ pub async fn lookup(
     s.drive(&mut LookupGoal { name, first_pin }, Some(deadline)).await
 }
 
-fn message_text(text: Vec<String>) -> Result<Vec<u8>, CliError> {
+pub(super) fn message_text(text: Vec<String>, max: usize) -> Result<Vec<u8>, CliError> {
     let body = if text.len() == 1 && text[0] == "-" {
         let mut buf = String::new();
         std::io::stdin()
@@ -357,8 +359,8 @@ fn message_text(text: Vec<String>) -> Result<Vec<u8>, CliError> {
     if body.is_empty() {
         return Err(CliError::Usage("the message is empty".into()));
     }
-    if body.len() > BODY_BYTES_MAX {
-        return Err(CliError::Usage(format!("the message has {} bytes; the limit is {BODY_BYTES_MAX}", body.len())));
+    if body.len() > max {
+        return Err(CliError::Usage(format!("the message has {} bytes; the limit is {max}", body.len())));
     }
     Ok(body.into_bytes())
 }
@@ -383,7 +385,7 @@ pub async fn send(
     timeout: Duration,
 ) -> Result<(), CliError> {
     let to = identity::normalize_username(name).map_err(|e| CliError::Usage(e.to_string()))?;
-    let body = message_text(text)?;
+    let body = message_text(text, BODY_BYTES_MAX)?;
     let mut s = match session(dir, Printer::new(out.json), node, timeout) {
         Err(CliError::Busy(home)) => return send_through_listen(&home, &out, &to, body, timeout).await,
         other => other?,
@@ -520,10 +522,19 @@ pub async fn inbox(
 ) -> Result<(), CliError> {
     let mut s = session(dir, out, node, timeout)?;
     require_registered(&s)?;
+    s.enable_groups(true)?;
     // Messages an earlier command received and nobody has seen yet come first.
     let mut shown = 0usize;
     for e in s.home.unread()? {
         show(&s, &e)?;
+        shown += 1;
+    }
+    for l in s.home.group_unread()? {
+        show_group_line(&s, &l)?;
+        shown += 1;
+    }
+    for r in s.home.invites()?.into_iter().filter(|r| !r.shown) {
+        show_invite(&s, &r)?;
         shown += 1;
     }
     s.home.flush()?;
@@ -553,13 +564,27 @@ pub async fn inbox(
                     }
                     self.shown += 1;
                 }
+                (Event::GroupInvited { .. }, _) => match show_new_invite(s, ev) {
+                    Ok(n) => self.shown += n,
+                    Err(err) => return Flow::Done(Err(err)),
+                },
                 _ => {}
             }
             Flow::Continue
         }
+        fn on_group_event(&mut self, s: &mut Session, ev: &GroupEvent, lines: &[GroupLine]) -> Flow {
+            for l in lines.iter().filter(|l| !l.read) {
+                if let Err(err) = show_group_line(s, l) {
+                    return Flow::Done(Err(err));
+                }
+                self.shown += 1;
+            }
+            group_error_notice(s, ev);
+            Flow::Continue
+        }
         fn check(&mut self, s: &mut Session) -> Flow {
             let Some(queued) = self.queued else { return Flow::Continue };
-            let drained = s.core.deliveries_handled() >= queued && s.core.is_idle();
+            let drained = s.core.deliveries_handled() >= queued && s.core.is_idle() && s.groups_settled();
             if !drained {
                 return Flow::Continue;
             }
@@ -642,6 +667,7 @@ pub async fn listen(
         }
         None => None,
     };
+    s.enable_groups(true)?;
     s.connect().await?;
     s.keep_connected = true;
     s.core.login(now_us())?;
@@ -762,6 +788,28 @@ pub async fn listen(
                         ),
                         json!({ "username": me, "queued": queued, "direct": direct }),
                     );
+                    // Group lines and invitations an earlier command received.
+                    let unread = s.home.group_unread().and_then(|l| Ok((l, s.home.invites()?)));
+                    match unread {
+                        Ok((lines, invites)) => {
+                            for l in lines {
+                                if let Err(e) = show_group_line(s, &l) {
+                                    return Flow::Done(Err(e));
+                                }
+                            }
+                            for r in invites.into_iter().filter(|r| !r.shown) {
+                                if let Err(e) = show_invite(s, &r) {
+                                    return Flow::Done(Err(e));
+                                }
+                            }
+                        }
+                        Err(e) => return Flow::Done(Err(e.into())),
+                    }
+                }
+                (Event::GroupInvited { .. }, _) => {
+                    if let Err(e) = show_new_invite(s, ev) {
+                        return Flow::Done(Err(e));
+                    }
                 }
                 (Event::Received { .. }, Some(e)) => {
                     if let Err(err) = show(s, e) {
@@ -783,6 +831,28 @@ pub async fn listen(
                 }
                 _ => {}
             }
+            Flow::Continue
+        }
+        fn on_group_event(&mut self, s: &mut Session, ev: &GroupEvent, lines: &[GroupLine]) -> Flow {
+            for l in lines {
+                let result = if l.read {
+                    // Our own message, now in the group's log.
+                    if let crate::persist::GroupLineKind::Message { msg_id, log_seq, .. } = &l.kind {
+                        s.out.notice(
+                            "group_sent",
+                            &format!("sent to [{}] (#{log_seq})", l.group_name),
+                            json!({ "group": hex(&l.group), "group_name": l.group_name, "msg_id": hex(msg_id), "seq": log_seq }),
+                        );
+                    }
+                    Ok(())
+                } else {
+                    show_group_line(s, l)
+                };
+                if let Err(e) = result {
+                    return Flow::Done(Err(e));
+                }
+            }
+            group_error_notice(s, ev);
             Flow::Continue
         }
         fn check(&mut self, s: &mut Session) -> Flow {
@@ -824,10 +894,31 @@ pub async fn listen(
                         usage(s, &format!("/direct-off {rest}: {e}"));
                     }
                 }
+                "/g" | "/group" => match rest.split_once(char::is_whitespace) {
+                    Some((group, text)) if !text.trim().is_empty() => {
+                        let sent = resolve(s, group).and_then(|g| {
+                            let name = s.group_name(&g);
+                            s.gcore()
+                                .send(now_us(), &g, text.trim())
+                                .map(|id| (g, id, name.clone()))
+                                .map_err(|e| CliError::Usage(format!("[{name}] {e}")))
+                        });
+                        match sent {
+                            Ok((g, id, name)) => s.out.notice(
+                                "group_queued",
+                                &format!("sending to [{name}]"),
+                                json!({ "group": hex(&g), "group_name": name, "msg_id": hex(&id), "text": text.trim() }),
+                            ),
+                            Err(e) => usage(s, &e.to_string()),
+                        }
+                    }
+                    _ => usage(s, "usage: /g GROUP TEXT"),
+                },
                 "/quit" | "/exit" => return self.stop(s),
                 "/help" | "/?" => usage(
                     s,
-                    "commands: /msg NAME TEXT, /to NAME (then type plain lines), /direct NAME, /direct-off NAME, /quit",
+                    "commands: /msg NAME TEXT, /to NAME (then type plain lines), /g GROUP TEXT, /direct NAME, /direct-off NAME, \
+                     /quit",
                 ),
                 _ if !line.starts_with('/') => match self.to.clone() {
                     Some(to) => self.send_typed(s, &to, line),
@@ -873,4 +964,17 @@ pub async fn listen(
         handoffs: Default::default(),
     };
     s.drive(&mut goal, None).await
+}
+
+/// Tells the user about a group failure nobody waits for (`inbox`, `listen`).
+fn group_error_notice(s: &Session, ev: &GroupEvent) {
+    if let GroupEvent::Error { group, code, detail } = ev {
+        let name = s.group_name(group);
+        let text = format!("[{name}] {}", describe_code(*code, detail));
+        s.out.notice(
+            "group_error",
+            &text,
+            json!({ "group": hex(group), "group_name": name, "code": *code as u32, "detail": detail }),
+        );
+    }
 }

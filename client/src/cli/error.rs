@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use nymstr_node::wire::ErrorCode;
 
 use crate::core::ClientError;
+use crate::group::GroupError;
 use crate::net::NetError;
 use crate::persist::PersistError;
 
@@ -31,8 +32,9 @@ Exit codes:
   4    a contact's account key changed (possible impersonation): verify it, then `nymstr trust`
   5    the home is in use by another nymstr process (a running `nymstr listen` takes
        `send`'s messages instead)
-  6    queued: the message was handed over but not acknowledged in time; it is stored and
-       sent again by the next command that connects (send, inbox, listen)
+  6    queued: the message (or group change) was handed over but not acknowledged or
+       applied in time; it is stored and sent again by the next command that connects
+       (send, inbox, listen, group ...)
   130  interrupted (Ctrl-C); unacknowledged messages are sent again next time";
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +68,14 @@ pub enum CliError {
          by the next `nymstr send`, `inbox` or `listen`"
     )]
     Queued { to: String, msg_id: String, secs: u64 },
+    /// A group operation was stored and handed over, but not confirmed in time.
+    #[error(
+        "{what} is not confirmed after {secs} s; it is stored and goes on with the next command that connects to the group node ({hint})"
+    )]
+    GroupPending { what: String, secs: u64, hint: String },
+    /// The group core refused an operation locally.
+    #[error("{group}: {message}")]
+    Group { group: String, source: GroupError, message: String },
     #[error("interrupted")]
     Interrupted,
     /// An error reported by the `listen` process a message was handed to.
@@ -84,7 +94,15 @@ impl CliError {
             CliError::NotInitialised(_) | CliError::NotRegistered => exit::NOT_READY,
             CliError::KeyChanged { .. } => exit::KEY_CHANGED,
             CliError::Busy(_) => exit::BUSY,
-            CliError::Queued { .. } => exit::QUEUED,
+            CliError::Queued { .. } | CliError::GroupPending { .. } => exit::QUEUED,
+            CliError::Group {
+                source:
+                    GroupError::UnknownGroup
+                    | GroupError::UnknownMember
+                    | GroupError::AlreadyMember
+                    | GroupError::TooLarge { .. },
+                ..
+            } => exit::USAGE,
             CliError::Interrupted => exit::INTERRUPTED,
             CliError::Remote { exit_code, .. } => *exit_code,
             CliError::Client(e) => match e {
@@ -115,7 +133,18 @@ impl CliError {
             CliError::KeyChanged { .. } => "key_changed",
             CliError::Refused { .. } => "refused",
             CliError::Timeout { .. } => "timeout",
-            CliError::Queued { .. } => "queued",
+            CliError::Queued { .. } | CliError::GroupPending { .. } => "queued",
+            CliError::Group { source, .. } => match source {
+                GroupError::UnknownGroup => "unknown_group",
+                GroupError::AlreadyMember => "already_member",
+                GroupError::NotMember => "not_member",
+                GroupError::NotAdmin => "not_admin",
+                GroupError::UnknownMember => "unknown_member",
+                GroupError::LastAdmin => "last_admin",
+                GroupError::TooLarge { .. } => "usage",
+                GroupError::Backlog => "backlog",
+                GroupError::Mls(_) => "group",
+            },
             CliError::Interrupted => "interrupted",
             CliError::Remote { .. } => "remote",
             CliError::Persist(PersistError::NotInitialised(_)) => "not_initialised",
@@ -161,6 +190,18 @@ pub fn describe_code(code: ErrorCode, detail: &str) -> String {
         ErrorCode::NotLoggedIn => "not logged in",
         ErrorCode::Busy => "the node is busy",
         ErrorCode::Internal => "the node failed internally",
+        ErrorCode::UnknownGroup => "the node hosts no group with this id",
+        ErrorCode::GroupExists => "a group with this id exists",
+        ErrorCode::BadMlsMessage => "the group node refused the MLS message",
+        ErrorCode::WrongEpoch => "the group moved on meanwhile",
+        ErrorCode::NotMember => "not a member of the group",
+        ErrorCode::NotSteward => "not this admin's turn to commit",
+        ErrorCode::NotAllowed => "the group's policy does not allow it",
+        ErrorCode::InviteRequired => "the group is invite-only: an admin must invite you (`nymstr group invite`)",
+        ErrorCode::BadInvite => "the invitation is not valid for this group",
+        ErrorCode::InviteUsed => "the invitation was already used",
+        ErrorCode::InviteExpired => "the invitation has expired",
+        ErrorCode::NotSubscribed => "not subscribed to the group",
         _ => "",
     };
     match (what.is_empty(), detail.is_empty()) {

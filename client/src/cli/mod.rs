@@ -8,6 +8,7 @@ mod commands;
 #[cfg(unix)]
 mod control;
 pub mod error;
+mod groups;
 mod output;
 mod session;
 
@@ -24,8 +25,8 @@ use output::Printer;
 #[command(
     name = "nymstr",
     version,
-    about = "Chat over a nymstr node: end-to-end encrypted direct messages",
-    long_about = "Chat over a nymstr node: end-to-end encrypted direct messages.\n\n\
+    about = "Chat over a nymstr node: end-to-end encrypted direct messages and group chats",
+    long_about = "Chat over a nymstr node: end-to-end encrypted direct messages and MLS group chats.\n\n\
                   Start with `nymstr init`, then `nymstr register NAME --node HOST:PORT`.",
     after_help = EXIT_CODES_HELP
 )]
@@ -119,6 +120,81 @@ pub enum Command {
     },
     /// Show this device's identity, node and pending messages
     Status,
+    /// Group chats: create, invite, join, send, members, leave, remove, rename, list
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
+    /// List the public groups a node advertises (id, name, description, open)
+    Directory {
+        /// Ask this node instead of the saved one
+        #[arg(long, value_name = "HOST:PORT")]
+        node: Option<String>,
+    },
+}
+
+/// GROUP is a group's name (if no other group of yours has it) or its id in hex (a
+/// unique prefix of 4 or more digits will do). Commands that change a group wait until
+/// the change is in the group's log and applied; exit 6 if that takes longer than
+/// --timeout (the change is stored and goes on with the next command).
+#[derive(Subcommand, Debug)]
+pub enum GroupCommand {
+    /// Create a group with you as its only member and admin
+    Create {
+        name: String,
+        /// List it in the node's directory (name, description, open)
+        #[arg(long)]
+        public: bool,
+        /// Anyone may join (else invite only)
+        #[arg(long)]
+        open: bool,
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
+        /// Host it at this node instead of the saved one
+        #[arg(long, value_name = "HOST:PORT")]
+        node: Option<String>,
+    },
+    /// Invite a user (admins only): sends them an end-to-end encrypted invitation
+    Invite { group: String, user: String },
+    /// Accept an invitation (its group id, id prefix or group name, as `inbox` shows it),
+    /// or join an open group by its id
+    Join {
+        /// An invitation, or the id of an open group (32 hex digits, see `nymstr directory`)
+        group: String,
+        /// The group node, for joining by id [default: the saved node]
+        #[arg(long, value_name = "HOST:PORT")]
+        node: Option<String>,
+    },
+    /// Send a message to a group; exits 0 once it is in the group's log
+    Send {
+        group: String,
+        /// The message: the words are joined with spaces; "-" reads it from standard input
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+    },
+    /// Show a group's members (after catching up with its log)
+    Members { group: String },
+    /// Leave a group (an admin's client commits it)
+    Leave { group: String },
+    /// Remove a member (admins only)
+    Remove { group: String, user: String },
+    /// Rename a group (admins only)
+    Rename { group: String, name: String },
+    /// Change a group's description (admins only)
+    Describe {
+        group: String,
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+    },
+    /// List your groups and pending invitations
+    List,
+    /// Show group messages and notices (of one group, or all)
+    History {
+        group: Option<String>,
+        /// Show at most this many lines (the most recent)
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
 }
 
 /// The home directory: `--home`, else `$NYMSTR_HOME`, else `~/.nymstr`.
@@ -184,5 +260,28 @@ async fn run(cli: Cli, out: &Printer) -> Result<(), CliError> {
         Command::History { name, limit } => commands::history(&home, &printer(), name, limit),
         Command::Trust { name, key } => commands::trust(&home, &printer(), &name, &key),
         Command::Status => commands::status(&home, &printer()),
+        Command::Directory { node } => groups::directory(&home, &printer(), node, timeout).await,
+        Command::Group { command } => {
+            let out = printer();
+            match command {
+                GroupCommand::Create { name, public, open, description, node } => {
+                    groups::create(&home, out, &name, description, public, open, node, timeout).await
+                }
+                GroupCommand::Invite { group, user } => groups::invite(&home, out, &group, &user, timeout).await,
+                GroupCommand::Join { group, node } => groups::join(&home, out, &group, node, timeout).await,
+                GroupCommand::Send { group, text } => groups::send(&home, out, &group, text, timeout).await,
+                GroupCommand::Members { group } => groups::members(&home, out, &group, timeout).await,
+                GroupCommand::Leave { group } => groups::leave(&home, out, &group, timeout).await,
+                GroupCommand::Remove { group, user } => groups::remove(&home, out, &group, &user, timeout).await,
+                GroupCommand::Rename { group, name } => {
+                    groups::set_meta(&home, out, &group, Some(name), None, timeout).await
+                }
+                GroupCommand::Describe { group, text } => {
+                    groups::set_meta(&home, out, &group, None, Some(text.join(" ")), timeout).await
+                }
+                GroupCommand::List => groups::list(&home, &out),
+                GroupCommand::History { group, limit } => groups::history(&home, &out, group, limit),
+            }
+        }
     }
 }

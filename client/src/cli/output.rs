@@ -7,7 +7,7 @@ use std::io::Write;
 use serde_json::{Value, json};
 
 use crate::core::Via;
-use crate::persist::{Direction, HistoryEntry, Status};
+use crate::persist::{Direction, GroupLine, GroupLineKind, HistoryEntry, InviteRecord, Status};
 
 pub struct Printer {
     pub json: bool,
@@ -143,6 +143,72 @@ pub fn entry_line(e: &HistoryEntry) -> String {
             format!("[{}] -> {} ({status}): {}", time(e.at_us), e.peer, text_of(&e.body))
         }
     }
+}
+
+/// A group history line for people: `[time] [group] alice: text`, or
+/// `[time] [group] * bob joined` for a notice.
+pub fn group_line_text(l: &GroupLine) -> String {
+    match &l.kind {
+        GroupLineKind::Message { from, text, .. } => format!("[{}] [{}] {from}: {text}", time(l.at_us), l.group_name),
+        GroupLineKind::Notice { text, .. } => format!("[{}] [{}] * {text}", time(l.at_us), l.group_name),
+    }
+}
+
+pub fn group_line_json(l: &GroupLine) -> Value {
+    match &l.kind {
+        GroupLineKind::Message { from, sender_key, msg_id, text, log_seq } => json!({
+            "type": "group_message",
+            "group": hex(&l.group),
+            "group_name": l.group_name,
+            "from": from,
+            "sender_key": hex(sender_key),
+            "msg_id": hex(msg_id),
+            "seq": log_seq,
+            "text": text,
+            "recorded_at_us": l.at_us,
+        }),
+        GroupLineKind::Notice { kind, who, text } => json!({
+            "type": "group_notice",
+            "group": hex(&l.group),
+            "group_name": l.group_name,
+            "kind": kind,
+            "who": who,
+            "text": text,
+            "recorded_at_us": l.at_us,
+        }),
+    }
+}
+
+/// The command that accepts an invitation.
+pub fn accept_command(r: &InviteRecord) -> String {
+    format!("nymstr group join {}", hex(&r.invite.token.group_id))
+}
+
+pub fn invite_text(r: &InviteRecord) -> String {
+    let i = &r.invite;
+    let about = if i.description.is_empty() { String::new() } else { format!(" ({})", i.description) };
+    format!(
+        "[{}] {} invited you to the group \"{}\"{about}; to join: {}",
+        time(r.received_at_us),
+        r.from,
+        i.name,
+        accept_command(r)
+    )
+}
+
+pub fn invite_json(r: &InviteRecord) -> Value {
+    let i = &r.invite;
+    json!({
+        "type": "group_invite",
+        "from": r.from,
+        "group": hex(&i.token.group_id),
+        "name": i.name,
+        "description": i.description,
+        "node": String::from_utf8_lossy(&i.group_node),
+        "expires_at_us": i.token.expires_at_us,
+        "received_at_us": r.received_at_us,
+        "accept": accept_command(r),
+    })
 }
 
 #[cfg(test)]

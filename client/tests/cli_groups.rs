@@ -1,0 +1,409 @@
+//! Group chats with the `nymstr` binary against the real `nymstr-node` binary, over
+//! loopback TCP: every user is a separate home and every step a separate process, as a
+//! person or a script would run them. Commands that change a group wait until the change
+//! is in the group's log; `inbox` waits until every group caught up with its log; so the
+//! assertions need no sleeps. No test asserts a duration.
+#![cfg(feature = "cli")]
+// The test is a host, not a core: threads read child processes' output.
+#![allow(clippy::disallowed_methods)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc::channel;
+use std::time::Duration;
+
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn nymstr_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_nymstr")
+}
+
+/// `nymstr-node` sits next to `nymstr` in the target directory; built if missing.
+fn node_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = Path::new(nymstr_bin()).parent().expect("the binary has a directory").to_path_buf();
+        let bin = dir.join(format!("nymstr-node{}", std::env::consts::EXE_SUFFIX));
+        if !bin.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(&cargo);
+            cmd.args(["build", "-p", "nymstr-node", "--bin", "nymstr-node"]);
+            if dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().unwrap_or_else(|e| panic!("cannot run `{cargo} build` for nymstr-node: {e}"));
+            assert!(status.success(), "`{cargo} build -p nymstr-node --bin nymstr-node` failed ({status})");
+            assert!(bin.exists(), "nymstr-node was built but is not at {}", bin.display());
+        }
+        bin
+    })
+}
+
+/// A free loopback port (bound, then released for the node to take).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A real node process on a fixed loopback port (so a restart keeps its address).
+struct Node {
+    dir: tempfile::TempDir,
+    addr: String,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start() -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let out = Command::new(node_bin())
+            .args(["init", "--dir"])
+            .arg(dir.path())
+            .args(["--listen", &addr])
+            .output()
+            .expect("nymstr-node init runs");
+        assert!(out.status.success(), "nymstr-node init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let mut node = Node { dir, addr, child: None };
+        node.run();
+        node
+    }
+
+    /// Runs the node and waits for its "listening on" line.
+    fn run(&mut self) {
+        let mut child = Command::new(node_bin())
+            .args(["run", "--dir"])
+            .arg(self.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nymstr-node run starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx.recv_timeout(WAIT).expect("nymstr-node prints its address once it serves");
+        assert!(line.ends_with(&self.addr), "unexpected first line from nymstr-node: {line}");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A client home.
+struct User {
+    home: tempfile::TempDir,
+    name: &'static str,
+}
+
+impl User {
+    fn new(name: &'static str) -> User {
+        User { home: tempfile::tempdir().unwrap(), name }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(nymstr_bin());
+        c.arg("--home").arg(self.home.path()).args(args).stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("nymstr runs")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{} {args:?} failed with {:?}\nstdout: {}\nstderr: {}",
+            self.name,
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `init` + `register NAME --node ADDR`.
+    fn join(name: &'static str, node: &Node) -> User {
+        let u = User::new(name);
+        u.ok(&["init"]);
+        u.ok(&["register", name, "--node", &node.addr]);
+        u
+    }
+
+    /// JSON lines of a command's stdout.
+    fn json(&self, args: &[&str]) -> Vec<Value> {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        self.ok(&full).lines().map(|l| serde_json::from_str(l).expect("each line is JSON")).collect()
+    }
+}
+
+impl User {
+    /// Runs a command that must fail with `code`; returns its stderr.
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{} {args:?}: expected exit {code}\nstdout: {}\nstderr: {stderr}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout)
+        );
+        stderr
+    }
+
+    /// `inbox` as JSON lines.
+    fn inbox(&self) -> Vec<Value> {
+        self.json(&["inbox"])
+    }
+
+    /// `group members GROUP`: the usernames, sorted.
+    fn members(&self, group: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .json(&["group", "members", group])
+            .iter()
+            .filter(|v| v["type"] == "member")
+            .map(|v| v["username"].as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The names of the groups `group list` shows as joined.
+    fn group_names(&self) -> Vec<String> {
+        self.json(&["group", "list"])
+            .iter()
+            .filter(|v| v["type"] == "group" && v["state"] == "member")
+            .map(|v| v["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// `(from, text)` of the group messages among JSON lines.
+fn group_messages(values: &[Value]) -> Vec<(String, String)> {
+    values
+        .iter()
+        .filter(|v| v["type"] == "group_message")
+        .map(|v| (v["from"].as_str().unwrap().to_string(), v["text"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn notices<'a>(values: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    values.iter().filter(|v| v["type"] == "group_notice" && v["kind"] == kind).collect()
+}
+
+fn pair(from: &str, text: &str) -> (String, String) {
+    (from.to_string(), text.to_string())
+}
+
+#[test]
+fn an_invite_only_group_invite_join_talk_rename_remove() {
+    let node = Node::start();
+    let alice = User::join("alice", &node);
+    let bob = User::join("bob", &node);
+    let carol = User::join("carol", &node);
+
+    let created = alice.json(&["group", "create", "friends", "--description", "old friends"]);
+    assert_eq!(created[0]["type"], "group_created");
+    assert_eq!(created[0]["open"], false);
+    let id = created[0]["group"].as_str().unwrap().to_string();
+
+    // Invitations go as end-to-end encrypted DMs; inbox shows them with the command.
+    for user in ["bob", "carol"] {
+        let invited = alice.json(&["group", "invite", "friends", user]);
+        assert_eq!(invited[0]["type"], "group_invited");
+        assert_eq!(invited[0]["group"], id.as_str());
+    }
+    let text = bob.ok(&["inbox"]);
+    assert!(text.contains("alice invited you to the group \"friends\""), "{text}");
+    assert!(text.contains(&format!("nymstr group join {id}")), "{text}");
+    let invites: Vec<Value> = carol.inbox().into_iter().filter(|v| v["type"] == "group_invite").collect();
+    assert_eq!(invites.len(), 1);
+    assert_eq!(invites[0]["from"], "alice");
+    assert_eq!(invites[0]["name"], "friends");
+    assert_eq!(invites[0]["description"], "old friends");
+    // Pending invitations are listed until accepted.
+    let listed = carol.json(&["group", "list"]);
+    assert!(listed.iter().any(|v| v["type"] == "group_invite" && v["group"] == id.as_str()), "{listed:?}");
+
+    // bob accepts by id, carol by the group's name.
+    let joined = bob.json(&["group", "join", &id]);
+    assert_eq!(joined[0]["type"], "group_joined");
+    assert_eq!(joined[0]["name"], "friends");
+    carol.ok(&["group", "join", "friends"]);
+    assert!(!carol.json(&["group", "list"]).iter().any(|v| v["type"] == "group_invite"), "the invitation is used");
+    for u in [&alice, &bob, &carol] {
+        assert_eq!(u.members("friends"), ["alice", "bob", "carol"], "{}", u.name);
+    }
+
+    // Everyone talks; everyone reads the others.
+    let sent = alice.json(&["group", "send", "friends", "hello", "from", "alice"]);
+    assert_eq!(sent[0]["type"], "group_sent");
+    bob.ok(&["group", "send", "friends", "hi, bob here"]);
+    carol.ok(&["group", "send", &id[..8], "carol too"]);
+    let a = alice.inbox();
+    assert_eq!(group_messages(&a), vec![pair("bob", "hi, bob here"), pair("carol", "carol too")]);
+    assert!(a.iter().filter(|v| v["type"] == "group_message").all(|v| v["group_name"] == "friends"));
+    let mut joins: Vec<&str> = notices(&a, "joined").iter().map(|v| v["who"].as_str().unwrap()).collect();
+    joins.sort();
+    assert_eq!(joins, ["bob", "carol"], "alice is told who joined: {a:?}");
+    assert_eq!(group_messages(&bob.inbox()), vec![pair("alice", "hello from alice"), pair("carol", "carol too")]);
+    let text = carol.ok(&["inbox"]);
+    assert!(text.contains("[friends] alice: hello from alice"), "{text}");
+    assert!(text.contains("[friends] bob: hi, bob here"), "{text}");
+    assert!(!text.contains("carol too"), "own messages are not news: {text}");
+
+    // alice renames it: everyone is told and lists the new name.
+    let renamed = alice.json(&["group", "rename", "friends", "best friends"]);
+    assert_eq!(renamed[0]["name"], "best friends");
+    for u in [&bob, &carol] {
+        let inbox = u.inbox();
+        assert_eq!(notices(&inbox, "renamed").len(), 1, "{}: {inbox:?}", u.name);
+    }
+    for u in [&alice, &bob, &carol] {
+        assert_eq!(u.group_names(), ["best friends"], "{}", u.name);
+    }
+
+    // alice removes carol; carol no longer reads what follows.
+    let removed = alice.json(&["group", "remove", "best friends", "carol"]);
+    assert_eq!(removed[0]["type"], "group_removed");
+    assert_eq!(alice.members("best friends"), ["alice", "bob"]);
+    assert_eq!(bob.members("best friends"), ["alice", "bob"]);
+    alice.ok(&["group", "send", "best friends", "carol is gone"]);
+    bob.ok(&["group", "send", "best friends", "just us now"]);
+    let c = carol.inbox();
+    assert!(group_messages(&c).is_empty(), "carol reads nothing after her removal: {c:?}");
+    assert_eq!(notices(&c, "removed").len(), 1, "carol is told: {c:?}");
+    assert!(carol.group_names().is_empty());
+    assert_eq!(group_messages(&bob.inbox()), vec![pair("alice", "carol is gone")]);
+    let a = alice.inbox();
+    assert_eq!(group_messages(&a), vec![pair("bob", "just us now")]);
+    // Sending to a group she left is a usage error for carol.
+    carol.fails(&["group", "send", "best friends", "let me in"], 2);
+    // The group history keeps everything alice saw, in order.
+    let history = alice.json(&["group", "history", "best friends"]);
+    let texts: Vec<String> = group_messages(&history).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(texts, ["hello from alice", "hi, bob here", "carol too", "carol is gone", "just us now"]);
+}
+
+#[test]
+fn an_open_public_group_is_listed_and_joined_by_id() {
+    let node = Node::start();
+    let alice = User::join("alice", &node);
+    let bob = User::join("bob", &node);
+    let carol = User::join("carol", &node);
+    let open = alice.json(&["group", "create", "rustaceans", "--public", "--open", "--description", "all welcome"]);
+    let open_id = open[0]["group"].as_str().unwrap().to_string();
+    let closed = alice.json(&["group", "create", "inner circle", "--public"]);
+    let closed_id = closed[0]["group"].as_str().unwrap().to_string();
+    alice.ok(&["group", "create", "hidden"]);
+
+    let dir = bob.json(&["directory"]);
+    let mut listed: Vec<(String, bool)> =
+        dir.iter().map(|v| (v["name"].as_str().unwrap().to_string(), v["open"].as_bool().unwrap())).collect();
+    listed.sort();
+    assert_eq!(listed, vec![("inner circle".to_string(), false), ("rustaceans".to_string(), true)]);
+    let advert = dir.iter().find(|v| v["group"] == open_id.as_str()).unwrap();
+    assert_eq!(advert["description"], "all welcome");
+    assert_eq!(advert["node"], node.addr.as_str());
+    let text = bob.ok(&["directory", "--node", &node.addr]);
+    assert!(text.contains(&format!("nymstr group join {open_id} --node {}", node.addr)), "{text}");
+
+    // bob joins the open one by id; the directory told him its name.
+    let joined = bob.json(&["group", "join", &open_id, "--node", &node.addr]);
+    assert_eq!(joined[0]["name"], "rustaceans");
+    bob.ok(&["group", "send", "rustaceans", "hello all"]);
+    assert_eq!(group_messages(&alice.inbox()), vec![pair("bob", "hello all")]);
+    alice.ok(&["group", "send", "rustaceans", "welcome bob"]);
+    assert_eq!(group_messages(&bob.inbox()), vec![pair("alice", "welcome bob")]);
+    assert_eq!(bob.members("rustaceans"), ["alice", "bob"]);
+
+    // The invite-only one refuses a join by id.
+    let err = carol.fails(&["group", "join", &closed_id], 1);
+    assert!(err.contains("invite-only"), "{err}");
+    assert!(carol.group_names().is_empty());
+    // bob may leave; alice (the admin) is running no command, so her next one commits it.
+    let out = bob.run(&["--timeout", "3", "group", "leave", "rustaceans"]);
+    assert_eq!(out.status.code(), Some(6), "{}", String::from_utf8_lossy(&out.stderr));
+    let a = alice.inbox();
+    assert_eq!(notices(&a, "left").len(), 1, "{a:?}");
+    assert_eq!(alice.members("rustaceans"), ["alice"]);
+    let b = bob.inbox();
+    assert_eq!(notices(&b, "removed").len(), 1, "{b:?}");
+    assert!(bob.group_names().is_empty());
+}
+
+#[test]
+fn bad_group_input_is_a_clean_error() {
+    let node = Node::start();
+    let alice = User::join("alice", &node);
+    let bob = User::join("bob", &node);
+    let created = alice.json(&["group", "create", "club", "--open"]);
+    let id = created[0]["group"].as_str().unwrap().to_string();
+    bob.ok(&["group", "join", &id]);
+    // The group is not in the directory and its admin has not run since: bob knows it
+    // by its id until her client tells the group its name.
+    let club = &id[..8];
+
+    // A group id the node does not host.
+    let err = bob.fails(&["group", "join", "00112233445566778899aabbccddeeff"], 1);
+    assert!(err.contains("no group with this id"), "{err}");
+    // Malformed invitations and ids.
+    let err = bob.fails(&["group", "join", "not-an-invitation"], 2);
+    assert!(err.contains("is neither a pending invitation"), "{err}");
+    bob.fails(&["group", "join", &id[..31]], 2);
+    let out = bob.run(&["--json", "group", "join", "zz"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err: Value = serde_json::from_slice(&out.stderr).expect("--json errors are JSON");
+    assert_eq!(err["error"], "usage");
+    // Joining twice.
+    let err = bob.fails(&["group", "join", &id], 2);
+    assert!(err.contains("already a member"), "{err}");
+    // A member who is not an admin may not remove, rename or invite.
+    let err = bob.fails(&["group", "remove", club, "alice"], 1);
+    assert!(err.contains("only an admin"), "{err}");
+    bob.fails(&["group", "rename", club, "mine now"], 1);
+    bob.fails(&["group", "invite", club, "alice"], 1);
+    // Unknown groups, unknown members, unknown users.
+    bob.fails(&["group", "send", "no such group", "hi"], 2);
+    let err = alice.fails(&["group", "remove", "club", "carol"], 2);
+    assert!(err.contains("carol is not a member"), "{err}");
+    let err = alice.fails(&["group", "invite", "club", "nobody"], 1);
+    assert!(err.contains("no such user"), "{err}");
+    // The sole admin may not leave while others remain.
+    let err = alice.fails(&["group", "leave", "club"], 1);
+    assert!(err.contains("last admin"), "{err}");
+    // An unreachable group node.
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let err = alice.fails(&["group", "create", "elsewhere", "--node", &dead], 1);
+    assert!(err.contains("unreachable"), "{err}");
+    assert_eq!(alice.group_names(), ["club"]);
+    // Nothing broke: they still talk.
+    alice.ok(&["group", "send", "club", "still fine"]);
+    let b = bob.inbox();
+    assert_eq!(group_messages(&b), vec![pair("alice", "still fine")]);
+    // By now alice's client told the group its name.
+    assert!(b.iter().all(|v| v["type"] != "group_message" || v["group_name"] == "club"), "{b:?}");
+    assert_eq!(bob.group_names(), ["club"]);
+}
