@@ -187,6 +187,12 @@ pub enum Event {
         code: ErrorCode,
         detail: String,
     },
+    /// A contact invited us to a group (the token is not yet redeemed).
+    GroupInvited {
+        from: String,
+        msg_id: MsgId,
+        invite: seal::GroupInvite,
+    },
     /// A contact revealed a direct address we have not agreed to use (we are not
     /// listening directly); `offer_direct` or `set_direct_address` agrees.
     DirectOffered {
@@ -628,6 +634,16 @@ impl ClientCore {
             return Err(ClientError::TooLarge { len: body.len(), max: BODY_BYTES_MAX });
         }
         self.send_content(now, to, DmContent::Text { body: body.to_vec() })
+    }
+
+    /// Sends a group invitation to `to` as an end-to-end sealed DM (like a text).
+    pub fn send_group_invite(
+        &mut self,
+        now: TimeUs,
+        to: &str,
+        invite: seal::GroupInvite,
+    ) -> Result<MsgId, ClientError> {
+        self.send_content(now, to, DmContent::GroupInvite(invite))
     }
 
     /// Our own direct address (the host listens there), or `None` when it stops
@@ -1231,6 +1247,9 @@ impl ClientCore {
                     }
                     DmContent::DirectAccept { addr } => {
                         self.on_route(now, from, dm.from, dm.msg_id, opened.sent_at_us, addr, false)
+                    }
+                    DmContent::GroupInvite(invite) => {
+                        self.events.push_back(Event::GroupInvited { from, msg_id: opened.msg_id, invite })
                     }
                     DmContent::DirectWithdraw => {
                         let removed = self.direct.get_mut(&from).and_then(|p| p.routes.remove(&dm.from)).is_some();

@@ -57,6 +57,21 @@ pub enum DmContent {
     DirectAccept { addr: DirectAddress },
     /// "Stop sending to this installation directly; use the relay."
     DirectWithdraw,
+    /// An invitation to a group (`specs/groups.md`): the admin-signed token, where the
+    /// group is hosted, and its current name and description (which the steward never
+    /// sees), so the invitee can join and show the group at once.
+    GroupInvite(GroupInvite),
+}
+
+/// What an invitation carries, end-to-end encrypted to the invitee.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInvite {
+    pub token: nymstr_node::wire::InviteToken,
+    /// Transport address of the group node (as the inviter reaches it, e.g. `host:port`).
+    #[serde(with = "serde_bytes")]
+    pub group_node: Vec<u8>,
+    pub name: String,
+    pub description: String,
 }
 
 /// A transport address an installation reveals, end-to-end encrypted, to one contact.
@@ -287,7 +302,23 @@ mod tests {
             assert_eq!(got, hex, "{content:?}");
             assert_eq!(codec::decode::<DmContent>(&bytes).unwrap(), content);
         }
-        assert!(codec::decode::<DmContent>(&[4]).is_err(), "unknown content types do not decode");
+        // A group invitation: variant 4, then the token, node, name and description.
+        let invite = DmContent::GroupInvite(GroupInvite {
+            token: nymstr_node::wire::InviteToken {
+                group_id: [1; 16],
+                token_id: [2; 16],
+                expires_at_us: 3,
+                admin_key: [4; 32],
+                sig: nymstr_node::wire::Sig([5; 64]),
+            },
+            group_node: b"127.0.0.1:7001".to_vec(),
+            name: "g".into(),
+            description: String::new(),
+        });
+        let bytes = codec::encode(&invite);
+        assert_eq!(bytes[0], 4);
+        assert_eq!(codec::decode::<DmContent>(&bytes).unwrap(), invite);
+        assert!(codec::decode::<DmContent>(&[5]).is_err(), "unknown content types do not decode");
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub struct Report {
     pub mixnet: MixnetStats,
     pub node: NodeStats,
     pub faults: Faults,
+    pub groups: crate::groups::GroupsReport,
     pub invariants: Invariants,
 }
 
@@ -81,6 +82,22 @@ pub struct Invariants {
     pub violations: Vec<String>,
 }
 
+/// Two quantiles and the sample count.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Quantiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub n: u64,
+}
+
+impl Quantiles {
+    pub fn of(samples: &[f64]) -> Self {
+        let mut v = samples.to_vec();
+        v.sort_by(f64::total_cmp);
+        Quantiles { p50: percentile(&v, 0.50), p99: percentile(&v, 0.99), n: v.len() as u64 }
+    }
+}
+
 /// Nearest-rank percentile of sorted samples.
 pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
@@ -131,6 +148,31 @@ impl Report {
             l.clean_residual_std_error,
             l.clean_samples
         );
+        let g = &self.groups;
+        if g.created > 0 {
+            s += &format!(
+                "groups: {} created, {} joins, {} leaves/removals, {} messages, {} deliveries; {:.2} uploads per \
+                 message ({:.2} accepted); missing {} (wrong sender {}), repaired {}, lost {}; {} commits, \
+                 {} epoch forks; commit latency ms p50 {:.0} p99 {:.0}; join latency ms p50 {:.0} p99 {:.0}\n",
+                g.created,
+                g.joins,
+                g.leaves + g.removals,
+                g.messages,
+                g.deliveries,
+                g.sender_msgs_per_group_msg,
+                g.accepted_per_group_msg,
+                g.missing_detected,
+                g.missing_wrong_sender,
+                g.repaired,
+                g.lost,
+                g.commits,
+                g.epoch_forks,
+                g.commit_latency_ms.p50,
+                g.commit_latency_ms.p99,
+                g.join_latency_ms.p50,
+                g.join_latency_ms.p99
+            );
+        }
         let m = &self.mixnet;
         s += &format!(
             "mixnet: {} packets, {} lost, {} retransmitted, {} dropped at down endpoints, {} SURBs used, {} SURB requests\n",

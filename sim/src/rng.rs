@@ -23,6 +23,12 @@ pub enum Stream {
     },
     /// Monte Carlo of the latency model, independent of the run.
     Expectation,
+    /// A client's group member core (MLS randomness included).
+    GroupMember {
+        index: u32,
+    },
+    /// The group workload (who creates, joins, leaves, talks).
+    GroupWorkload,
 }
 
 pub fn stream(seed: u64, which: Stream) -> ChaCha20Rng {
@@ -33,6 +39,8 @@ pub fn stream(seed: u64, which: Stream) -> ChaCha20Rng {
         Stream::Client { index } => (4, index, 0),
         Stream::ClientTransport { index } => (5, index, 0),
         Stream::Expectation => (6, 0, 0),
+        Stream::GroupMember { index } => (7, index, 0),
+        Stream::GroupWorkload => (8, 0, 0),
     };
     let mut h = blake3::Hasher::new_derive_key("nymstr-sim/v1/rng-stream");
     h.update(&seed.to_le_bytes());

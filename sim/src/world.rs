@@ -8,15 +8,18 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
+use nymstr_client::group::{GroupConfig, GroupCore, GroupEvent, GroupMeta, LifetimeMode, MemberKeys};
 use nymstr_client::{ClientConfig, ClientCore, Event};
+use nymstr_node::actors::steward::StewardStats;
 use nymstr_node::actors::{Output, Peer, SenderTag};
 use nymstr_node::codec;
 use nymstr_node::store::{MemStore, Store};
-use nymstr_node::wire::{Body, Envelope, MsgId};
+use nymstr_node::wire::{Body, Envelope, GroupId, MsgId};
 use nymstr_node::{NodeCore, actors::NodeStats};
 use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
 
+use crate::groups::{self, Groups, SentMessage, SimGroup, UploadClass};
 use crate::mixnet::{self, Moments, Us, ms_to_us};
 use crate::report::{self, Report};
 use crate::rng::{self, Stream};
@@ -85,6 +88,19 @@ enum Ev {
     },
     LossEnd,
     DrainCheck,
+    GroupCreate {
+        index: u32,
+    },
+    GroupJoin {
+        client: u32,
+        group: u32,
+    },
+    GroupMsgTick {
+        client: u32,
+        group: u32,
+    },
+    GroupJoinTick,
+    GroupLeaveTick,
 }
 
 impl Ev {
@@ -105,6 +121,11 @@ impl Ev {
             Ev::LossStart { .. } => 13,
             Ev::LossEnd => 14,
             Ev::DrainCheck => 15,
+            Ev::GroupCreate { .. } => 16,
+            Ev::GroupJoin { .. } => 17,
+            Ev::GroupMsgTick { .. } => 18,
+            Ev::GroupJoinTick => 19,
+            Ev::GroupLeaveTick => 20,
         }
     }
 }
@@ -194,6 +215,7 @@ struct NodeHost {
     registered: Vec<u32>,
     /// Stats of previous incarnations, summed.
     past_stats: NodeStats,
+    past_group_stats: StewardStats,
 }
 
 struct ClientHost {
@@ -203,6 +225,9 @@ struct ClientHost {
     online: bool,
     session: u32,
     tag: SenderTag,
+    /// Tags towards nodes other than the home node (group nodes), one per node and
+    /// session, so two nodes cannot link a client by its tag.
+    node_tags: BTreeMap<u32, SenderTag>,
     address: [u8; 32],
     transport_rng: ChaCha20Rng,
     registered: bool,
@@ -211,6 +236,8 @@ struct ClientHost {
     last_depart: Us,
     /// People this user writes to (the workload's social circle).
     contacts: Vec<u32>,
+    /// The group member core, once the client is registered (group workloads only).
+    group: Option<GroupCore>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -274,13 +301,24 @@ pub struct World {
     pub metrics: Metrics,
     violations: Vec<String>,
     checks: u64,
+    groups: Groups,
+    group_rng: ChaCha20Rng,
+}
+
+/// A group node's address as the group cores carry it: its index, big-endian.
+fn node_address(node: u32) -> Vec<u8> {
+    node.to_be_bytes().to_vec()
+}
+
+fn node_of_address(addr: &[u8]) -> Option<u32> {
+    <[u8; 4]>::try_from(addr).ok().map(u32::from_be_bytes)
 }
 
 impl World {
     pub fn new(sc: Scenario) -> Self {
         let seed = sc.seed;
         let mut nodes = Vec::new();
-        for i in 0..sc.nodes.discovery {
+        for i in 0..sc.nodes.discovery + sc.nodes.group {
             let core = NodeCore::start(
                 EPOCH_US,
                 MemStore::new(),
@@ -299,6 +337,7 @@ impl World {
                 last_depart: 0,
                 registered: Vec::new(),
                 past_stats: NodeStats::default(),
+                past_group_stats: StewardStats::default(),
             });
         }
         let mut clients = Vec::new();
@@ -315,6 +354,7 @@ impl World {
                 online: true,
                 session: 0,
                 tag: SenderTag(tag),
+                node_tags: BTreeMap::new(),
                 address,
                 transport_rng,
                 registered: false,
@@ -322,6 +362,7 @@ impl World {
                 timer_at: None,
                 last_depart: 0,
                 contacts: Vec::new(),
+                group: None,
             });
         }
         let mut w = World {
@@ -347,6 +388,8 @@ impl World {
             violations: Vec::new(),
             checks: 0,
             work_rng: rng::stream(seed, Stream::Workload),
+            groups: Groups::default(),
+            group_rng: rng::stream(seed, Stream::GroupWorkload),
             sc,
         };
         // Schedule joins, faults, background flushes and the end of traffic.
@@ -355,7 +398,7 @@ impl World {
             let at = EPOCH_US + if spread == 0 { 0 } else { rng::below(&mut w.work_rng, spread) };
             w.schedule(at, Ev::Join { client: i });
         }
-        for i in 0..w.sc.nodes.discovery {
+        for i in 0..w.sc.nodes.discovery + w.sc.nodes.group {
             let at = EPOCH_US + ms_to_us(w.sc.nodes.background_flush_ms);
             w.schedule(at, Ev::BackgroundFlush { node: i });
             w.after_node_step(i);
@@ -370,6 +413,23 @@ impl World {
                     EPOCH_US + at.us(),
                     Ev::LossStart { loss: packet_loss, until: EPOCH_US + at.us() + duration.us() },
                 ),
+            }
+        }
+        let g = w.sc.workload.groups.clone();
+        if g.count > 0 {
+            let start = EPOCH_US + w.sc.clients.join_spread.us();
+            for index in 0..g.count {
+                let at = start + rng::below(&mut w.group_rng, g.create_spread.us().max(1));
+                w.schedule(at, Ev::GroupCreate { index });
+            }
+            let settle = start + g.create_spread.us();
+            if g.joins_per_min > 0.0 {
+                let at = settle + rng::exp(&mut w.group_rng, 60_000_000.0 / g.joins_per_min) as Us;
+                w.schedule(at, Ev::GroupJoinTick);
+            }
+            if g.leaves_per_min > 0.0 {
+                let at = settle + rng::exp(&mut w.group_rng, 60_000_000.0 / g.leaves_per_min) as Us;
+                w.schedule(at, Ev::GroupLeaveTick);
             }
         }
         let end = EPOCH_US + w.sc.duration.us();
@@ -439,6 +499,9 @@ impl World {
                 }
                 c.timer_at = None;
                 c.core.handle_timeout(self.now);
+                if let Some(g) = c.group.as_mut() {
+                    g.handle_timeout(self.now);
+                }
                 self.after_client_step(client);
             }
             Ev::Join { client } => {
@@ -472,10 +535,14 @@ impl World {
                 let mut tag = [0u8; 16];
                 c.transport_rng.fill_bytes(&mut tag);
                 c.tag = SenderTag(tag);
+                c.node_tags.clear();
                 c.last_depart = 0;
                 if c.registered {
                     c.core.login(now).expect("registered");
                     self.metrics.logins += 1;
+                }
+                if let Some(g) = c.group.as_mut() {
+                    g.reconnected(now);
                 }
                 self.after_client_step(client);
                 self.schedule_offline(client);
@@ -487,6 +554,11 @@ impl World {
                 self.schedule(until, Ev::LossEnd);
             }
             Ev::LossEnd => self.loss = self.sc.mixnet.packet_loss,
+            Ev::GroupCreate { index } => self.on_group_create(index),
+            Ev::GroupJoin { client, group } => self.on_group_join(client, group),
+            Ev::GroupMsgTick { client, group } => self.on_group_msg_tick(client, group),
+            Ev::GroupJoinTick => self.on_group_join_tick(),
+            Ev::GroupLeaveTick => self.on_group_leave_tick(),
             Ev::DrainCheck => {
                 if !self.traffic_stopped {
                     // New traffic stops and faults heal: every offline client comes back.
@@ -522,7 +594,12 @@ impl World {
     fn quiescent(&self) -> bool {
         self.msgs.is_empty()
             && self.nodes.iter().all(|n| n.core.as_ref().is_some_and(|c| c.queued_total() == 0) && n.held.is_empty())
-            && self.clients.iter().all(|c| c.online && c.core.is_idle() && c.core.unacked_sends() == 0)
+            && self.clients.iter().all(|c| {
+                c.online
+                    && c.core.is_idle()
+                    && c.core.unacked_sends() == 0
+                    && c.group.as_ref().is_none_or(|g| g.is_idle())
+            })
     }
 
     // --- workload ---
@@ -588,6 +665,289 @@ impl World {
         self.after_client_step(client);
     }
 
+    // --- group workload ---
+
+    fn start_group_core(&mut self, client: u32) {
+        let seed = {
+            let mut r = rng::stream(self.sc.seed, Stream::GroupMember { index: client });
+            let mut s = [0u8; 32];
+            r.fill_bytes(&mut s);
+            s
+        };
+        let c = &mut self.clients[client as usize];
+        let Some(id) = c.core.identity() else { return };
+        let keys =
+            MemberKeys { installation: id.installation.clone(), cert: id.cert.clone(), username: c.username.clone() };
+        let key = keys.member_key();
+        let config = GroupConfig {
+            lifetime: LifetimeMode::Unbounded,
+            commit_timeout_us: self.sc.nodes.core.group_commit_timeout_us,
+            ..GroupConfig::default()
+        };
+        c.group = Some(GroupCore::new(keys, seed, config));
+        self.groups.client_of_key.insert(key, client);
+    }
+
+    /// Clients registered, online and with a group core.
+    fn group_ready(&self, client: u32) -> bool {
+        let c = &self.clients[client as usize];
+        c.online && c.group.is_some()
+    }
+
+    fn is_group_member(&self, client: u32, group: &GroupId) -> bool {
+        self.clients[client as usize].group.as_ref().is_some_and(|g| g.groups().contains(group))
+    }
+
+    fn pick_client(&mut self, ok: impl Fn(&World, u32) -> bool) -> Option<u32> {
+        let n = self.clients.len() as u64;
+        for _ in 0..64 {
+            let c = rng::below(&mut self.group_rng, n) as u32;
+            if ok(self, c) {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn on_group_create(&mut self, index: u32) {
+        if self.traffic_stopped {
+            return;
+        }
+        let Some(creator) = self.pick_client(|w, c| w.group_ready(c)) else { return };
+        let g = self.sc.workload.groups.clone();
+        let node = self.sc.nodes.discovery + rng::below(&mut self.group_rng, u64::from(self.sc.nodes.group)) as u32;
+        let open = rng::chance(&mut self.group_rng, g.open_fraction);
+        let public = rng::chance(&mut self.group_rng, g.public_fraction);
+        let target_size = g.size_min + rng::below(&mut self.group_rng, u64::from(g.size_max - g.size_min + 1)) as u32;
+        let now = self.now;
+        let core = self.clients[creator as usize].group.as_mut().expect("ready");
+        let name = format!("group{index}");
+        let Ok(id) = core.create(now, &name, "a simulated group", public, open, node_address(node)) else {
+            self.violations.push(format!("client {creator} could not create a group"));
+            return;
+        };
+        self.groups.add_group(SimGroup { id, node, open, public, creator, target_size, created: false });
+        self.after_client_step(creator);
+    }
+
+    /// After creation: the initial members join over the next half minute.
+    fn schedule_initial_joins(&mut self, group: u32) {
+        let (target, creator) = {
+            let g = &self.groups.groups[group as usize];
+            (g.target_size, g.creator)
+        };
+        let mut chosen = BTreeSet::from([creator]);
+        for _ in 1..target {
+            let Some(c) = self.pick_client(|w, c| w.clients[c as usize].group.is_some() && !chosen.contains(&c)) else {
+                break;
+            };
+            chosen.insert(c);
+            let at = self.now + rng::below(&mut self.group_rng, 30_000_000);
+            self.schedule(at, Ev::GroupJoin { client: c, group });
+        }
+    }
+
+    fn on_group_join(&mut self, client: u32, group: u32) {
+        if self.traffic_stopped || !self.group_ready(client) {
+            return;
+        }
+        let g = self.groups.groups[group as usize].clone();
+        if self.is_group_member(client, &g.id) {
+            return;
+        }
+        let now = self.now;
+        // The meta a joiner starts from: the advert's or the invitation's.
+        let meta = self.clients[g.creator as usize]
+            .group
+            .as_ref()
+            .and_then(|c| c.meta(&g.id).cloned())
+            .map(|m| GroupMeta { name: m.name, description: m.description, version: m.version });
+        let invite = if g.open {
+            None
+        } else {
+            // An online admin issues the token; the simulator hands it over as the DM
+            // invitation would (the DM path is exercised by the CLI tests).
+            let admin = (0..self.clients.len() as u32).find(|a| {
+                self.clients[*a as usize].online
+                    && self.clients[*a as usize].group.as_ref().is_some_and(|c| c.is_admin(&g.id))
+            });
+            let Some(admin) = admin else { return };
+            match self.clients[admin as usize].group.as_mut().expect("admin").invite(now, &g.id) {
+                Ok(t) => Some(t),
+                Err(_) => return,
+            }
+        };
+        let core = self.clients[client as usize].group.as_mut().expect("ready");
+        if core.join(now, node_address(g.node), g.id, invite, meta).is_ok() {
+            self.groups.join_started.insert((client, g.id), now);
+        }
+        self.after_client_step(client);
+    }
+
+    fn schedule_group_messages(&mut self, client: u32, group: u32) {
+        let rate = self.sc.workload.groups.message_rate_per_member_per_min;
+        if rate > 0.0 && !self.traffic_stopped {
+            let at = self.now + rng::exp(&mut self.group_rng, 60_000_000.0 / rate) as Us;
+            if at < self.end_of_traffic() {
+                self.schedule(at, Ev::GroupMsgTick { client, group });
+            }
+        }
+    }
+
+    fn on_group_msg_tick(&mut self, client: u32, group: u32) {
+        let id = self.groups.groups[group as usize].id;
+        if self.traffic_stopped || !self.is_group_member(client, &id) {
+            return;
+        }
+        self.schedule_group_messages(client, group);
+        if !self.clients[client as usize].online {
+            return;
+        }
+        let len = self.sc.workload.groups.message_bytes as usize;
+        const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+        let text: String = (0..len.max(16))
+            .map(|_| ALNUM[rng::below(&mut self.group_rng, ALNUM.len() as u64) as usize] as char)
+            .collect();
+        let now = self.now;
+        let core = self.clients[client as usize].group.as_mut().expect("member");
+        let sender_key = core.member_key();
+        let Ok(msg_id) = core.send(now, &id, &text) else { return };
+        // Set when the sender sees its message in the log (see `on_group_event`).
+        let audience = BTreeSet::new();
+        let mut marker = [0u8; 16];
+        marker.copy_from_slice(&text.as_bytes()[..16]);
+        self.groups.report.messages += 1;
+        self.groups.messages.insert(
+            (id, msg_id),
+            SentMessage {
+                group: id,
+                sender: client,
+                sender_key,
+                sent_at: now,
+                audience,
+                marker,
+                logged: false,
+                seq: None,
+                received_by: BTreeSet::new(),
+                duplicates: 0,
+                missing_reported: BTreeSet::new(),
+                lost_reported: BTreeSet::new(),
+            },
+        );
+        self.after_client_step(client);
+    }
+
+    fn created_groups(&self) -> Vec<u32> {
+        (0..self.groups.groups.len() as u32).filter(|i| self.groups.groups[*i as usize].created).collect()
+    }
+
+    fn on_group_join_tick(&mut self) {
+        if self.traffic_stopped {
+            return;
+        }
+        let rate = self.sc.workload.groups.joins_per_min;
+        let at = self.now + rng::exp(&mut self.group_rng, 60_000_000.0 / rate) as Us;
+        self.schedule(at, Ev::GroupJoinTick);
+        let created = self.created_groups();
+        if created.is_empty() {
+            return;
+        }
+        let group = created[rng::below(&mut self.group_rng, created.len() as u64) as usize];
+        let id = self.groups.groups[group as usize].id;
+        if let Some(client) = self.pick_client(|w, c| w.group_ready(c) && !w.is_group_member(c, &id)) {
+            self.on_group_join(client, group);
+        }
+    }
+
+    fn on_group_leave_tick(&mut self) {
+        if self.traffic_stopped {
+            return;
+        }
+        let rate = self.sc.workload.groups.leaves_per_min;
+        let at = self.now + rng::exp(&mut self.group_rng, 60_000_000.0 / rate) as Us;
+        self.schedule(at, Ev::GroupLeaveTick);
+        let created = self.created_groups();
+        if created.is_empty() {
+            return;
+        }
+        let group = created[rng::below(&mut self.group_rng, created.len() as u64) as usize];
+        let id = self.groups.groups[group as usize].id;
+        let members: Vec<u32> =
+            (0..self.clients.len() as u32).filter(|c| self.group_ready(*c) && self.is_group_member(*c, &id)).collect();
+        if members.len() <= 2 {
+            return;
+        }
+        let who = members[rng::below(&mut self.group_rng, members.len() as u64) as usize];
+        let now = self.now;
+        let core = self.clients[who as usize].group.as_mut().expect("member");
+        if core.is_admin(&id) && rng::chance(&mut self.group_rng, 0.5) {
+            // An admin removes a member who is not an admin.
+            let me = core.member_key();
+            let victims: Vec<_> = core.members(&id).into_iter().filter(|m| !m.admin && m.key != me).collect();
+            if victims.is_empty() {
+                return;
+            }
+            let v = &victims[rng::below(&mut self.group_rng, victims.len() as u64) as usize];
+            let core = self.clients[who as usize].group.as_mut().expect("member");
+            if core.remove(now, &id, &v.key).is_ok() {
+                self.groups.report.removals += 1;
+            }
+        } else if core.leave(now, &id).is_ok() {
+            self.groups.report.leaves += 1;
+        }
+        self.after_client_step(who);
+    }
+
+    fn on_group_event(&mut self, client: u32, ev: GroupEvent) {
+        if let GroupEvent::EpochChanged { group, .. }
+        | GroupEvent::Joined { group, .. }
+        | GroupEvent::Created { group } = &ev
+        {
+            let core = self.clients[client as usize].group.as_ref().expect("member");
+            if let Some(epoch) = core.epoch(group) {
+                let members =
+                    core.members(group).into_iter().filter_map(|m| self.groups.client_of_key.get(&m.key).copied());
+                self.groups.members_at_epoch.entry((*group, epoch)).or_insert_with(|| members.collect());
+            }
+        }
+        if std::env::var_os("NYMSTR_SIM_DEBUG").is_some()
+            && matches!(
+                ev,
+                GroupEvent::Missing { .. }
+                    | GroupEvent::Lost { .. }
+                    | GroupEvent::Joined { .. }
+                    | GroupEvent::Error { .. }
+            )
+        {
+            let known = match &ev {
+                GroupEvent::Missing { group, msg_id, .. } | GroupEvent::Lost { group, msg_id, .. } => {
+                    self.groups.messages.get(&(*group, *msg_id)).map(|m| (m.sender, m.sent_at - EPOCH_US, m.logged))
+                }
+                _ => None,
+            };
+            eprintln!("t={} client {client}: {ev:?} known={known:?}", self.now - EPOCH_US);
+        }
+        self.groups.on_event(client, self.now, &ev);
+        match ev {
+            GroupEvent::Created { group } => {
+                if let Some(&i) = self.groups.by_id.get(&group) {
+                    self.schedule_initial_joins(i as u32);
+                    self.schedule_group_messages(client, i as u32);
+                }
+            }
+            GroupEvent::Joined { group, .. } => {
+                if let Some(&i) = self.groups.by_id.get(&group) {
+                    self.schedule_group_messages(client, i as u32);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn observe_entry(&mut self, group: &GroupId, entry: &nymstr_node::wire::GroupEntry) {
+        self.groups.on_log_entry(self.now, *group, entry.seq, entry.epoch, &entry.mls);
+    }
+
     // --- hosts ---
 
     fn after_client_step(&mut self, client: u32) {
@@ -598,8 +958,31 @@ impl World {
         while let Some(ev) = self.clients[client as usize].core.poll_event() {
             self.on_client_event(client, ev);
         }
+        while let Some(g) = self.clients[client as usize].group.as_mut() {
+            let transmits = g.drain_transmits();
+            let events: Vec<GroupEvent> = std::iter::from_fn(|| g.poll_event()).collect();
+            if transmits.is_empty() && events.is_empty() {
+                break;
+            }
+            for t in transmits {
+                if let Body::GroupUpload { mls, .. } = &t.envelope.body
+                    && groups::classify(mls) == UploadClass::Application
+                {
+                    self.groups.app_uploads_sent += 1;
+                }
+                match node_of_address(&t.group_node) {
+                    Some(node) if (node as usize) < self.nodes.len() => {
+                        self.client_transmit_to(client, node, t.envelope)
+                    }
+                    _ => self.violations.push(format!("client {client}'s group core addressed an unknown node")),
+                }
+            }
+            for ev in events {
+                self.on_group_event(client, ev);
+            }
+        }
         let c = &mut self.clients[client as usize];
-        let want = c.core.poll_timeout();
+        let want = [c.core.poll_timeout(), c.group.as_ref().and_then(|g| g.poll_timeout())].into_iter().flatten().min();
         if want != c.timer_at {
             c.timer_generation += 1;
             c.timer_at = want;
@@ -620,6 +1003,9 @@ impl World {
                     self.metrics.registered += 1;
                     self.nodes[home as usize].registered.push(client);
                     self.on_dm_tick_schedule(client);
+                    if self.sc.workload.groups.count > 0 {
+                        self.start_group_core(client);
+                    }
                 }
             }
             Event::SendAcked { msg_id, .. } => {
@@ -664,7 +1050,8 @@ impl World {
             | Event::DirectReady { .. }
             | Event::DirectWithdrawn { .. }
             | Event::DirectDelivered { .. }
-            | Event::DirectFailed { .. } => {}
+            | Event::DirectFailed { .. }
+            | Event::GroupInvited { .. } => {}
         }
     }
 
@@ -755,6 +1142,7 @@ impl World {
         let n = &mut self.nodes[node as usize];
         let Some(core) = n.core.take() else { return };
         n.past_stats = add_stats(&n.past_stats, &core.stats);
+        n.past_group_stats = add_group_stats(&n.past_group_stats, core.group_stats());
         let mut store = core.into_store();
         store.crash();
         n.down_store = Some(store);
@@ -799,6 +1187,33 @@ impl World {
         self.send_message(Endpoint::Client(client), session, Endpoint::Node(node), 0, payload, leg);
     }
 
+    /// The client's tag towards `node` in its current session.
+    fn tag_for(&mut self, client: u32, node: u32) -> SenderTag {
+        let c = &mut self.clients[client as usize];
+        if node == c.node {
+            return c.tag;
+        }
+        if let Some(t) = c.node_tags.get(&node) {
+            return *t;
+        }
+        let mut tag = [0u8; 16];
+        c.transport_rng.fill_bytes(&mut tag);
+        c.node_tags.insert(node, SenderTag(tag));
+        SenderTag(tag)
+    }
+
+    /// A client's message to a node other than its home (a group node).
+    fn client_transmit_to(&mut self, client: u32, node: u32, env: Envelope) {
+        if !self.clients[client as usize].online {
+            return;
+        }
+        let bytes = codec::encode_frame(&env).expect("client frames fit the limit");
+        let tag = self.tag_for(client, node);
+        let session = self.clients[client as usize].session;
+        let payload = Payload::ToNode { tag, owner: client, session, bytes, surbs: self.sc.mixnet.surbs_per_message };
+        self.send_message(Endpoint::Client(client), session, Endpoint::Node(node), 0, payload, None);
+    }
+
     fn node_transmit(&mut self, node: u32, to: Peer, env: Envelope) {
         let tag = match to {
             Peer::Tag(tag) => tag,
@@ -813,6 +1228,15 @@ impl World {
             && let Some(d) = self.dms.get_mut(msg_id)
         {
             d.node_acked = true;
+        }
+        match &env.body {
+            Body::GroupPush { group_id, entry } => self.observe_entry(group_id, entry),
+            Body::GroupEntries { group_id, entries, .. } => {
+                for e in entries {
+                    self.observe_entry(group_id, e);
+                }
+            }
+            _ => {}
         }
         let bytes = codec::encode_frame(&env).expect("node frames fit the limit");
         let leg = match &env.body {
@@ -1041,19 +1465,30 @@ impl World {
                     d.leg1_clean = clean && created_at == d.sent_at;
                 }
                 let core = self.nodes[node as usize].core.as_mut().expect("destination is up");
+                if let Ok(Envelope { body: Body::GroupUpload { group_id, mls, .. }, .. }) = codec::decode_frame(&bytes)
+                    && groups::classify(&mls) == UploadClass::Proposal
+                    && let Some(epoch) = core.steward().epoch(&group_id)
+                {
+                    self.groups.proposal_waiting.entry((group_id, epoch)).or_insert(now);
+                }
                 core.handle_frame(now, Peer::Tag(tag), &bytes);
                 self.after_node_step(node);
             }
             (Endpoint::Node(node), Payload::SurbTopUp { tag, owner, session, surbs }) => {
                 self.credit_surbs(node, tag, owner, session, surbs)
             }
-            (Endpoint::Client(client), Payload::ToClient { node: _, bytes }) => {
+            (Endpoint::Client(client), Payload::ToClient { node, bytes }) => {
                 self.metrics.frames_to_clients += 1;
                 self.trace.update(blake3::hash(&bytes).as_bytes());
                 if let Some(Leg::Deliver(m)) = leg {
                     self.note_leg2(m, clean, created_at);
                 }
-                self.clients[client as usize].core.handle_frame(now, &bytes);
+                let c = &mut self.clients[client as usize];
+                if node == c.node {
+                    c.core.handle_frame(now, &bytes);
+                } else if let Some(g) = c.group.as_mut() {
+                    g.handle_frame(now, &node_address(node), &bytes);
+                }
                 self.after_client_step(client);
             }
             (Endpoint::Client(client), Payload::SurbRequest { node, tag }) => {
@@ -1207,6 +1642,11 @@ impl World {
                 }
             }
         }
+        // Groups: members agree, every message reached its audience or was reported, no
+        // epoch forked, no node holds a plaintext.
+        if !self.groups.groups.is_empty() {
+            checks += self.judge_groups();
+        }
         // 3. Observed latency agrees with the model.
         let t = self.metrics.transit_first_attempt;
         if t.n >= 30 {
@@ -1239,6 +1679,78 @@ impl World {
         self.checks = checks;
     }
 
+    fn judge_groups(&mut self) -> u64 {
+        let mut checks = 0u64;
+        let mut final_members: BTreeMap<GroupId, BTreeSet<u32>> = BTreeMap::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            let Some(g) = &c.group else { continue };
+            for id in g.groups() {
+                final_members.entry(id).or_default().insert(i as u32);
+            }
+        }
+        for (id, members) in &final_members {
+            let views: Vec<(u32, Option<u64>, BTreeSet<[u8; 32]>)> = members
+                .iter()
+                .map(|m| {
+                    let g = self.clients[*m as usize].group.as_ref().expect("member");
+                    (*m, g.epoch(id), g.members(id).into_iter().map(|x| x.key).collect())
+                })
+                .collect();
+            checks += 1;
+            let (first, epoch, set) = &views[0];
+            for (m, e, s) in &views[1..] {
+                if e != epoch || s != set {
+                    self.violations.push(format!(
+                        "group {} members disagree at quiescence: client {first} at epoch {epoch:?} with {} members, \
+                         client {m} at epoch {e:?} with {} members",
+                        groups::hex8(id),
+                        set.len(),
+                        s.len()
+                    ));
+                    break;
+                }
+            }
+            let keys_as_clients: BTreeSet<u32> =
+                set.iter().filter_map(|k| self.groups.client_of_key.get(k).copied()).collect();
+            if &keys_as_clients != members {
+                self.violations.push(format!(
+                    "group {}: {} clients hold it but its tree lists {} of them",
+                    groups::hex8(id),
+                    members.len(),
+                    keys_as_clients.len()
+                ));
+            }
+            if let Some(g) = self.groups.group(id) {
+                let steward = self.nodes[g.node as usize].core.as_ref().and_then(|n| n.steward().epoch(id));
+                if steward != *epoch {
+                    self.violations.push(format!(
+                        "group {}: members at epoch {epoch:?}, its steward at {steward:?}",
+                        groups::hex8(id)
+                    ));
+                }
+            }
+        }
+        checks += self.groups.judge(&final_members);
+        // No node holds a group message's plaintext.
+        let markers: BTreeSet<[u8; 16]> = self.groups.messages.values().map(|m| m.marker).collect();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let store = n.core.as_ref().map(|c| c.store()).or(n.down_store.as_ref());
+            let Some(store) = store else { continue };
+            for (table, k, v) in store.all_values() {
+                checks += 1;
+                for bytes in [k, v] {
+                    if bytes.len() >= 16
+                        && bytes.windows(16).any(|w| markers.contains(<&[u8; 16]>::try_from(w).expect("16")))
+                    {
+                        self.violations.push(format!("node {i} stores a group plaintext in table {}", table.name()));
+                    }
+                }
+            }
+        }
+        self.violations.append(&mut self.groups.violations);
+        checks
+    }
+
     fn report(&self, wall_time_ms: f64) -> Report {
         let mut node_stats = NodeStats::default();
         for n in &self.nodes {
@@ -1265,7 +1777,7 @@ impl World {
             speedup: if wall_time_ms > 0.0 { sim_time_ms / wall_time_ms } else { 0.0 },
             events: self.events,
             events_per_sec: if wall_time_ms > 0.0 { self.events as f64 / (wall_time_ms / 1000.0) } else { 0.0 },
-            nodes: self.sc.nodes.discovery,
+            nodes: self.sc.nodes.discovery + self.sc.nodes.group,
             clients: self.sc.clients.count,
             registered: self.metrics.registered,
             dm: report::Dm {
@@ -1296,8 +1808,26 @@ impl World {
                 offline_periods: self.metrics.offline_periods,
                 store_flushes: self.metrics.flushes,
             },
+            groups: self.groups_report(),
             invariants: report::Invariants { checked: self.checks, violations: self.violations.clone() },
         }
+    }
+
+    fn groups_report(&self) -> groups::GroupsReport {
+        let mut r = self.groups.report.clone();
+        let mut accepted = 0;
+        for n in &self.nodes {
+            accepted += n.past_group_stats.group_application_messages;
+            if let Some(c) = &n.core {
+                accepted += c.group_stats().group_application_messages;
+            }
+        }
+        let per = |x: u64| if r.messages > 0 { x as f64 / r.messages as f64 } else { 0.0 };
+        r.sender_msgs_per_group_msg = per(self.groups.app_uploads_sent);
+        r.accepted_per_group_msg = per(accepted);
+        r.commit_latency_ms = report::Quantiles::of(&self.groups.commit_latencies_ms);
+        r.join_latency_ms = report::Quantiles::of(&self.groups.join_latencies_ms);
+        r
     }
 }
 
@@ -1306,6 +1836,20 @@ impl DmRecord {
     /// the node only releases after the same durable write).
     fn node_acked_or_delivered(&self) -> bool {
         self.node_acked || self.sender_acked || self.delivered > 0
+    }
+}
+
+fn add_group_stats(a: &StewardStats, b: &StewardStats) -> StewardStats {
+    StewardStats {
+        groups_created: a.groups_created + b.groups_created,
+        group_subscriptions: a.group_subscriptions + b.group_subscriptions,
+        group_uploads_accepted: a.group_uploads_accepted + b.group_uploads_accepted,
+        group_uploads_rejected: a.group_uploads_rejected + b.group_uploads_rejected,
+        group_application_messages: a.group_application_messages + b.group_application_messages,
+        group_proposals: a.group_proposals + b.group_proposals,
+        group_commits: a.group_commits + b.group_commits,
+        group_pushes: a.group_pushes + b.group_pushes,
+        group_fetches: a.group_fetches + b.group_fetches,
     }
 }
 
