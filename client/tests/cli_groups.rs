@@ -7,13 +7,13 @@
 // The test is a host, not a core: threads read child processes' output.
 #![allow(clippy::disallowed_methods)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::sync::mpsc::channel;
-use std::time::Duration;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -159,6 +159,28 @@ impl User {
 }
 
 impl User {
+    fn listen(&self, extra: &[&str]) -> Listener {
+        let mut args = vec!["--json", "listen"];
+        args.extend_from_slice(extra);
+        let mut child =
+            self.cmd(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let v: Value =
+                    serde_json::from_str(&line).unwrap_or_else(|_| panic!("listen printed non-JSON: {line}"));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        let mut l = Listener { child, stdin, events: rx, seen: Vec::new(), name: self.name };
+        l.expect("ready", |_| true);
+        l
+    }
+
     /// Runs a command that must fail with `code`; returns its stderr.
     fn fails(&self, args: &[&str], code: i32) -> String {
         let out = self.run(args);
@@ -197,6 +219,64 @@ impl User {
             .filter(|v| v["type"] == "group" && v["state"] == "member")
             .map(|v| v["name"].as_str().unwrap().to_string())
             .collect()
+    }
+}
+
+/// A running `nymstr --json listen`.
+struct Listener {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    events: Receiver<Value>,
+    seen: Vec<Value>,
+    name: &'static str,
+}
+
+impl Listener {
+    /// Waits for an event of `kind` matching `pred` (events already seen count too).
+    fn expect(&mut self, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(v) = self.seen.iter().find(|v| v["type"] == kind && pred(v)) {
+            return v.clone();
+        }
+        let until = Instant::now() + WAIT;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if v["type"] == kind && pred(&v) {
+                        return v;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("{}'s listen printed no {kind} event in time; it printed {:#?}", self.name, self.seen)
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let mut err = String::new();
+                    if let Some(mut e) = self.child.stderr.take() {
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    panic!("{}'s listen exited; it printed {:#?}\nstderr: {err}", self.name, self.seen)
+                }
+            }
+        }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Stops it as a crash would: no goodbye to anyone.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -406,4 +486,43 @@ fn bad_group_input_is_a_clean_error() {
     // By now alice's client told the group its name.
     assert!(b.iter().all(|v| v["type"] != "group_message" || v["group_name"] == "club"), "{b:?}");
     assert_eq!(bob.group_names(), ["club"]);
+}
+
+#[test]
+fn listen_shows_group_messages_sends_typed_ones_and_resubscribes_after_a_node_restart() {
+    let mut node = Node::start();
+    let alice = User::join("alice", &node);
+    let bob = User::join("bob", &node);
+    let created = alice.json(&["group", "create", "chat", "--public", "--open"]);
+    let id = created[0]["group"].as_str().unwrap().to_string();
+    bob.ok(&["group", "join", &id]);
+
+    let mut listen = bob.listen(&[]);
+    alice.ok(&["group", "send", "chat", "one"]);
+    let got = listen.expect("group_message", |v| v["text"] == "one");
+    assert_eq!(got["from"], "alice");
+    assert_eq!(got["group_name"], "chat");
+    listen.type_line("/g chat two");
+    listen.expect("group_sent", |v| v["group_name"] == "chat");
+    assert_eq!(group_messages(&alice.inbox()), vec![pair("bob", "two")]);
+
+    // The node restarts: the listener connects again and subscribes again.
+    node.kill();
+    node.run();
+    listen.expect("reconnected", |v| v["groups"] == true);
+    alice.ok(&["group", "send", "chat", "three"]);
+    listen.expect("group_message", |v| v["text"] == "three");
+    // An invitation arrives while listening, with the command that accepts it.
+    alice.ok(&["group", "create", "private"]);
+    alice.ok(&["group", "invite", "private", "bob"]);
+    let invite = listen.expect("group_invite", |v| v["name"] == "private");
+    assert!(invite["accept"].as_str().unwrap().starts_with("nymstr group join "));
+    // While listen holds the home, group commands report it busy.
+    bob.fails(&["group", "send", "chat", "x"], 5);
+    drop(listen);
+    // What listen showed is read; the history has it.
+    assert!(group_messages(&bob.inbox()).is_empty());
+    let history = bob.json(&["group", "history", "chat"]);
+    let texts: Vec<String> = group_messages(&history).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(texts, ["one", "two", "three"]);
 }
