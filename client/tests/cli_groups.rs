@@ -15,6 +15,8 @@ use std::sync::OnceLock;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
+use nymstr_client::seal::GroupInvite;
+use nymstr_node::codec;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -452,6 +454,13 @@ fn bad_group_input_is_a_clean_error() {
     // Malformed invitations and ids.
     let err = bob.fails(&["group", "join", "not-an-invitation"], 2);
     assert!(err.contains("is neither a pending invitation"), "{err}");
+    // The database keeps group secrets: it is the owner's alone.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(bob.home.path().join("db")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
     bob.fails(&["group", "join", &id[..31]], 2);
     let out = bob.run(&["--json", "group", "join", "zz"]);
     assert_eq!(out.status.code(), Some(2));
@@ -474,18 +483,41 @@ fn bad_group_input_is_a_clean_error() {
     // The sole admin may not leave while others remain.
     let err = alice.fails(&["group", "leave", "club"], 1);
     assert!(err.contains("last admin"), "{err}");
+    // Invitation codes: a malformed one, one with a forged signature, a used one.
+    let carol = User::join("carol", &node);
+    alice.ok(&["group", "create", "secret"]);
+    let code = alice.json(&["group", "invite", "secret", "--code"])[0]["code"].as_str().unwrap().to_string();
+    let err = bob.fails(&["group", "join", "nymstr-invite:zz"], 2);
+    assert!(err.contains("malformed invitation code"), "{err}");
+    let err = bob.fails(&["group", "join", &code[..code.len() - 10]], 2);
+    assert!(err.contains("malformed invitation code"), "{err}");
+    let mut forged: GroupInvite =
+        codec::decode(&hex::decode(code.strip_prefix("nymstr-invite:").unwrap()).unwrap()).unwrap();
+    forged.token.sig.0[0] ^= 1;
+    let forged = format!("nymstr-invite:{}", hex::encode(codec::encode(&forged)));
+    let err = bob.fails(&["group", "join", &forged], 2);
+    assert!(err.contains("not valid"), "{err}");
+    let joined = bob.json(&["group", "join", &code]);
+    assert_eq!(joined[0]["name"], "secret");
+    let err = carol.fails(&["group", "join", &code], 1);
+    assert!(err.contains("already used"), "{err}");
+    assert!(carol.group_names().is_empty());
     // An unreachable group node.
     let dead = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let err = alice.fails(&["group", "create", "elsewhere", "--node", &dead], 1);
     assert!(err.contains("unreachable"), "{err}");
-    assert_eq!(alice.group_names(), ["club"]);
+    let mut names = alice.group_names();
+    names.sort();
+    assert_eq!(names, ["club", "secret"]);
     // Nothing broke: they still talk.
     alice.ok(&["group", "send", "club", "still fine"]);
     let b = bob.inbox();
     assert_eq!(group_messages(&b), vec![pair("alice", "still fine")]);
     // By now alice's client told the group its name.
     assert!(b.iter().all(|v| v["type"] != "group_message" || v["group_name"] == "club"), "{b:?}");
-    assert_eq!(bob.group_names(), ["club"]);
+    let mut names = bob.group_names();
+    names.sort();
+    assert_eq!(names, ["club", "secret"]);
 }
 
 #[test]

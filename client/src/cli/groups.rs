@@ -485,10 +485,49 @@ pub async fn create(
     run_goal(s, GroupGoal::new(g, node, Op::Create)).await
 }
 
-pub async fn invite(dir: &Path, out: Printer, group: &str, user: &str, timeout: Duration) -> Result<(), CliError> {
-    let user = identity::normalize_username(user).map_err(|e| CliError::Usage(e.to_string()))?;
+/// Prefix of an invitation code (`group invite --code`): then the hex of
+/// `codec(GroupInvite)`.
+pub const INVITE_CODE_PREFIX: &str = "nymstr-invite:";
+
+/// An invitation code's invitation, checked as a received DM invitation is.
+fn parse_invite_code(code: &str) -> Result<GroupInvite, CliError> {
+    let malformed = |why: &str| CliError::Usage(format!("malformed invitation code: {why}"));
+    let hex_part = code.trim().strip_prefix(INVITE_CODE_PREFIX).ok_or_else(|| malformed("no prefix"))?;
+    let bytes = hex::decode(hex_part).map_err(|_| malformed("not hex"))?;
+    let invite: GroupInvite = nymstr_node::codec::decode(&bytes).map_err(|e| malformed(&e.to_string()))?;
+    if !invite_is_valid(&invite) {
+        return Err(CliError::Usage(
+            "the invitation code is not valid: its signature does not verify or its group node is not HOST:PORT".into(),
+        ));
+    }
+    Ok(invite)
+}
+
+/// The token is signed by the admin key it names, and the node address is `HOST:PORT`.
+pub(super) fn invite_is_valid(invite: &GroupInvite) -> bool {
+    let t = &invite.token;
+    identity::verify(
+        &t.admin_key,
+        &identity::invite_token_bytes(&t.group_id, &t.token_id, t.expires_at_us, &t.admin_key),
+        &t.sig,
+    )
+    .is_ok()
+        && std::str::from_utf8(&invite.group_node).is_ok_and(|a| check_node_addr(a).is_ok())
+}
+
+/// `group invite GROUP USER` (a sealed DM) or `group invite GROUP --code` (printed).
+pub async fn invite(
+    dir: &Path,
+    out: Printer,
+    group: &str,
+    user: Option<String>,
+    code: bool,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let user =
+        user.map(|u| identity::normalize_username(&u).map_err(|e| CliError::Usage(e.to_string()))).transpose()?;
     let mut s = group_session(dir, out, timeout, false)?;
-    if s.core.username() == Some(user.as_str()) {
+    if user.is_some() && s.core.username() == user.as_deref() {
         return Err(CliError::Usage("you cannot invite yourself".into()));
     }
     let g = resolve(&s, group)?;
@@ -501,6 +540,16 @@ pub async fn invite(dir: &Path, out: Printer, group: &str, user: &str, timeout: 
         group_node: core.group_node(&g).unwrap_or_default().to_vec(),
         name: meta.name.clone(),
         description: meta.description,
+    };
+    let Some(user) = user.filter(|_| !code) else {
+        // Whoever holds the code can join (once): it is the user's to pass on privately.
+        let text = format!("{INVITE_CODE_PREFIX}{}", hex(&nymstr_node::codec::encode(&invite)));
+        let name = s.group_name(&g);
+        s.out.data(
+            || text.clone(),
+            || json!({ "type": "group_invite_code", "group": hex(&g), "name": name, "code": text }),
+        );
+        return Ok(());
     };
     // The invitation travels as a sealed DM through the home node.
     s.connect().await?;
@@ -564,12 +613,23 @@ pub async fn join(
     let mut s = group_session(dir, out, timeout, true)?;
     let h = handle.trim();
     let lower = h.trim_start_matches('#').to_ascii_lowercase();
-    let invites = s.home.invites()?;
+    let mut invites = s.home.invites()?;
+    if h.starts_with(INVITE_CODE_PREFIX) {
+        invites = vec![InviteRecord {
+            from: String::new(),
+            msg_id: [0; 16],
+            received_at_us: now_us(),
+            invite: parse_invite_code(h)?,
+            shown: true,
+        }];
+    }
+    let by_code = h.starts_with(INVITE_CODE_PREFIX);
     let matched: Vec<&InviteRecord> = invites
         .iter()
         .filter(|r| {
             let id = hex(&r.invite.token.group_id);
-            r.invite.name == h
+            by_code
+                || r.invite.name == h
                 || (lower.len() >= 4 && lower.chars().all(|c| c.is_ascii_hexdigit()) && id.starts_with(&lower))
         })
         .collect();
@@ -579,7 +639,7 @@ pub async fn join(
             let addr = node.clone().unwrap_or_else(|| String::from_utf8_lossy(&i.group_node).into_owned());
             // Version 0: the admins' next SetMeta replaces what the invitation said.
             let meta = GroupMeta { name: i.name.clone(), description: i.description.clone(), version: 0 };
-            (i.token.group_id, addr, Some(i.token.clone()), Some(meta), true)
+            (i.token.group_id, addr, Some(i.token.clone()), Some(meta), !by_code)
         }
         [_, _, ..] => {
             return Err(CliError::Usage(format!(
@@ -589,8 +649,9 @@ pub async fn join(
         [] => {
             let Some(g) = parse_group_id(h) else {
                 return Err(CliError::Usage(format!(
-                    "\"{h}\" is neither a pending invitation (`nymstr inbox` and `nymstr group list` show them) \
-                     nor a group id (32 hex digits, from `nymstr directory`)"
+                    "\"{h}\" is neither a pending invitation (`nymstr inbox` and `nymstr group list` show them), \
+                     an invitation code ({INVITE_CODE_PREFIX}...) nor a group id (32 hex digits, from \
+                     `nymstr directory`)"
                 )));
             };
             let addr = node.clone().unwrap_or_else(|| s.node_addr.clone());

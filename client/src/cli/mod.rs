@@ -155,11 +155,20 @@ pub enum GroupCommand {
         node: Option<String>,
     },
     /// Invite a user (admins only): sends them an end-to-end encrypted invitation
-    Invite { group: String, user: String },
-    /// Accept an invitation (its group id, id prefix or group name, as `inbox` shows it),
-    /// or join an open group by its id
+    Invite {
+        group: String,
+        #[arg(required_unless_present = "code")]
+        user: Option<String>,
+        /// Print a single-use invitation code instead (whoever has it can join: pass it
+        /// on privately); `nymstr group join CODE` accepts it
+        #[arg(long)]
+        code: bool,
+    },
+    /// Accept an invitation (its group id, id prefix or group name, as `inbox` shows it;
+    /// or an invitation code), or join an open group by its id
     Join {
-        /// An invitation, or the id of an open group (32 hex digits, see `nymstr directory`)
+        /// An invitation, an invitation code, or the id of an open group (32 hex digits, see
+        /// `nymstr directory`)
         group: String,
         /// The group node, for joining by id [default: the saved node]
         #[arg(long, value_name = "HOST:PORT")]
@@ -267,7 +276,9 @@ async fn run(cli: Cli, out: &Printer) -> Result<(), CliError> {
                 GroupCommand::Create { name, public, open, description, node } => {
                     groups::create(&home, out, &name, description, public, open, node, timeout).await
                 }
-                GroupCommand::Invite { group, user } => groups::invite(&home, out, &group, &user, timeout).await,
+                GroupCommand::Invite { group, user, code } => {
+                    groups::invite(&home, out, &group, user, code, timeout).await
+                }
                 GroupCommand::Join { group, node } => groups::join(&home, out, &group, node, timeout).await,
                 GroupCommand::Send { group, text } => groups::send(&home, out, &group, text, timeout).await,
                 GroupCommand::Members { group } => groups::members(&home, out, &group, timeout).await,

@@ -557,20 +557,7 @@ impl Session {
                 json!({ "peer": peer }),
             ),
             Event::GroupInvited { from, msg_id, invite } => {
-                let token = &invite.token;
-                let valid = nymstr_node::identity::verify(
-                    &token.admin_key,
-                    &nymstr_node::identity::invite_token_bytes(
-                        &token.group_id,
-                        &token.token_id,
-                        token.expires_at_us,
-                        &token.admin_key,
-                    ),
-                    &token.sig,
-                )
-                .is_ok()
-                    && std::str::from_utf8(&invite.group_node).is_ok_and(|a| a.rsplit_once(':').is_some());
-                if !valid {
+                if !crate::cli::groups::invite_is_valid(invite) {
                     out.notice(
                         "invite_rejected",
                         &format!("discarded an invalid group invitation from {from}"),
