@@ -737,6 +737,7 @@ pub async fn set_meta(
 /// Our groups, groups being joined or created, and pending invitations (no network).
 pub fn list(dir: &Path, out: &Printer) -> Result<(), CliError> {
     let mut s = group_session(dir, Printer::new(out.json), Duration::from_secs(1), false)?;
+    let invites = s.home.invites()?;
     let core = s.gcore();
     let me = core.member_key();
     let mut rows = Vec::new();
@@ -752,7 +753,6 @@ pub fn list(dir: &Path, out: &Printer) -> Result<(), CliError> {
         let node = core.group_node(&g).map(|n| String::from_utf8_lossy(n).into_owned()).unwrap_or_default();
         rows.push((g, meta, 0, false, node, "pending", false));
     }
-    let invites = s.home.invites()?;
     if rows.is_empty() && invites.is_empty() {
         out.human("no groups yet: `nymstr group create NAME`, or join one (`nymstr directory` lists public ones)");
         return Ok(());
@@ -795,7 +795,6 @@ pub fn list(dir: &Path, out: &Printer) -> Result<(), CliError> {
     for r in &invites {
         out.data(|| invite_text(r), || invite_json(r));
     }
-    s.persist()?;
     Ok(())
 }
 

@@ -164,6 +164,8 @@ pub struct Session {
     linked_before: BTreeSet<String>,
     /// Group nodes whose connection failed and is not back.
     pub failed_nodes: BTreeSet<String>,
+    /// Groups their node no longer hosts (nothing to catch up with).
+    unhosted: BTreeSet<GroupId>,
     /// `listen`: group nodes to reconnect to, when, and the next back-off.
     group_reconnect: BTreeMap<String, (Instant, Duration)>,
     /// Every group's name and members as last seen (to describe changes).
@@ -202,6 +204,7 @@ impl Session {
             subscribed: BTreeMap::new(),
             linked_before: BTreeSet::new(),
             failed_nodes: BTreeSet::new(),
+            unhosted: BTreeSet::new(),
             group_reconnect: BTreeMap::new(),
             names: BTreeMap::new(),
             members: BTreeMap::new(),
@@ -271,6 +274,7 @@ impl Session {
         let Some(core) = &self.groups else { return true };
         core.groups().iter().all(|g| {
             self.group_settled(g)
+                || self.unhosted.contains(g)
                 || core.group_node(g).is_some_and(|n| self.failed_nodes.contains(String::from_utf8_lossy(n).as_ref()))
         })
     }
@@ -805,6 +809,9 @@ impl Session {
             }
             GroupEvent::Joined { .. } | GroupEvent::Created { .. } => {
                 self.members.insert(group, core.members(&group));
+            }
+            GroupEvent::Error { code: nymstr_node::wire::ErrorCode::UnknownGroup, .. } => {
+                self.unhosted.insert(group);
             }
             GroupEvent::EpochChanged { .. } | GroupEvent::Error { .. } => {}
         }
