@@ -39,7 +39,7 @@ use openmls::prelude::{
     Capabilities, Ciphersuite, CredentialWithKey, Extension, ExtensionType, Extensions, GroupContext, LeafNodeIndex,
     LeafNodeParameters, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupJoinConfig, MlsMessageBodyIn,
     MlsMessageIn, ProcessedMessageContent, Proposal, QueuedProposal, RequiredCapabilitiesExtension, Sender,
-    StagedCommit,
+    SenderRatchetConfiguration, StagedCommit,
 };
 use openmls_memory_storage::MemoryStorage;
 use openmls_traits::OpenMlsProvider;
@@ -96,12 +96,18 @@ pub struct GroupConfig {
     pub repair_timeout_us: TimeUs,
     /// A seq gap in pushes is fetched after waiting this long for the missing push.
     pub gap_wait_us: TimeUs,
+    /// A subscribed group that heard nothing from its node for this long fetches from its
+    /// next seq (a lost last push is otherwise only noticed with the next one).
+    pub sync_every_us: TimeUs,
     /// Invite tokens expire after this long.
     pub invite_ttl_us: TimeUs,
     pub lifetime: LifetimeMode,
     pub ciphersuite: Ciphersuite,
     /// Past epochs whose message keys are kept (late and repaired messages decrypt).
     pub max_past_epochs: usize,
+    /// How many generations behind a sender's newest a message may still decrypt
+    /// (openmls' default of 5 is too few when retries reorder a sender's uploads).
+    pub out_of_order_tolerance: u32,
     /// Message ids remembered per group (de-duplication, causal checks).
     pub seen_max: usize,
     /// Application uploads in flight per group (within MLS' out-of-order tolerance of 5).
@@ -118,10 +124,12 @@ impl Default for GroupConfig {
             commit_timeout_us: 30_000_000,
             repair_timeout_us: 60_000_000,
             gap_wait_us: 2_000_000,
+            sync_every_us: 300_000_000,
             invite_ttl_us: 7 * 24 * 3600 * 1_000_000,
             lifetime: LifetimeMode::WallClock { valid_for_s: 28 * 24 * 3600 },
             ciphersuite: DEFAULT_CIPHERSUITE,
             max_past_epochs: 8,
+            out_of_order_tolerance: 32,
             seen_max: 10_000,
             uploads_in_flight_max: 4,
             outbox_max: 1_000,
@@ -385,6 +393,8 @@ struct Group {
     /// When we noticed that the next entry is missing.
     gap_since: Option<TimeUs>,
     catching_up: bool,
+    /// When the group's node last sent us anything for this group.
+    last_heard: TimeUs,
     /// When the current epoch began, as observed locally, and when its first proposal
     /// was applied: the steward rounds count from the later of the two.
     epoch_started_at: TimeUs,
@@ -434,7 +444,10 @@ enum Step {
     Create,
     Info,
     Subscribe,
-    SubscribeProof,
+    /// Retried as is until the challenge expires, then the subscription starts over.
+    SubscribeProof {
+        expires_at_us: TimeUs,
+    },
     Upload(UploadId),
     /// Catch-up from `from_seq` (gap detection applies) or repair of one seq.
     Fetch {
@@ -612,6 +625,7 @@ impl GroupCore {
                 subscribed: false,
                 gap_since: None,
                 catching_up: false,
+                last_heard: 0,
                 epoch_started_at: 0,
                 proposals_since: None,
                 commit_hold_until: 0,
@@ -736,7 +750,15 @@ impl GroupCore {
 
     /// True when nothing waits for an answer, a commit, a send or a repair.
     pub fn is_idle(&self) -> bool {
-        self.pending.is_empty()
+        // A routine sync of a group that is not behind does not count.
+        let routine = |p: &Pending| {
+            matches!(p.step, Step::Fetch { repair: false, .. })
+                && self
+                    .groups
+                    .get(&p.group)
+                    .is_some_and(|g| g.buffered.is_empty() && g.rec.known_next_seq <= g.rec.next_seq)
+        };
+        self.pending.values().all(routine)
             && self.groups.values().all(|g| {
                 g.rec.outbox.is_empty()
                     && g.rec.uploads.is_empty()
@@ -744,6 +766,32 @@ impl GroupCore {
                     && g.buffered.is_empty()
                     && g.mls.as_ref().is_none_or(|m| !m.has_pending_proposals())
             })
+    }
+
+    /// A one-line summary of what is in flight (diagnostics).
+    pub fn debug_summary(&self) -> String {
+        let pending: Vec<String> = self.pending.values().map(|p| format!("{:?}@{}", p.step, p.retry_at_us)).collect();
+        let groups: Vec<String> = self
+            .groups
+            .values()
+            .map(|g| {
+                format!(
+                    "next_seq {} known {} buffered {:?} outbox {} uploads {} missing {} proposals {} subscribed {} catching_up {} gap_since {:?} failed {:?}",
+                    g.rec.next_seq,
+                    g.rec.known_next_seq,
+                    g.buffered.keys().collect::<Vec<_>>(),
+                    g.rec.outbox.len(),
+                    g.rec.uploads.len(),
+                    g.rec.missing.len(),
+                    g.mls.as_ref().map_or(0, |m| m.pending_proposals().count()),
+                    g.subscribed,
+                    g.catching_up,
+                    g.gap_since,
+                    g.rec.failed,
+                )
+            })
+            .collect();
+        format!("pending {pending:?}; groups {groups:?}")
     }
 
     fn member_mls(&self, group: &GroupId) -> Option<&MlsGroup> {
@@ -779,6 +827,7 @@ impl GroupCore {
             .use_ratchet_tree_extension(true)
             .with_wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
             .max_past_epochs(self.config.max_past_epochs)
+            .sender_ratchet_configuration(self.ratchet_config())
             .lifetime(lifetime)
             .with_group_context_extensions(required_extensions(&policy)?)
             .with_capabilities(leaf_capabilities(cs))
@@ -1028,7 +1077,8 @@ impl GroupCore {
         if let Some(g) = self.groups.get_mut(group) {
             g.subscribed = false;
             let (node, id) = (g.rec.group_node.clone(), *group);
-            self.pending.retain(|_, p| !(p.group == id && matches!(p.step, Step::Subscribe | Step::SubscribeProof)));
+            self.pending
+                .retain(|_, p| !(p.group == id && matches!(p.step, Step::Subscribe | Step::SubscribeProof { .. })));
             self.emit(node, id, 0, Body::GroupUnsubscribe { group_id: id });
         }
     }
@@ -1049,6 +1099,7 @@ impl GroupCore {
             consider(g.rec.missing.values().map(|m| m.deadline_us).min());
             if !g.catching_up && g.subscribed {
                 consider(g.gap_since.map(|t| t + self.config.gap_wait_us));
+                consider(Some(g.last_heard.saturating_add(self.config.sync_every_us)));
             }
             if let Phase::Joining { retry_at_us, .. } = g.rec.phase {
                 consider(retry_at_us);
@@ -1081,8 +1132,8 @@ impl GroupCore {
             let Some(mut p) = self.pending.remove(&rid) else { continue };
             let backoff = (p.backoff_us.saturating_mul(2)).min(self.config.retry_after_max_us);
             match p.step {
-                Step::SubscribeProof => {
-                    // The nonce may have expired: start over.
+                Step::SubscribeProof { expires_at_us } if expires_at_us <= now + backoff => {
+                    // The challenge expires before another retry could answer: start over.
                     self.request_with(now, p.group, Step::Subscribe, self.subscribe_body(&p.group), backoff);
                 }
                 _ => {
@@ -1116,7 +1167,12 @@ impl GroupCore {
                 self.events.push_back(GroupEvent::Lost { group: id, msg_id, sender: m.sender, seq: m.seq });
             }
             let g = self.groups.get_mut(&id).expect("present");
-            if !g.catching_up && g.subscribed && g.gap_since.is_some_and(|t| t + self.config.gap_wait_us <= now) {
+            let quiet = g.last_heard.saturating_add(self.config.sync_every_us) <= now;
+            if !g.catching_up
+                && g.subscribed
+                && (quiet || g.gap_since.is_some_and(|t| t + self.config.gap_wait_us <= now))
+            {
+                g.last_heard = now;
                 let from = g.rec.next_seq;
                 self.fetch(now, id, from, false);
             }
@@ -1147,24 +1203,33 @@ impl GroupCore {
     pub fn handle_envelope(&mut self, now: TimeUs, group_node: &[u8], envelope: Envelope) {
         let rid = envelope.request_id;
         let step = (rid != 0).then(|| self.pending.get(&rid).map(|p| (p.group, p.step.clone()))).flatten();
+        let about = step.as_ref().map(|(g, _)| *g).or(match &envelope.body {
+            Body::GroupPush { group_id, .. } | Body::GroupEntries { group_id, .. } => Some(*group_id),
+            _ => None,
+        });
+        if let Some(g) = about.and_then(|id| self.groups.get_mut(&id))
+            && (group_node.is_empty() || g.rec.group_node == group_node)
+        {
+            g.last_heard = now;
+        }
         match envelope.body {
             Body::GroupPush { group_id, entry } if self.is_from_group_node(&group_id, group_node) => {
                 self.on_entry(now, &group_id, entry);
                 self.after_entries(now, &group_id);
             }
-            Body::Challenge { nonce, .. } => {
+            Body::Challenge { nonce, expires_at_us } => {
                 let Some((group, Step::Subscribe)) = step else { return };
                 self.pending.remove(&rid);
                 let sig = identity::sign(&self.keys.installation, &identity::group_subscribe_bytes(&group, &nonce));
                 self.request(
                     now,
                     group,
-                    Step::SubscribeProof,
+                    Step::SubscribeProof { expires_at_us },
                     Body::GroupSubscribeProof { group_id: group, nonce, sig },
                 );
             }
             Body::GroupSubscribed { group_id, next_seq, .. } => {
-                if !matches!(step, Some((g, Step::SubscribeProof)) if g == group_id) {
+                if !matches!(step, Some((g, Step::SubscribeProof { .. })) if g == group_id) {
                     return;
                 }
                 self.pending.remove(&rid);
@@ -1250,7 +1315,8 @@ impl GroupCore {
     }
 
     fn subscribe(&mut self, now: TimeUs, group: GroupId) {
-        self.pending.retain(|_, p| !(p.group == group && matches!(p.step, Step::Subscribe | Step::SubscribeProof)));
+        self.pending
+            .retain(|_, p| !(p.group == group && matches!(p.step, Step::Subscribe | Step::SubscribeProof { .. })));
         let body = self.subscribe_body(&group);
         self.request(now, group, Step::Subscribe, body);
     }
@@ -1377,11 +1443,16 @@ impl GroupCore {
         Ok((mls, mls_bytes(&commit)?, mls_bytes(&info)?))
     }
 
+    fn ratchet_config(&self) -> SenderRatchetConfiguration {
+        SenderRatchetConfiguration::new(self.config.out_of_order_tolerance, 1_000)
+    }
+
     fn join_config(&self) -> MlsGroupJoinConfig {
         MlsGroupJoinConfig::builder()
             .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
             .use_ratchet_tree_extension(true)
             .max_past_epochs(self.config.max_past_epochs)
+            .sender_ratchet_configuration(self.ratchet_config())
             .build()
     }
 
@@ -1530,7 +1601,7 @@ impl GroupCore {
                     self.drop_group(group, false);
                 }
             }
-            Step::Subscribe | Step::SubscribeProof => match code {
+            Step::Subscribe | Step::SubscribeProof { .. } => match code {
                 ErrorCode::UnknownChallenge | ErrorCode::ChallengeExpired | ErrorCode::Busy | ErrorCode::Internal => {
                     let backoff = self.config.retry_after_us;
                     let body = self.subscribe_body(group);
@@ -1727,7 +1798,16 @@ impl GroupCore {
         if let Some(upload_id) = own {
             let up = self.forget_upload(group, &upload_id).expect("present");
             match up.kind {
-                UploadKind::App { .. } => self.own_app_applied(group, up, entry.seq),
+                UploadKind::App { msg_id, ref plaintext } => {
+                    // Overtaken by a commit (the steward accepts the previous epoch): who
+                    // joined in it cannot read this copy, so it goes again in the current
+                    // epoch (members who read the first copy drop the second by its id).
+                    let g = self.groups.get_mut(group).expect("present");
+                    if g.mls.as_ref().is_some_and(|m| m.epoch().as_u64() > entry.epoch) {
+                        g.rec.outbox.push_front(OutMsg { msg_id, plaintext: plaintext.clone(), upload_id: None });
+                    }
+                    self.own_app_applied(group, up, entry.seq);
+                }
                 UploadKind::Commit => {
                     let g = self.groups.get_mut(group).expect("present");
                     let Some(mls) = g.mls.as_mut() else { return };
@@ -2078,7 +2158,10 @@ impl GroupCore {
             let Some(g) = self.groups.get_mut(group) else { return };
             let Some(mls) = g.mls.as_mut() else { return };
             let in_flight = g.rec.uploads.values().filter(|u| matches!(u.kind, UploadKind::App { .. })).count();
+            // Not while we know the log is ahead of us: we would encrypt in a stale epoch.
+            let behind = g.catching_up || g.gap_since.is_some();
             if in_flight >= max
+                || behind
                 || g.rec.outbox.is_empty()
                 || mls.has_pending_proposals()
                 || mls.pending_commit().is_some()
@@ -2228,6 +2311,7 @@ impl Group {
             subscribed: false,
             gap_since: None,
             catching_up: false,
+            last_heard: 0,
             epoch_started_at: 0,
             proposals_since: None,
             commit_hold_until: 0,
