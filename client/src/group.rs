@@ -2158,8 +2158,10 @@ impl GroupCore {
             let Some(g) = self.groups.get_mut(group) else { return };
             let Some(mls) = g.mls.as_mut() else { return };
             let in_flight = g.rec.uploads.values().filter(|u| matches!(u.kind, UploadKind::App { .. })).count();
-            // Not while we know the log is ahead of us: we would encrypt in a stale epoch.
-            let behind = g.catching_up || g.gap_since.is_some();
+            // Not while catching up (after `WrongEpoch`, or fetching a gap): we would encrypt
+            // in a stale epoch. A short gap alone does not stop sending (pushes and acks
+            // overtake each other all the time; an overtaken message is re-sent, §2.6).
+            let behind = g.catching_up;
             if in_flight >= max
                 || behind
                 || g.rec.outbox.is_empty()
