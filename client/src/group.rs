@@ -390,6 +390,8 @@ struct Group {
     mls: Option<MlsGroup>,
     buffered: BTreeMap<u64, GroupEntry>,
     subscribed: bool,
+    /// The current epoch's members (from the MLS tree; credentials verified once).
+    roster: Vec<MemberInfo>,
     /// When we noticed that the next entry is missing.
     gap_since: Option<TimeUs>,
     catching_up: bool,
@@ -483,6 +485,7 @@ pub struct GroupCore {
     resubscribe: bool,
     /// Digests of the storage records at the last `export_changes`.
     exported: BTreeMap<Vec<u8>, [u8; 32]>,
+    identities: IdentityCache,
 }
 
 fn seeds(seed: [u8; 32]) -> ([u8; 32], [u8; 32]) {
@@ -502,28 +505,49 @@ fn policy_of(mls: &MlsGroup) -> GroupPolicy {
 }
 
 fn member_key_of(mls: &MlsGroup, index: LeafNodeIndex) -> Option<PublicKey> {
-    mls.members().find(|m| m.index == index).and_then(|m| key32(&m.signature_key))
+    mls.public_group().leaf(index).and_then(|l| key32(l.signature_key().as_slice()))
 }
 
 fn member_index_of(mls: &MlsGroup, key: &PublicKey) -> Option<LeafNodeIndex> {
     mls.members().find(|m| m.signature_key.as_slice() == key).map(|m| m.index)
 }
 
-fn members_of(mls: &MlsGroup) -> Vec<MemberInfo> {
+/// Verified credentials by (leaf key, credential digest): a certificate is checked once,
+/// not on every commit and message.
+type IdentityCache = BTreeMap<(PublicKey, [u8; 32]), Option<String>>;
+
+/// Entries of the identity cache before it is emptied.
+const IDENTITY_CACHE_MAX: usize = 100_000;
+
+/// The member list of the current epoch, sorted by key.
+fn roster_of(mls: &MlsGroup, cache: &mut IdentityCache) -> Vec<MemberInfo> {
+    if cache.len() > IDENTITY_CACHE_MAX {
+        cache.clear();
+    }
     let policy = policy_of(mls);
     let mut out: Vec<MemberInfo> = mls
         .members()
         .filter_map(|m| {
             let key = key32(&m.signature_key)?;
-            let (username, verified) = match MemberIdentity::verify(&m.credential, &m.signature_key) {
-                Ok(id) => (id.username, true),
-                Err(_) => (String::new(), false),
-            };
-            Some(MemberInfo { username, key, admin: policy.is_admin(&key), verified })
+            let digest = *blake3::hash(m.credential.serialized_content()).as_bytes();
+            let username = cache
+                .entry((key, digest))
+                .or_insert_with(|| MemberIdentity::verify(&m.credential, &m.signature_key).ok().map(|i| i.username))
+                .clone();
+            Some(MemberInfo {
+                verified: username.is_some(),
+                username: username.unwrap_or_default(),
+                key,
+                admin: policy.is_admin(&key),
+            })
         })
         .collect();
     out.sort_by_key(|m| m.key);
     out
+}
+
+fn username_in(roster: &[MemberInfo], key: &PublicKey) -> String {
+    roster.binary_search_by_key(key, |m| m.key).map(|i| roster[i].username.clone()).unwrap_or_default()
 }
 
 fn required_extensions(policy: &GroupPolicy) -> Result<Extensions<GroupContext>, GroupError> {
@@ -564,6 +588,7 @@ impl GroupCore {
             stats: GroupStats::default(),
             resubscribe: false,
             exported: BTreeMap::new(),
+            identities: BTreeMap::new(),
         }
     }
 
@@ -618,11 +643,13 @@ impl GroupCore {
             for i in &mut rec.intents {
                 i.proposed_epoch = None;
             }
+            let roster = mls.as_ref().map(|m| roster_of(m, &mut core.identities)).unwrap_or_default();
             let group = Group {
                 rec,
                 mls,
                 buffered: BTreeMap::new(),
                 subscribed: false,
+                roster,
                 gap_since: None,
                 catching_up: false,
                 last_heard: 0,
@@ -705,7 +732,10 @@ impl GroupCore {
     }
 
     pub fn members(&self, group: &GroupId) -> Vec<MemberInfo> {
-        self.member_mls(group).map(members_of).unwrap_or_default()
+        match self.groups.get(group) {
+            Some(g) if matches!(g.rec.phase, Phase::Member) => g.roster.clone(),
+            _ => Vec::new(),
+        }
     }
 
     pub fn epoch(&self, group: &GroupId) -> Option<u64> {
@@ -852,6 +882,7 @@ impl GroupCore {
         let mut g =
             Group::new(id, group_node, Phase::Creating { group_info: group_info.clone(), advert: advert.clone() });
         g.rec.meta = meta;
+        g.roster = roster_of(&mls, &mut self.identities);
         g.mls = Some(mls);
         self.groups.insert(id, g);
         self.request(now, id, Step::Create, Body::GroupCreate { group_id: id, group_info, advert });
@@ -1471,6 +1502,7 @@ impl GroupCore {
                     return;
                 }
                 let epoch = mls.epoch().as_u64();
+                g.roster = roster_of(mls, &mut self.identities);
                 g.rec.phase = Phase::Member;
                 g.rec.next_seq = seq + 1;
                 g.rec.join_seq = seq;
@@ -1811,7 +1843,7 @@ impl GroupCore {
                 UploadKind::Commit => {
                     let g = self.groups.get_mut(group).expect("present");
                     let Some(mls) = g.mls.as_mut() else { return };
-                    let before = members_of(mls);
+                    let before = g.roster.clone();
                     let refs = pending_refs(mls);
                     if let Err(e) = mls.merge_pending_commit(&self.provider) {
                         self.error_event(*group, ErrorCode::BadMlsMessage, format!("merging our commit: {e:?}"));
@@ -1848,12 +1880,11 @@ impl GroupCore {
             }
         };
         let sender = processed.sender().clone();
-        let credential = processed.credential().clone();
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
                 let Sender::Member(index) = sender else { return };
                 let Some(key) = member_key_of(mls, index) else { return };
-                let username = MemberIdentity::verify(&credential, &key).map(|i| i.username).unwrap_or_default();
+                let username = username_in(&g.roster, &key);
                 self.on_app(now, group, entry.seq, key, username, &app.into_bytes());
             }
             ProcessedMessageContent::ProposalMessage(p) => {
@@ -1871,7 +1902,7 @@ impl GroupCore {
         let g = self.groups.get_mut(group).expect("present");
         let Some(mls) = g.mls.as_mut() else { return };
         let removed = staged.self_removed();
-        let before = members_of(mls);
+        let before = g.roster.clone();
         let refs = pending_refs(mls);
         if let Err(e) = mls.merge_staged_commit(&self.provider, staged) {
             self.error_event(*group, ErrorCode::BadMlsMessage, format!("merging a commit: {e:?}"));
@@ -1891,7 +1922,8 @@ impl GroupCore {
         let g = self.groups.get_mut(group).expect("present");
         let Some(mls) = g.mls.as_ref() else { return };
         let epoch = mls.epoch().as_u64();
-        let after = members_of(mls);
+        let after = roster_of(mls, &mut self.identities);
+        g.roster = after.clone();
         let policy = policy_of(mls);
         g.epoch_started_at = now;
         g.proposals_since = None;
@@ -2074,11 +2106,10 @@ impl GroupCore {
         let Some(message) = message else { return };
         let Ok(processed) = mls.process_message(&self.provider, message) else { return };
         let sender = processed.sender().clone();
-        let credential = processed.credential().clone();
         if let ProcessedMessageContent::ApplicationMessage(app) = processed.into_content() {
             let Sender::Member(index) = sender else { return };
             let Some(key) = member_key_of(mls, index) else { return };
-            let username = MemberIdentity::verify(&credential, &key).map(|i| i.username).unwrap_or_default();
+            let username = username_in(&g.roster, &key);
             self.on_app(now, group, entry.seq, key, username, &app.into_bytes());
         }
     }
@@ -2311,6 +2342,7 @@ impl Group {
             mls: None,
             buffered: BTreeMap::new(),
             subscribed: false,
+            roster: Vec::new(),
             gap_since: None,
             catching_up: false,
             last_heard: 0,
