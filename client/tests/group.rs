@@ -796,3 +796,35 @@ fn over_a_lossy_transport_everyone_gets_everything_in_one_order() {
         lossy_run(seed);
     }
 }
+
+#[test]
+fn a_commit_that_loses_the_race_is_dropped_and_the_winner_applied() {
+    let (mut net, g) = three(true);
+    let (alice, bob, carol) = (0, 1, 2);
+    let bob_key = net.key(bob);
+    let now = net.now;
+    net.core(alice).promote(now, &g, &bob_key).unwrap();
+    net.pump();
+    let epoch = net.core(carol).epoch(&g).unwrap();
+    let admins: Vec<PublicKey> = net.core(carol).members(&g).iter().filter(|m| m.admin).map(|m| m.key).collect();
+    let first = designated_steward(&g, epoch, 0, &admins).unwrap();
+    let (x, y) = if first == net.key(alice) { (alice, bob) } else { (bob, alice) };
+    // x hears everything, but its uploads are lost until the other admin has committed.
+    let x_tag = net.members[x].tag;
+    net.set_filter(move |dir, tag, env| if dir == Dir::ToNode && tag == x_tag { vec![] } else { vec![env] });
+    let now = net.now;
+    net.core(carol).leave(now, &g).unwrap();
+    net.pump();
+    net.advance(2 * GroupConfig::default().commit_timeout_us);
+    assert!(net.events(carol).contains(&GroupEvent::Removed { group: g }), "y committed in its round");
+    assert_eq!(net.core(x).members(&g).len(), 2, "x applied y's commit over its own pending one");
+    // x's commit finally reaches the steward: refused, dropped; x stays in step.
+    net.clear_filter();
+    net.advance(2 * GroupConfig::default().retry_after_max_us);
+    assert_eq!(net.core(x).epoch(&g), net.core(y).epoch(&g));
+    let ev = net.events(x);
+    assert!(!ev.iter().any(|e| matches!(e, GroupEvent::Error { .. })), "{ev:?}");
+    net.send(x, &g, "still here");
+    assert_eq!(texts(&net.events(y)), vec![(net.core(x).username().to_string(), "still here".into())]);
+    assert!(net.core(x).is_idle(), "{}", net.core(x).debug_summary());
+}
