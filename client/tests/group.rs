@@ -62,7 +62,11 @@ fn seed(n: u8) -> [u8; 32] {
 
 impl Net {
     fn new() -> Self {
-        let node = NodeCore::start(T0, MemStore::new(), ChaCha20Rng::seed_from_u64(1), NodeConfig::default()).unwrap();
+        Self::with_config(NodeConfig::default())
+    }
+
+    fn with_config(config: NodeConfig) -> Self {
+        let node = NodeCore::start(T0, MemStore::new(), ChaCha20Rng::seed_from_u64(1), config).unwrap();
         Self {
             node,
             now: T0,
@@ -827,4 +831,54 @@ fn a_commit_that_loses_the_race_is_dropped_and_the_winner_applied() {
     net.send(x, &g, "still here");
     assert_eq!(texts(&net.events(y)), vec![(net.core(x).username().to_string(), "still here".into())]);
     assert!(net.core(x).is_idle(), "{}", net.core(x).debug_summary());
+}
+
+#[test]
+fn history_pruned_while_away_is_reported_as_a_gap_and_its_messages_lost() {
+    // The steward keeps only the last 2 application messages.
+    let mut net = Net::with_config(NodeConfig { group_history_max: 2, ..NodeConfig::default() });
+    let (a, b, c) = (net.add(1, "alice"), net.add(2, "bob"), net.add(3, "carol"));
+    let g = net.create(a, "forgetful", true);
+    net.join(b, g, None);
+    net.join(c, g, None);
+    for i in [a, b, c] {
+        net.events(i);
+    }
+    // carol is away while five messages go by.
+    let carol_tag = net.members[c].tag;
+    net.set_filter(move |_, tag, env| if tag == carol_tag { vec![] } else { vec![env] });
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let who = if n % 2 == 0 { a } else { b };
+        ids.push(net.send(who, &g, &format!("m{n}")));
+    }
+    let before = net.core(c).next_seq(&g).unwrap();
+    net.clear_filter();
+    let now = net.now;
+    net.core(c).reconnected(now);
+    net.pump();
+    net.advance(GroupConfig::default().gap_wait_us + 1);
+    let ev = net.events(c);
+    // The last two arrive; the three before are gone and reported.
+    assert_eq!(texts(&ev), vec![("bob".into(), "m3".into()), ("alice".into(), "m4".into())], "{ev:?}");
+    let gaps: Vec<(u64, u64)> = ev
+        .iter()
+        .filter_map(|e| match e {
+            GroupEvent::HistoryGap { from_seq, to_seq, .. } => Some((*from_seq, *to_seq)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gaps.iter().map(|(f, t)| t - f).sum::<u64>(), 3, "{gaps:?}");
+    assert_eq!(gaps[0].0, before);
+    let lost: Vec<MsgId> = ev
+        .iter()
+        .filter_map(|e| match e {
+            GroupEvent::Lost { msg_id, .. } => Some(*msg_id),
+            _ => None,
+        })
+        .collect();
+    for id in &ids[..3] {
+        assert!(lost.contains(id), "{ev:?}");
+    }
+    assert!(net.core(c).is_idle(), "{}", net.core(c).debug_summary());
 }
