@@ -44,6 +44,8 @@ pub struct SentMessage {
     pub logged: bool,
     pub seq: Option<u64>,
     pub received_by: BTreeSet<u32>,
+    /// (receiver, seq of the log entry it decrypted): a resend is another entry.
+    pub receipts: Vec<(u32, u64)>,
     pub duplicates: u32,
     /// Members that reported it missing (with the right sender) / lost.
     pub missing_reported: BTreeSet<u32>,
@@ -131,7 +133,8 @@ pub struct Groups {
     pub app_uploads_sent: u64,
     /// Epoch of each log entry seen leaving a steward.
     pub entry_epoch: BTreeMap<(GroupId, u64), u64>,
-    /// Members (as clients) of each (group, epoch), from the first member core seen at it.
+    /// Members (as clients) of each (group, epoch), from the steward's public view when
+    /// it entered the epoch.
     pub members_at_epoch: BTreeMap<(GroupId, u64), BTreeSet<u32>>,
     /// Missing/lost reports naming a message the workload did not write (an admin's
     /// automatic name/description re-send): the sender is checked to be a member key.
@@ -201,6 +204,9 @@ impl Groups {
                 if *sender_key != m.sender_key {
                     self.violations
                         .push(format!("client {client} attributed group message {} to the wrong sender", hex8(msg_id)));
+                }
+                if let GroupEvent::Message { seq, .. } = ev {
+                    m.receipts.push((client, *seq));
                 }
                 if !m.received_by.insert(client) {
                     m.duplicates += 1;
@@ -291,11 +297,19 @@ impl Groups {
                     self.report.missing_not_in_audience += 1;
                 }
             }
-            for r in m.received_by.difference(&m.audience) {
-                self.violations.push(format!(
-                    "client {r} decrypted group message {} of an epoch it was not a member in",
-                    hex8(msg_id)
-                ));
+            // Nobody decrypts an entry of an epoch it was not a member in.
+            for (r, seq) in &m.receipts {
+                let epoch = self.entry_epoch.get(&(*group, *seq));
+                let members = epoch.and_then(|e| self.members_at_epoch.get(&(*group, *e)));
+                checks += 1;
+                if !members.is_some_and(|ms| ms.contains(r)) {
+                    self.violations.push(format!(
+                        "client {r} decrypted group message {} (seq {seq}, epoch {epoch:?}, from client {}) of an \
+                         epoch it was not a member in",
+                        hex8(msg_id),
+                        m.sender
+                    ));
+                }
             }
             let Some(now_members) = final_members.get(group) else { continue };
             for r in m.audience.intersection(now_members) {

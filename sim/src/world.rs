@@ -829,6 +829,7 @@ impl World {
                 logged: false,
                 seq: None,
                 received_by: BTreeSet::new(),
+                receipts: Vec::new(),
                 duplicates: 0,
                 missing_reported: BTreeSet::new(),
                 lost_reported: BTreeSet::new(),
@@ -899,17 +900,6 @@ impl World {
     }
 
     fn on_group_event(&mut self, client: u32, ev: GroupEvent) {
-        if let GroupEvent::EpochChanged { group, .. }
-        | GroupEvent::Joined { group, .. }
-        | GroupEvent::Created { group } = &ev
-        {
-            let core = self.clients[client as usize].group.as_ref().expect("member");
-            if let Some(epoch) = core.epoch(group) {
-                let members =
-                    core.members(group).into_iter().filter_map(|m| self.groups.client_of_key.get(&m.key).copied());
-                self.groups.members_at_epoch.entry((*group, epoch)).or_insert_with(|| members.collect());
-            }
-        }
         if std::env::var_os("NYMSTR_SIM_DEBUG").is_some()
             && matches!(
                 ev,
@@ -1465,13 +1455,29 @@ impl World {
                     d.leg1_clean = clean && created_at == d.sent_at;
                 }
                 let core = self.nodes[node as usize].core.as_mut().expect("destination is up");
-                if let Ok(Envelope { body: Body::GroupUpload { group_id, mls, .. }, .. }) = codec::decode_frame(&bytes)
-                    && groups::classify(&mls) == UploadClass::Proposal
-                    && let Some(epoch) = core.steward().epoch(&group_id)
-                {
-                    self.groups.proposal_waiting.entry((group_id, epoch)).or_insert(now);
-                }
+                let group_id = match codec::decode_frame(&bytes).map(|e| e.body) {
+                    Ok(Body::GroupUpload { group_id, mls, .. }) => {
+                        if groups::classify(&mls) == UploadClass::Proposal
+                            && let Some(epoch) = core.steward().epoch(&group_id)
+                        {
+                            self.groups.proposal_waiting.entry((group_id, epoch)).or_insert(now);
+                        }
+                        Some(group_id)
+                    }
+                    Ok(Body::GroupCreate { group_id, .. }) => Some(group_id),
+                    _ => None,
+                };
+                let before = group_id.and_then(|g| core.steward().epoch(&g));
                 core.handle_frame(now, Peer::Tag(tag), &bytes);
+                // Membership of every epoch, as the steward's public view has it.
+                if let Some(g) = group_id
+                    && let Some(epoch) = core.steward().epoch(&g)
+                    && before != Some(epoch)
+                {
+                    let members = core.steward().members(&g).unwrap_or_default();
+                    let clients = members.iter().filter_map(|k| self.groups.client_of_key.get(k).copied()).collect();
+                    self.groups.members_at_epoch.insert((g, epoch), clients);
+                }
                 self.after_node_step(node);
             }
             (Endpoint::Node(node), Payload::SurbTopUp { tag, owner, session, surbs }) => {

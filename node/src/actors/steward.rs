@@ -424,6 +424,11 @@ impl Steward {
         self.groups.get(group_id).map(Hosted::epoch)
     }
 
+    /// Signature keys of a hosted group's current leaves (its members this epoch).
+    pub fn members(&self, group_id: &GroupId) -> Option<Vec<PublicKey>> {
+        self.groups.get(group_id).map(|g| g.members.iter().copied().collect())
+    }
+
     /// The seq the next entry of a hosted group will get.
     pub fn next_seq(&self, group_id: &GroupId) -> Option<u64> {
         self.groups.get(group_id).map(|g| g.next_seq)

@@ -5,7 +5,12 @@
 //! * `OpenMlsRand` and signature key generation draw from the provider's ChaCha20;
 //! * HPKE runs over [`SeededHpke`], an `HpkeCrypto` that delegates every primitive to
 //!   hpke-rs-rust-crypto except key generation, whose randomness comes from a PRNG the
-//!   provider seeds (from its own stream) right before each HPKE operation;
+//!   provider seeds right before each HPKE operation. `hpke_seal` derives that seed from
+//!   a provider secret and the call's inputs (SIV-style, `LABEL_HPKE_SEAL_SEED`), not from
+//!   the stream: openmls encrypts an update path on rayon's thread pool, so the order of
+//!   seal calls differs between runs and a stream draw per call would not replay. The
+//!   inputs include the recipient key, so every ciphertext of a path gets its own
+//!   ephemeral key; the secret keeps the ephemeral keys unpredictable to anyone else;
 //! * everything deterministic (hash, HKDF, AEAD, signatures, HPKE open) is delegated to
 //!   `RustCrypto` unchanged.
 //!
@@ -169,16 +174,44 @@ impl HpkeCrypto for SeededHpke {
     }
 }
 
+/// Domain-separation label of the seal seed: `blake3::keyed_hash(seal_key, ..)` over
+/// `LABEL || len(pk_r) || pk_r || len(info) || info || len(aad) || aad || len(ptxt) || ptxt`
+/// (lengths u64 big-endian).
+pub const LABEL_HPKE_SEAL_SEED: &str = "nymstr/v1/mls/hpke-seal-seed";
+
 /// The crypto and randomness half of [`NymstrProvider`].
-#[derive(Debug)]
 pub struct SeededCrypto {
     rng: Mutex<ChaCha20Rng>,
+    /// Secret for input-derived HPKE seal randomness (drawn first from the stream).
+    seal_key: [u8; 32],
     inner: RustCrypto,
+}
+
+impl std::fmt::Debug for SeededCrypto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeededCrypto").finish_non_exhaustive()
+    }
 }
 
 impl SeededCrypto {
     pub fn new(seed: [u8; 32]) -> Self {
-        Self { rng: Mutex::new(ChaCha20Rng::from_seed(seed)), inner: RustCrypto::default() }
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let mut seal_key = [0u8; 32];
+        rng.fill_bytes(&mut seal_key);
+        Self { rng: Mutex::new(rng), seal_key, inner: RustCrypto::default() }
+    }
+
+    /// An `Hpke` whose PRNG starts from a seed derived from this call's inputs.
+    fn hpke_for_seal(&self, config: HpkeConfig, parts: &[&[u8]]) -> Hpke<SeededHpke> {
+        let mut h = blake3::Hasher::new_keyed(&self.seal_key);
+        h.update(LABEL_HPKE_SEAL_SEED.as_bytes());
+        for p in parts {
+            h.update(&(p.len() as u64).to_be_bytes());
+            h.update(p);
+        }
+        let seed = *h.finalize().as_bytes();
+        NEXT_HPKE_SEED.with(|s| *s.borrow_mut() = Some(seed));
+        Hpke::<SeededHpke>::new(hpke_rs::Mode::Base, kem_mode(config.0), kdf_mode(config.1), aead_mode(config.2))
     }
 
     fn fill(&self, out: &mut [u8]) {
@@ -307,8 +340,10 @@ impl OpenMlsCrypto for SeededCrypto {
         ptxt: &[u8],
     ) -> Result<HpkeCiphertext, CryptoError> {
         ensure_x25519(&config)?;
-        let (kem_output, ciphertext) =
-            self.hpke(config).seal(&pk_r.into(), info, aad, ptxt, None, None, None).map_err(|e| match e {
+        let (kem_output, ciphertext) = self
+            .hpke_for_seal(config, &[pk_r, info, aad, ptxt])
+            .seal(&pk_r.into(), info, aad, ptxt, None, None, None)
+            .map_err(|e| match e {
                 hpke_rs::HpkeError::InvalidInput => CryptoError::InvalidLength,
                 _ => CryptoError::CryptoLibraryError,
             })?;
