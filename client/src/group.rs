@@ -272,6 +272,12 @@ pub struct GroupStats {
     pub unprocessable: u64,
     /// `SetMeta` from a member who is not an admin.
     pub meta_not_admin: u64,
+    /// Application messages (texts and `SetMeta`s) this member wrote.
+    #[serde(default)]
+    pub app_messages: u64,
+    /// Copies encrypted again: after `WrongEpoch`/`NotSubscribed`, or overtaken by a commit.
+    #[serde(default)]
+    pub app_reencryptions: u64,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1072,6 +1078,7 @@ impl GroupCore {
             body,
         };
         g.rec.outbox.push_back(OutMsg { msg_id, plaintext: message.encode(), upload_id: None });
+        self.stats.app_messages += 1;
         self.pump(now, group);
         Ok(msg_id)
     }
@@ -1706,6 +1713,7 @@ impl GroupCore {
                 ErrorCode::WrongEpoch | ErrorCode::NotSubscribed => {
                     // Encrypt again once we have caught up (or subscribed).
                     g.rec.outbox.push_front(OutMsg { msg_id, plaintext, upload_id: Some(upload_id) });
+                    self.stats.app_reencryptions += 1;
                     if code == ErrorCode::NotSubscribed {
                         g.subscribed = false;
                         self.subscribe(now, *group);
@@ -1837,6 +1845,7 @@ impl GroupCore {
                     let g = self.groups.get_mut(group).expect("present");
                     if g.mls.as_ref().is_some_and(|m| m.epoch().as_u64() > entry.epoch) {
                         g.rec.outbox.push_front(OutMsg { msg_id, plaintext: plaintext.clone(), upload_id: None });
+                        self.stats.app_reencryptions += 1;
                     }
                     self.own_app_applied(group, up, entry.seq);
                 }

@@ -62,10 +62,17 @@ pub struct GroupsReport {
     pub messages: u64,
     /// Receptions of group messages by members (each member counted once per message).
     pub deliveries: u64,
-    /// Application uploads the senders' cores transmitted per group message (retries
-    /// after an unanswered upload count; the fan-out to members is the node's).
+    /// Application messages written by members: the workload's texts plus the admins'
+    /// automatic `SetMeta` after a join (so a joiner learns the name).
+    pub app_messages_written: u64,
+    /// Copies encrypted again (after `WrongEpoch`, or overtaken by a commit).
+    pub app_reencryptions: u64,
+    /// Network messages (application uploads) senders transmitted per message written,
+    /// whatever the group size (P1): 1 plus retries of unanswered uploads and
+    /// re-encryptions; the fan-out to members is the node's.
     pub sender_msgs_per_group_msg: f64,
-    /// Application messages the stewards accepted per group message sent (must be 1).
+    /// Application uploads the stewards accepted per message written (1 plus accepted
+    /// re-encrypted copies).
     pub accepted_per_group_msg: f64,
     pub missing_detected: u64,
     pub missing_wrong_sender: u64,

@@ -1828,7 +1828,15 @@ impl World {
                 accepted += c.group_stats().group_application_messages;
             }
         }
-        let per = |x: u64| if r.messages > 0 { x as f64 / r.messages as f64 } else { 0.0 };
+        // Per application message written (texts and admins' `SetMeta`s alike).
+        let (written, reencrypted) = self
+            .clients
+            .iter()
+            .filter_map(|c| c.group.as_ref())
+            .fold((0, 0), |(w, e), g| (w + g.stats().app_messages, e + g.stats().app_reencryptions));
+        let per = |x: u64| if written > 0 { x as f64 / written as f64 } else { 0.0 };
+        r.app_messages_written = written;
+        r.app_reencryptions = reencrypted;
         r.sender_msgs_per_group_msg = per(self.groups.app_uploads_sent);
         r.accepted_per_group_msg = per(accepted);
         r.commit_latency_ms = report::Quantiles::of(&self.groups.commit_latencies_ms);
