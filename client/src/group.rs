@@ -368,6 +368,13 @@ pub struct GroupRecord {
     /// Seq of our join (0 for the creator): causal references at or below it are not ours
     /// to miss.
     join_seq: u64,
+    /// Epoch our join commit created (0 for the creator).
+    #[serde(default)]
+    join_epoch: u64,
+    /// Seqs after our join carrying application messages of an epoch before it (the
+    /// steward accepts the previous epoch): never ours to read, so never missing.
+    #[serde(default)]
+    pre_join: BTreeSet<u64>,
     /// The steward's next seq as last heard.
     known_next_seq: u64,
     meta: GroupMeta,
@@ -1513,6 +1520,7 @@ impl GroupCore {
                 g.rec.phase = Phase::Member;
                 g.rec.next_seq = seq + 1;
                 g.rec.join_seq = seq;
+                g.rec.join_epoch = epoch;
                 g.rec.seen_floor = seq + 1;
                 g.rec.known_next_seq = g.rec.known_next_seq.max(seq + 1);
                 g.epoch_started_at = now;
@@ -1872,6 +1880,15 @@ impl GroupCore {
     /// Runs one log entry through MLS.
     fn process(&mut self, now: TimeUs, group: &GroupId, entry: GroupEntry) {
         let g = self.groups.get_mut(group).expect("present");
+        if entry.epoch < g.rec.join_epoch {
+            // Sent before we joined, logged after: not for us (and it cannot decrypt).
+            // The sender re-sends it in the new epoch (overtaken message).
+            g.rec.pre_join.insert(entry.seq);
+            while g.rec.pre_join.len() > 64 {
+                g.rec.pre_join.pop_first();
+            }
+            return;
+        }
         let Some(mls) = g.mls.as_mut() else { return };
         let message =
             MlsMessageIn::tls_deserialize_exact_bytes(&entry.mls).ok().and_then(|m| m.try_into_protocol_message().ok());
@@ -1997,6 +2014,7 @@ impl GroupCore {
         for r in history {
             if r.seq > g.rec.join_seq
                 && r.seq < seq
+                && !g.rec.pre_join.contains(&r.seq)
                 && r.seq >= g.rec.seen_floor
                 && !g.rec.seen.contains_key(&r.msg_id)
                 && !g.rec.missing.contains_key(&r.msg_id)
@@ -2332,6 +2350,8 @@ impl Group {
                 phase,
                 next_seq: 1,
                 join_seq: 0,
+                join_epoch: 0,
+                pre_join: BTreeSet::new(),
                 known_next_seq: 0,
                 meta: GroupMeta::default(),
                 lamport: 0,

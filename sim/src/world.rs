@@ -591,8 +591,21 @@ impl World {
         }
     }
 
+    /// Every member holds its groups' logs up to the steward's head (a member whose last
+    /// push was lost may not know it is behind until its periodic sync).
+    fn groups_caught_up(&self) -> bool {
+        self.clients.iter().filter_map(|c| c.group.as_ref()).all(|g| {
+            g.groups().iter().all(|id| {
+                let Some(sg) = self.groups.group(id) else { return true };
+                let head = self.nodes[sg.node as usize].core.as_ref().and_then(|n| n.steward().next_seq(id));
+                head.is_none_or(|h| g.next_seq(id).is_some_and(|n| n >= h))
+            })
+        })
+    }
+
     fn quiescent(&self) -> bool {
-        self.msgs.is_empty()
+        self.groups_caught_up()
+            && self.msgs.is_empty()
             && self.nodes.iter().all(|n| n.core.as_ref().is_some_and(|c| c.queued_total() == 0) && n.held.is_empty())
             && self.clients.iter().all(|c| {
                 c.online
@@ -955,6 +968,20 @@ impl World {
                 break;
             }
             for t in transmits {
+                if std::env::var_os("NYMSTR_SIM_TRACE_CLIENT").is_some_and(|v| v == client.to_string().as_str()) {
+                    let detail = match &t.envelope.body {
+                        Body::GroupFetch { from_seq, .. } => format!("from {from_seq}"),
+                        _ => String::new(),
+                    };
+                    eprintln!(
+                        "t={} client {client} -> group {}: rid {} {} {detail} (online {})",
+                        self.now - EPOCH_US,
+                        groups::hex8(&t.group),
+                        t.envelope.request_id,
+                        t.envelope.body.kind(),
+                        self.clients[client as usize].online
+                    );
+                }
                 if let Body::GroupUpload { mls, .. } = &t.envelope.body
                     && groups::classify(mls) == UploadClass::Application
                 {
@@ -1243,7 +1270,9 @@ impl World {
             return;
         };
         let frags = mixnet::fragments(&self.sc.mixnet, bytes.len(), 0);
-        if t.surbs >= frags && t.waiting.is_empty() {
+        // One SURB stays in reserve so the node can always ask for more (Nym's reply
+        // controller requests a top-up before it runs dry).
+        if t.surbs > frags && t.waiting.is_empty() {
             t.surbs -= frags;
             self.metrics.mixnet.surbs_used += u64::from(frags);
             let (owner, session) = (t.owner, t.session);
@@ -1489,6 +1518,28 @@ impl World {
                 if let Some(Leg::Deliver(m)) = leg {
                     self.note_leg2(m, clean, created_at);
                 }
+                if std::env::var_os("NYMSTR_SIM_TRACE_CLIENT").is_some_and(|v| v == client.to_string().as_str())
+                    && let Ok(env) = codec::decode_frame(&bytes)
+                {
+                    let detail = match &env.body {
+                        Body::Error { code, detail } => format!("{code:?} {detail}"),
+                        Body::GroupEntries { entries, next_seq, .. } => {
+                            format!(
+                                "{} entries from {:?} next {next_seq}",
+                                entries.len(),
+                                entries.first().map(|e| e.seq)
+                            )
+                        }
+                        Body::GroupPush { entry, .. } => format!("seq {}", entry.seq),
+                        _ => String::new(),
+                    };
+                    eprintln!(
+                        "t={} to client {client} from node {node}: rid {} {} {detail}",
+                        now - EPOCH_US,
+                        env.request_id,
+                        env.body.kind()
+                    );
+                }
                 let c = &mut self.clients[client as usize];
                 if node == c.node {
                     c.core.handle_frame(now, &bytes);
@@ -1587,7 +1638,7 @@ impl World {
             let t = self.tags.get_mut(&tag).expect("tag exists");
             let Some(front) = t.waiting.front() else { break };
             let frags = mixnet::fragments(&self.sc.mixnet, front.len(), 0);
-            if t.surbs < frags {
+            if t.surbs <= frags {
                 break;
             }
             t.surbs -= frags;
@@ -1706,6 +1757,20 @@ impl World {
             let (first, epoch, set) = &views[0];
             for (m, e, s) in &views[1..] {
                 if e != epoch || s != set {
+                    if std::env::var_os("NYMSTR_SIM_DEBUG").is_some() {
+                        for c in [*first, *m] {
+                            let g = self.clients[c as usize].group.as_ref().expect("member");
+                            eprintln!("client {c} (online {}): {}", self.clients[c as usize].online, g.debug_summary());
+                        }
+                        if let Some(sg) = self.groups.group(id) {
+                            let st = self.nodes[sg.node as usize].core.as_ref().map(|n| n.steward());
+                            eprintln!(
+                                "steward epoch {:?} next_seq {:?}",
+                                st.and_then(|s| s.epoch(id)),
+                                st.and_then(|s| s.next_seq(id))
+                            );
+                        }
+                    }
                     self.violations.push(format!(
                         "group {} members disagree at quiescence: client {first} at epoch {epoch:?} with {} members, \
                          client {m} at epoch {e:?} with {} members",
