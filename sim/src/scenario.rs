@@ -4,6 +4,9 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use toml::Spanned;
 
+/// Largest initial group size a scenario may ask for (see `Scenario::parse`).
+pub const GROUP_SIZE_MAX: u32 = 120;
+
 /// The scenario run when `nymstr-sim` is given no file.
 pub const DEFAULT_SCENARIO: &str = include_str!("../scenarios/default.toml");
 
@@ -357,6 +360,17 @@ impl Scenario {
                 message: format!("workload.groups: `size_min` = {} exceeds `size_max` = {}", g.size_min, g.size_max),
             });
         }
+        if g.size_max > GROUP_SIZE_MAX {
+            return Err(ScenarioError::Invalid {
+                line: key_line(src, "size_max"),
+                message: format!(
+                    "workload.groups: `size_max` = {} exceeds {GROUP_SIZE_MAX}: every commit carries the new \
+                     GroupInfo with the ratchet tree (~350 bytes per member), which stops fitting one upload at \
+                     ~135 members (BENCHMARKS.md, MLS section)",
+                    g.size_max
+                ),
+            });
+        }
         if g.count > 0 && g.size_max > scenario.clients.count {
             return Err(ScenarioError::Invalid {
                 line: key_line(src, "size_max"),
@@ -431,6 +445,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("size_min") && err.contains("line 5"), "{err}");
+        let err = Scenario::parse("[nodes]\ngroup = 1\n[workload.groups]\ncount = 1\nsize_max = 500\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("size_max") && err.contains("ratchet tree") && err.contains("line 5"), "{err}");
         let err = Scenario::parse("[workload.groups]\nopen_fraction = 1.5\n").unwrap_err().to_string();
         assert!(err.contains("fraction") && err.contains("line 2"), "{err}");
         // A crash may target a group node (numbered after the discovery nodes).
