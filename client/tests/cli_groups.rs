@@ -9,156 +9,18 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
-use std::sync::OnceLock;
+
+use std::process::{Child, ChildStdin, Stdio};
+
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nymstr_client::seal::GroupInvite;
 use nymstr_node::codec;
 use serde_json::Value;
 
-const WAIT: Duration = Duration::from_secs(60);
-
-fn nymstr_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_nymstr")
-}
-
-/// `nymstr-node` sits next to `nymstr` in the target directory; built if missing.
-fn node_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = Path::new(nymstr_bin()).parent().expect("the binary has a directory").to_path_buf();
-        let bin = dir.join(format!("nymstr-node{}", std::env::consts::EXE_SUFFIX));
-        if !bin.exists() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(&cargo);
-            cmd.args(["build", "-p", "nymstr-node", "--bin", "nymstr-node"]);
-            if dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().unwrap_or_else(|e| panic!("cannot run `{cargo} build` for nymstr-node: {e}"));
-            assert!(status.success(), "`{cargo} build -p nymstr-node --bin nymstr-node` failed ({status})");
-            assert!(bin.exists(), "nymstr-node was built but is not at {}", bin.display());
-        }
-        bin
-    })
-}
-
-/// A free loopback port (bound, then released for the node to take).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A real node process on a fixed loopback port (so a restart keeps its address).
-struct Node {
-    dir: tempfile::TempDir,
-    addr: String,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn start() -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
-        let out = Command::new(node_bin())
-            .args(["init", "--dir"])
-            .arg(dir.path())
-            .args(["--listen", &addr])
-            .output()
-            .expect("nymstr-node init runs");
-        assert!(out.status.success(), "nymstr-node init failed: {}", String::from_utf8_lossy(&out.stderr));
-        let mut node = Node { dir, addr, child: None };
-        node.run();
-        node
-    }
-
-    /// Runs the node and waits for its "listening on" line.
-    fn run(&mut self) {
-        let mut child = Command::new(node_bin())
-            .args(["run", "--dir"])
-            .arg(self.dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nymstr-node run starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let line = rx.recv_timeout(WAIT).expect("nymstr-node prints its address once it serves");
-        assert!(line.ends_with(&self.addr), "unexpected first line from nymstr-node: {line}");
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A client home.
-struct User {
-    home: tempfile::TempDir,
-    name: &'static str,
-}
-
-impl User {
-    fn new(name: &'static str) -> User {
-        User { home: tempfile::tempdir().unwrap(), name }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(nymstr_bin());
-        c.arg("--home").arg(self.home.path()).args(args).stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("nymstr runs")
-    }
-
-    /// Runs a command that must succeed; returns its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{} {args:?} failed with {:?}\nstdout: {}\nstderr: {}",
-            self.name,
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// `init` + `register NAME --node ADDR`.
-    fn join(name: &'static str, node: &Node) -> User {
-        let u = User::new(name);
-        u.ok(&["init"]);
-        u.ok(&["register", name, "--node", &node.addr]);
-        u
-    }
-
-    /// JSON lines of a command's stdout.
-    fn json(&self, args: &[&str]) -> Vec<Value> {
-        let mut full = vec!["--json"];
-        full.extend_from_slice(args);
-        self.ok(&full).lines().map(|l| serde_json::from_str(l).expect("each line is JSON")).collect()
-    }
-}
+mod cli_common;
+use cli_common::*;
 
 impl User {
     fn listen(&self, extra: &[&str]) -> Listener {
