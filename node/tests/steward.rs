@@ -17,7 +17,8 @@ use nymstr_node::wire::{Body, ErrorCode, GroupAdvert, GroupEntry, GroupId, Invit
 use openmls::prelude::{
     Capabilities, CredentialWithKey, Extension, ExtensionType, Extensions, GroupId as MlsGroupId, LeafNodeIndex,
     LeafNodeParameters, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
-    MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProcessedMessageContent, RequiredCapabilitiesExtension,
+    MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, ProcessedMessageContent, ProposalType,
+    RequiredCapabilitiesExtension,
 };
 use openmls_traits::OpenMlsProvider;
 use tls_codec::{DeserializeBytes, Serialize as _};
@@ -51,6 +52,12 @@ fn policy_extensions(policy: &GroupPolicy) -> Extensions<openmls::prelude::Group
     let required = RequiredCapabilitiesExtension::new(&[ExtensionType::Unknown(POLICY_EXTENSION_TYPE)], &[], &[]);
     Extensions::from_vec(vec![Extension::RequiredCapabilities(required), policy.clone().normalized().extension()])
         .expect("extensions")
+}
+
+/// Like [`policy_extensions`] but with the policy exactly as given (not normalized).
+fn raw_policy_extensions(policy: &GroupPolicy) -> Extensions<openmls::prelude::GroupContext> {
+    let required = RequiredCapabilitiesExtension::new(&[ExtensionType::Unknown(POLICY_EXTENSION_TYPE)], &[], &[]);
+    Extensions::from_vec(vec![Extension::RequiredCapabilities(required), policy.extension()]).expect("extensions")
 }
 
 /// A group member: an account with one installation (from the common harness) and a real
@@ -98,12 +105,22 @@ impl Member {
     /// GroupInfo for `GroupCreate`.
     fn create(&mut self, group_id: GroupId, open: bool) -> Vec<u8> {
         let policy = GroupPolicy { admins: vec![self.key()], open };
+        self.create_with(group_id, policy_extensions(&policy), capabilities())
+    }
+
+    /// Creates the group at epoch 0 with the given context extensions and capabilities.
+    fn create_with(
+        &mut self,
+        group_id: GroupId,
+        extensions: Extensions<openmls::prelude::GroupContext>,
+        capabilities: Capabilities,
+    ) -> Vec<u8> {
         let config = MlsGroupCreateConfig::builder()
             .ciphersuite(DEFAULT_CIPHERSUITE)
             .use_ratchet_tree_extension(true)
             .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
-            .capabilities(capabilities())
-            .with_group_context_extensions(policy_extensions(&policy))
+            .capabilities(capabilities)
+            .with_group_context_extensions(extensions)
             .build();
         let group = MlsGroup::new_with_group_id(
             &self.provider,
@@ -521,6 +538,76 @@ fn a_commit_that_leaves_no_admin_member_is_refused() {
     let (c, gi) = alice.commit_policy(&nobody);
     assert_eq!(refused(&mut h, &alice, upload_body(c, gi, 80, None)).0, ErrorCode::NotAllowed);
     alice.discard();
+}
+
+#[test]
+fn a_group_policy_whose_admins_are_not_sorted_and_distinct_is_refused() {
+    // At creation: a duplicated admin.
+    let mut h = Harness::new();
+    let mut dave = Member::new("dave", 4);
+    let twice = GroupPolicy { admins: vec![dave.key(), dave.key()], open: true };
+    let gi = dave.create_with(GID, raw_policy_extensions(&twice), capabilities());
+    match h.ask(dave.tag(), Body::GroupCreate { group_id: GID, group_info: gi, advert: None }).body() {
+        Body::Error { code, .. } => assert_eq!(*code, ErrorCode::BadMlsMessage),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(h.node.steward().epoch(&GID), None);
+
+    // In a proposal and in a commit: two admins in descending order.
+    let mut h = Harness::new();
+    let (mut alice, bob, _carol) = group_of_three(&mut h, true);
+    let mut admins = vec![alice.key(), bob.key()];
+    admins.sort_unstable();
+    admins.reverse();
+    let unsorted = GroupPolicy { admins, open: true };
+    let (provider, signer) = (&alice.provider, &alice.signer);
+    let g = alice.group.as_mut().expect("in a group");
+    let (proposal, _) =
+        g.propose_group_context_extensions(provider, raw_policy_extensions(&unsorted), signer).expect("propose gce");
+    g.clear_pending_proposals(provider.storage()).expect("clear");
+    assert_eq!(refused(&mut h, &alice, upload_body(bytes(&proposal), Vec::new(), 81, None)).0, ErrorCode::NotAllowed);
+    let (provider, signer) = (&alice.provider, &alice.signer);
+    let g = alice.group.as_mut().expect("in a group");
+    let (commit, _, gi) =
+        g.update_group_context_extensions(provider, raw_policy_extensions(&unsorted), signer).expect("gce commit");
+    let gi = bytes(&MlsMessageOut::from(gi.expect("group info")));
+    assert_eq!(refused(&mut h, &alice, upload_body(bytes(&commit), gi, 82, None)).0, ErrorCode::NotAllowed);
+    alice.discard();
+    assert_eq!(h.node.steward().epoch(&GID), Some(2));
+    // The same admins, sorted, are accepted.
+    let (c, gi) = alice.commit_policy(&unsorted);
+    accept(&mut h, &alice, upload_body(c, gi, 83, None));
+    assert_eq!(h.node.steward().epoch(&GID), Some(3));
+}
+
+/// The steward refuses a commit covering its committer's own `SelfRemove` (by reference)
+/// with `NotAllowed`. openmls 0.9 refuses to build such a commit (`CannotRemoveSelf`), so
+/// this test can only check that the proposal is accepted and that openmls will not let an
+/// admin commit it; the steward's check guards against commits built otherwise.
+#[test]
+fn an_admin_cannot_commit_its_own_self_remove() {
+    let mut h = Harness::new();
+    let mut alice = Member::new("alice", 1);
+    let caps = Capabilities::new(
+        None,
+        Some(&[DEFAULT_CIPHERSUITE]),
+        Some(&[ExtensionType::Unknown(POLICY_EXTENSION_TYPE)]),
+        Some(&[ProposalType::SelfRemove]),
+        None,
+    );
+    let policy = GroupPolicy { admins: vec![alice.key()], open: true };
+    let gi = alice.create_with(GID, policy_extensions(&policy), caps);
+    let created = h.ask(alice.tag(), Body::GroupCreate { group_id: GID, group_info: gi, advert: None });
+    assert_eq!(created.body(), &Body::GroupCreated { group_id: GID, epoch: 0 });
+    let (provider, signer) = (&alice.provider, &alice.signer);
+    let g = alice.group.as_mut().expect("in a group");
+    let leave = g.leave_group_via_self_remove(provider, signer).expect("self remove proposal");
+    accept(&mut h, &alice, upload_body(bytes(&leave), Vec::new(), 90, None));
+    let (provider, signer) = (&alice.provider, &alice.signer);
+    let g = alice.group.as_mut().expect("in a group");
+    let err = g.commit_to_pending_proposals(provider, signer).expect_err("openmls builds no self-removing commit");
+    assert!(format!("{err:?}").contains("CannotRemoveSelf"), "{err:?}");
+    assert_eq!(h.node.steward().epoch(&GID), Some(0));
 }
 
 // --- external joins ---

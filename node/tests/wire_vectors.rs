@@ -23,7 +23,10 @@
 use ed25519_dalek::SigningKey;
 use nymstr_node::codec::{self, CodecError};
 use nymstr_node::identity;
-use nymstr_node::wire::{Body, Envelope, ErrorCode, InstallationCert, InstallationPayload, SendDm};
+use nymstr_node::wire::{
+    Body, Envelope, ErrorCode, GroupAdvert, GroupEntry, GroupId, InstallationCert, InstallationPayload, InviteToken,
+    SendDm,
+};
 
 const SPEC: &str = include_str!("../../specs/wire.md");
 
@@ -82,6 +85,65 @@ fn send_dm() -> SendDm {
     SendDm { from, to: "bob".into(), msg_id: msg_id(), payloads, sig }
 }
 
+// --- group inputs (specs/wire.md §8.6) ---
+
+const ADVERT_ISSUED_AT_US: u64 = 1_700_000_000_000_000;
+const TOKEN_EXPIRES_AT_US: u64 = 1_700_604_800_000_000;
+
+/// `b0 b1 .. bf`.
+fn group_id() -> GroupId {
+    std::array::from_fn(|i| 0xb0 + i as u8)
+}
+
+/// `c0 c1 .. cf`.
+fn upload_id() -> [u8; 16] {
+    std::array::from_fn(|i| 0xc0 + i as u8)
+}
+
+/// `d0 d1 .. df`.
+fn token_id() -> [u8; 16] {
+    std::array::from_fn(|i| 0xd0 + i as u8)
+}
+
+fn alice_installation_key() -> [u8; 32] {
+    alice_installation().verifying_key().to_bytes()
+}
+
+/// `ADVERT`: signed by `ALICE_INSTALLATION_KEY` over `group_advert_bytes`.
+fn advert() -> GroupAdvert {
+    let mut a = GroupAdvert {
+        group_id: group_id(),
+        name: "chat".into(),
+        description: "test".into(),
+        open: true,
+        group_node: b"127.0.0.1:7000".to_vec(),
+        issued_at_us: ADVERT_ISSUED_AT_US,
+        admin_key: alice_installation_key(),
+        sig: nymstr_node::wire::Sig([0; 64]),
+    };
+    a.sig = identity::sign(&alice_installation(), &identity::group_advert_bytes(&a));
+    a
+}
+
+fn invite_token_bytes() -> Vec<u8> {
+    identity::invite_token_bytes(&group_id(), &token_id(), TOKEN_EXPIRES_AT_US, &alice_installation_key())
+}
+
+/// `TOKEN`: signed by `ALICE_INSTALLATION_KEY` over `invite_token_bytes`.
+fn token() -> InviteToken {
+    InviteToken {
+        group_id: group_id(),
+        token_id: token_id(),
+        expires_at_us: TOKEN_EXPIRES_AT_US,
+        admin_key: alice_installation_key(),
+        sig: identity::sign(&alice_installation(), &invite_token_bytes()),
+    }
+}
+
+fn entry(seq: u64, epoch: u64, mls: &[u8]) -> GroupEntry {
+    GroupEntry { seq, epoch, mls: mls.to_vec() }
+}
+
 fn env(request_id: u64, body: Body) -> Envelope {
     Envelope { request_id, body }
 }
@@ -90,6 +152,7 @@ fn env(request_id: u64, body: Body) -> Envelope {
 fn frame(name: &str) -> Option<Envelope> {
     let n = nonce();
     let alice = alice_installation_id();
+    let g = group_id();
     Some(match name {
         "lookup_alice" => env(7, Body::Lookup { username: "alice".into() }),
         "register_request" => env(1, Body::RegisterRequest { username: "alice".into(), cert: alice_cert() }),
@@ -138,6 +201,49 @@ fn frame(name: &str) -> Option<Envelope> {
         "ack_delivery" => env(0, Body::AckDelivery { delivery_ids: vec![1, 250, 251, 65_536, u64::MAX] }),
         "error_busy" => env(1, Body::Error { code: ErrorCode::Busy, detail: "retry later".into() }),
         "error_internal" => env(u64::MAX, Body::Error { code: ErrorCode::Internal, detail: String::new() }),
+        // §8.6 group messages.
+        "group_create" => {
+            env(20, Body::GroupCreate { group_id: g, group_info: b"group-info".to_vec(), advert: Some(advert()) })
+        }
+        "group_created" => env(20, Body::GroupCreated { group_id: g, epoch: 0 }),
+        "group_subscribe" => {
+            env(21, Body::GroupSubscribe { group_id: g, member_key: alice_installation_key(), from_seq: 1 })
+        }
+        "group_subscribe_proof" => env(
+            22,
+            Body::GroupSubscribeProof {
+                group_id: g,
+                nonce: n,
+                sig: identity::sign(&alice_installation(), &identity::group_subscribe_bytes(&g, &n)),
+            },
+        ),
+        "group_subscribed" => env(22, Body::GroupSubscribed { group_id: g, epoch: 3, next_seq: 300 }),
+        "group_upload" => env(
+            23,
+            Body::GroupUpload {
+                group_id: g,
+                upload_id: upload_id(),
+                mls: b"mls-commit".to_vec(),
+                group_info: b"group-info".to_vec(),
+                invite: Some(token()),
+            },
+        ),
+        "group_upload_ack" => env(23, Body::GroupUploadAck { group_id: g, upload_id: upload_id(), seq: 300, epoch: 3 }),
+        "group_push" => env(0, Body::GroupPush { group_id: g, entry: entry(300, 3, b"mls-commit") }),
+        "group_fetch" => env(24, Body::GroupFetch { group_id: g, from_seq: 251, max: 64 }),
+        "group_entries" => env(
+            24,
+            Body::GroupEntries { group_id: g, entries: vec![entry(251, 2, b"a"), entry(253, 3, b"b")], next_seq: 301 },
+        ),
+        "group_info_request" => env(25, Body::GroupInfoRequest { group_id: g }),
+        "group_info_reply" => {
+            env(25, Body::GroupInfoReply { group_id: g, epoch: 3, open: false, group_info: b"group-info".to_vec() })
+        }
+        "directory_request" => env(26, Body::DirectoryRequest),
+        "directory" => env(26, Body::Directory { adverts: vec![advert()] }),
+        "group_unsubscribe" => env(0, Body::GroupUnsubscribe { group_id: g }),
+        "error_wrong_epoch" => env(23, Body::Error { code: ErrorCode::WrongEpoch, detail: "current epoch 3".into() }),
+        "error_not_subscribed" => env(24, Body::Error { code: ErrorCode::NotSubscribed, detail: String::new() }),
         _ => return None,
     })
 }
@@ -160,6 +266,10 @@ fn bytes(name: &str) -> Option<Vec<u8>> {
         "register_installation_bytes" => identity::register_installation_bytes(&n, "alice", &alice),
         "login_bytes" => identity::login_bytes(&n, &alice),
         "send_dm_signing_bytes" => identity::send_dm_signing_bytes(&send_dm()),
+        // §8.6 group signed bytes.
+        "group_subscribe_bytes" => identity::group_subscribe_bytes(&group_id(), &n),
+        "invite_token_bytes" => invite_token_bytes(),
+        "group_advert_bytes" => identity::group_advert_bytes(&advert()),
         _ => return None,
     })
 }
@@ -231,6 +341,55 @@ fn parse_vectors(spec: &str) -> Vec<Vector> {
     vectors
 }
 
+/// Checks one `frame` or `bytes` vector; `Err` says how it differs.
+fn check(v: &Vector) -> Result<(), String> {
+    match v.kind.as_str() {
+        "frame" => {
+            let value = frame(&v.name).unwrap_or_else(|| panic!("unknown frame vector {:?}", v.name));
+            let encoded = codec::encode_frame(&value).expect("vector encodes");
+            if encoded != v.hex {
+                return Err(format!("encoding differs: {} != {}", hex::encode(&encoded), hex::encode(&v.hex)));
+            }
+            if codec::decode_frame(&v.hex).as_ref() != Ok(&value) {
+                return Err("decoding differs".into());
+            }
+            Ok(())
+        }
+        "bytes" => {
+            let expected = bytes(&v.name).unwrap_or_else(|| panic!("unknown bytes vector {:?}", v.name));
+            if expected != v.hex {
+                return Err(format!("bytes differ: {} != {}", hex::encode(&expected), hex::encode(&v.hex)));
+            }
+            Ok(())
+        }
+        other => panic!("vector {}: not a frame or bytes vector ({other:?})", v.name),
+    }
+}
+
+/// The group vectors of §8.6: every group frame and the group signed bytes.
+const GROUP_VECTORS: [&str; 20] = [
+    "group_create",
+    "group_created",
+    "group_subscribe",
+    "group_subscribe_proof",
+    "group_subscribed",
+    "group_upload",
+    "group_upload_ack",
+    "group_push",
+    "group_fetch",
+    "group_entries",
+    "group_info_request",
+    "group_info_reply",
+    "directory_request",
+    "directory",
+    "group_unsubscribe",
+    "error_wrong_epoch",
+    "error_not_subscribed",
+    "group_subscribe_bytes",
+    "invite_token_bytes",
+    "group_advert_bytes",
+];
+
 #[test]
 fn spec_vectors_match_the_codec() {
     let vectors = parse_vectors(SPEC);
@@ -239,17 +398,15 @@ fn spec_vectors_match_the_codec() {
     for v in &vectors {
         assert!(names.insert(v.name.clone()), "duplicate vector {}", v.name);
         match v.kind.as_str() {
-            "frame" => {
-                let value = frame(&v.name).unwrap_or_else(|| panic!("unknown frame vector {:?}", v.name));
-                let encoded = codec::encode_frame(&value).expect("vector encodes");
-                assert_eq!(hex::encode(&encoded), hex::encode(&v.hex), "vector {}: encoding differs", v.name);
-                assert_eq!(codec::decode_frame(&v.hex).as_ref(), Ok(&value), "vector {}: decoding differs", v.name);
-                frames += 1;
-            }
-            "bytes" => {
-                let expected = bytes(&v.name).unwrap_or_else(|| panic!("unknown bytes vector {:?}", v.name));
-                assert_eq!(hex::encode(&expected), hex::encode(&v.hex), "vector {}: bytes differ", v.name);
-                byte_vectors += 1;
+            "frame" | "bytes" => {
+                if let Err(e) = check(v) {
+                    panic!("vector {}: {e}", v.name);
+                }
+                if v.kind == "frame" {
+                    frames += 1;
+                } else {
+                    byte_vectors += 1;
+                }
             }
             "reject" => {
                 let want = v.error.as_deref().unwrap_or_else(|| panic!("vector {}: no error", v.name));
@@ -264,6 +421,32 @@ fn spec_vectors_match_the_codec() {
     }
     assert!(frames >= 8, "only {frames} frame vectors parsed from specs/wire.md");
     assert!(byte_vectors >= 1 && rejects >= 1, "bytes and reject vectors missing");
+    for name in GROUP_VECTORS {
+        assert!(names.contains(name), "group vector {name} is not in specs/wire.md");
+    }
+}
+
+/// Changing any one byte of a `frame` or `bytes` vector (here: every byte of the group
+/// vectors, and the first and last byte of the others) makes its check fail.
+#[test]
+fn a_changed_byte_fails_its_vector() {
+    let vectors = parse_vectors(SPEC);
+    let mut checked = 0;
+    for v in vectors.iter().filter(|v| v.kind == "frame" || v.kind == "bytes") {
+        let positions: Vec<usize> = if GROUP_VECTORS.contains(&v.name.as_str()) {
+            (0..v.hex.len()).collect()
+        } else {
+            vec![0, v.hex.len() - 1]
+        };
+        for i in positions {
+            let mut hex = v.hex.clone();
+            hex[i] ^= 0x01;
+            let mutated = Vector { name: v.name.clone(), kind: v.kind.clone(), error: None, hex };
+            assert!(check(&mutated).is_err(), "vector {}: byte {i} changed and the check still passes", v.name);
+            checked += 1;
+        }
+    }
+    assert!(checked > GROUP_VECTORS.len(), "no vectors mutated");
 }
 
 /// Every cryptographic value in the vectors is consistent (the signatures verify), so the

@@ -262,8 +262,15 @@ fn member_keys(public: &PublicGroup) -> BTreeSet<PublicKey> {
     public.members().filter_map(|m| as_key(&m.signature_key)).collect()
 }
 
+/// The group policy as the group context carries it (not normalized: members binary-search
+/// `admins` as written, so the steward checks it with [`is_normalized`] before accepting it).
 fn read_policy(public: &PublicGroup) -> Option<GroupPolicy> {
-    GroupPolicy::from_extensions(public.group_context().extensions()).map(GroupPolicy::normalized)
+    GroupPolicy::from_extensions(public.group_context().extensions())
+}
+
+/// Whether a policy's `admins` are sorted and without duplicates, as members assume.
+fn is_normalized(policy: &GroupPolicy) -> bool {
+    policy.admins.windows(2).all(|w| w[0] < w[1])
 }
 
 /// A leaf's credential must bind it to a certified installation whose signing key is
@@ -273,8 +280,12 @@ fn verify_leaf(leaf: &LeafNode) -> Result<MemberIdentity, StewardError> {
         .map_err(|e| StewardError::BadCredential(e.to_string()))
 }
 
-/// A policy is acceptable if it has an admin who is a member.
+/// A policy is acceptable if its admins are normalized (sorted, distinct: members look
+/// them up by binary search) and it has an admin who is a member.
 fn check_policy(policy: &GroupPolicy, members: &BTreeSet<PublicKey>) -> Result<(), StewardError> {
+    if !is_normalized(policy) {
+        return Err(StewardError::NotAllowed("the group policy's admins must be sorted and distinct".into()));
+    }
     if !policy.admins.iter().any(|a| members.contains(a)) {
         return Err(StewardError::NotAllowed("the group policy must keep an admin who is a member".into()));
     }
@@ -354,7 +365,11 @@ impl Steward {
                 .ok_or_else(|| corrupt(Table::GroupMls, "group state missing"))?;
             let pending_proposals =
                 public.queued_proposals(&storage).map_err(|e| corrupt(Table::GroupMls, format!("{e:?}")))?.len();
-            let policy = read_policy(&public).ok_or_else(|| corrupt(Table::GroupMls, "group policy missing"))?;
+            // Every accepted policy is normalized; normalizing here only tolerates state
+            // written before that was checked.
+            let policy = read_policy(&public)
+                .map(GroupPolicy::normalized)
+                .ok_or_else(|| corrupt(Table::GroupMls, "group policy missing"))?;
             let members = member_keys(&public);
             let mut app_seqs = VecDeque::new();
             let mut handshake_seqs = BTreeSet::new();
@@ -491,6 +506,9 @@ impl Steward {
                 .map_err(|e| bad_mls("group_info does not validate", e))?;
         let policy = read_policy(&public)
             .ok_or_else(|| StewardError::BadMls("the group context lacks a valid group policy extension".into()))?;
+        if !is_normalized(&policy) {
+            return Err(StewardError::BadMls("the group policy's admins are not sorted and distinct".into()));
+        }
         let members = member_keys(&public);
         if members.len() > GROUP_MEMBERS_MAX {
             return Err(StewardError::NotAllowed(format!("more than {GROUP_MEMBERS_MAX} members")));
@@ -938,7 +956,6 @@ fn on_proposal<S: Store>(
                 return Err(StewardError::NotAllowed("only an admin may change the group context".into()));
             }
             let policy = GroupPolicy::from_extensions(gce.extensions())
-                .map(GroupPolicy::normalized)
                 .ok_or_else(|| StewardError::NotAllowed("the new group context lacks a valid group policy".into()))?;
             check_policy(&policy, &g.members)?;
         }
@@ -973,9 +990,17 @@ fn on_member_commit<S: Store>(
         return Err(StewardError::BadMls("not a commit".into()));
     };
     for qp in staged.queued_proposals() {
-        if let Proposal::Remove(r) = qp.proposal()
-            && r.removed() == index
-        {
+        // A commit may not remove its committer, whether by a `Remove` or by the
+        // committer's own `SelfRemove` (by reference: its proposal was accepted earlier).
+        // openmls refuses a `Remove` of the committer first (ValSem200, so `BadMls`) and
+        // refuses to build a commit covering its own `SelfRemove`; this check is the
+        // steward's own guarantee for a commit built otherwise.
+        let removes_committer = match qp.proposal() {
+            Proposal::Remove(r) => r.removed() == index,
+            Proposal::SelfRemove => *qp.sender() == Sender::Member(index),
+            _ => false,
+        };
+        if removes_committer {
             return Err(StewardError::NotAllowed("a commit may not remove its committer".into()));
         }
         // Proposals by reference passed the policy when they were uploaded; the

@@ -4,13 +4,18 @@
 //! seeds its own PRNG inside every `Hpke::new`, so neither replays. Here:
 //! * `OpenMlsRand` and signature key generation draw from the provider's ChaCha20;
 //! * HPKE runs over [`SeededHpke`], an `HpkeCrypto` that delegates every primitive to
-//!   hpke-rs-rust-crypto except key generation, whose randomness comes from a PRNG the
-//!   provider seeds right before each HPKE operation. `hpke_seal` derives that seed from
-//!   a provider secret and the call's inputs (SIV-style, `LABEL_HPKE_SEAL_SEED`), not from
-//!   the stream: openmls encrypts an update path on rayon's thread pool, so the order of
-//!   seal calls differs between runs and a stream draw per call would not replay. The
-//!   inputs include the recipient key, so every ciphertext of a path gets its own
-//!   ephemeral key; the secret keeps the ephemeral keys unpredictable to anyone else;
+//!   hpke-rs-rust-crypto; only its PRNG (`HpkeCrypto::prng`) differs: it starts from a
+//!   seed the provider hands over right before each HPKE operation. For a DH KEM, hpke-rs
+//!   0.7's sender setup (`seal`, `setup_sender`) takes the first 32 bytes of that PRNG as
+//!   the `ikm` of RFC 9180 `DeriveKeyPair` for the ephemeral key; it does not call
+//!   `SeededHpke::kem_key_gen` there (that serves only `Hpke::generate_key_pair`, which
+//!   openmls does not use). `hpke_seal` derives the seed from a provider secret and the
+//!   call's inputs (SIV-style, [`LABEL_HPKE_SEAL_SEED`]: the HPKE config's KEM/KDF/AEAD
+//!   ids, the recipient key, info, aad and plaintext), not from the stream: openmls
+//!   encrypts an update path on rayon's thread pool, so the order of seal calls differs
+//!   between runs and a stream draw per call would not replay. The inputs include the
+//!   recipient key, so every ciphertext of a path gets its own ephemeral key; the secret
+//!   keeps the ephemeral keys unpredictable to anyone else;
 //! * everything deterministic (hash, HKDF, AEAD, signatures, HPKE open) is delegated to
 //!   `RustCrypto` unchanged.
 //!
@@ -137,6 +142,9 @@ impl HpkeCrypto for SeededHpke {
     fn secret_to_public(alg: KemAlgorithm, sk: &[u8]) -> Result<Vec<u8>, HpkeError> {
         HpkeRustCrypto::secret_to_public(alg, sk)
     }
+    /// Random key generation (`Hpke::generate_key_pair` only: hpke-rs 0.7 derives the
+    /// ephemeral key of a seal or sender setup with `DeriveKeyPair` from the PRNG's first
+    /// 32 bytes instead, and openmls derives its HPKE keys with `derive_hpke_keypair`).
     fn kem_key_gen(alg: KemAlgorithm, prng: &mut Self::HpkePrng) -> Result<(Vec<u8>, Vec<u8>), HpkeError> {
         match alg {
             KemAlgorithm::DhKem25519 => {
@@ -157,7 +165,8 @@ impl HpkeCrypto for SeededHpke {
         _pk_r: &[u8],
         _prng: &mut Self::HpkePrng,
     ) -> Result<(Vec<u8>, Vec<u8>), HpkeError> {
-        // Only post-quantum KEMs encapsulate through this entry; DH KEMs use kem_key_gen.
+        // Only post-quantum KEMs encapsulate through this entry; for DH KEMs hpke-rs
+        // derives the ephemeral key itself (`DeriveKeyPair` over 32 PRNG bytes).
         Err(HpkeError::UnsupportedKemOperation)
     }
     fn kem_decaps(alg: KemAlgorithm, ct: &[u8], sk_r: &[u8]) -> Result<Vec<u8>, HpkeError> {
@@ -175,8 +184,9 @@ impl HpkeCrypto for SeededHpke {
 }
 
 /// Domain-separation label of the seal seed: `blake3::keyed_hash(seal_key, ..)` over
-/// `LABEL || len(pk_r) || pk_r || len(info) || info || len(aad) || aad || len(ptxt) || ptxt`
-/// (lengths u64 big-endian).
+/// `LABEL || len(suite) || suite || len(pk_r) || pk_r || len(info) || info || len(aad) || aad
+/// || len(ptxt) || ptxt`, where `suite` is the HPKE config's KEM, KDF and AEAD ids (u16
+/// big-endian each, 6 bytes) and the lengths are u64 big-endian.
 pub const LABEL_HPKE_SEAL_SEED: &str = "nymstr/v1/mls/hpke-seal-seed";
 
 /// The crypto and randomness half of [`NymstrProvider`].
@@ -201,15 +211,25 @@ impl SeededCrypto {
         Self { rng: Mutex::new(rng), seal_key, inner: RustCrypto::default() }
     }
 
-    /// An `Hpke` whose PRNG starts from a seed derived from this call's inputs.
-    fn hpke_for_seal(&self, config: HpkeConfig, parts: &[&[u8]]) -> Hpke<SeededHpke> {
+    /// The seed of a seal's HPKE generator (see [`LABEL_HPKE_SEAL_SEED`]): the config's
+    /// ids are bound first, then `parts` (`pk_r`, `info`, `aad`, `ptxt`).
+    fn seal_seed(&self, config: &HpkeConfig, parts: &[&[u8]]) -> [u8; 32] {
+        let mut suite = [0u8; 6];
+        suite[..2].copy_from_slice(&(config.0 as u16).to_be_bytes());
+        suite[2..4].copy_from_slice(&(config.1 as u16).to_be_bytes());
+        suite[4..].copy_from_slice(&(config.2 as u16).to_be_bytes());
         let mut h = blake3::Hasher::new_keyed(&self.seal_key);
         h.update(LABEL_HPKE_SEAL_SEED.as_bytes());
-        for p in parts {
+        for p in std::iter::once(&suite[..]).chain(parts.iter().copied()) {
             h.update(&(p.len() as u64).to_be_bytes());
             h.update(p);
         }
-        let seed = *h.finalize().as_bytes();
+        *h.finalize().as_bytes()
+    }
+
+    /// An `Hpke` whose PRNG starts from a seed derived from this call's config and inputs.
+    fn hpke_for_seal(&self, config: HpkeConfig, parts: &[&[u8]]) -> Hpke<SeededHpke> {
+        let seed = self.seal_seed(&config, parts);
         NEXT_HPKE_SEED.with(|s| *s.borrow_mut() = Some(seed));
         Hpke::<SeededHpke>::new(hpke_rs::Mode::Base, kem_mode(config.0), kdf_mode(config.1), aead_mode(config.2))
     }
@@ -443,5 +463,39 @@ impl OpenMlsProvider for NymstrProvider {
     }
     fn rand(&self) -> &Self::RandProvider {
         &self.crypto
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seal example of `specs/groups.md` §2.1.
+    #[test]
+    fn the_seal_seed_example_of_the_spec() {
+        let crypto = SeededCrypto::new([7; 32]);
+        let pk_r = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from([9; 32])).to_bytes();
+        let config = DEFAULT_CIPHERSUITE.hpke_config();
+        let parts: [&[u8]; 4] = [&pk_r, b"info", b"aad", b"plaintext"];
+        assert_eq!(hex::encode(crypto.seal_key), "f400927857aaf64114f561baacb379708c79a1dc1476ab573216a4020764bde5");
+        assert_eq!(
+            hex::encode(crypto.seal_seed(&config, &parts)),
+            "12b7068d96d3d7a6cad8b74f002e1a60fe5a298dacd8a886d4bf234776070bee"
+        );
+        let ct =
+            crypto.hpke_seal(DEFAULT_CIPHERSUITE.hpke_config(), &pk_r, b"info", b"aad", b"plaintext").expect("seal");
+        assert_eq!(
+            hex::encode(ct.kem_output.as_slice()),
+            "8ae089be208a4d8e84f780cf105f46fd3272c716f0f2d0f2f1f63ea69c3aa77c"
+        );
+        // hpke-rs derives the ephemeral key with DeriveKeyPair from the generator's first
+        // 32 bytes (not with `SeededHpke::kem_key_gen`).
+        let mut ikm = [0u8; 32];
+        ChaCha20Rng::from_seed(crypto.seal_seed(&config, &parts)).fill_bytes(&mut ikm);
+        let derived = crypto.derive_hpke_keypair(DEFAULT_CIPHERSUITE.hpke_config(), &ikm).expect("derive");
+        assert_eq!(derived.public, ct.kem_output.as_slice());
+        // The config is an input: another AEAD gives another seed.
+        let chacha = HpkeConfig(config.0, config.1, HpkeAeadType::ChaCha20Poly1305);
+        assert_ne!(crypto.seal_seed(&chacha, &parts), crypto.seal_seed(&config, &parts));
     }
 }
