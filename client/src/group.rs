@@ -24,8 +24,9 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use ed25519_dalek::SigningKey;
-use nymstr_node::identity;
-use nymstr_node::limits::{GROUP_DESCRIPTION_BYTES_MAX, GROUP_FETCH_MAX, GROUP_NAME_BYTES_MAX};
+use nymstr_node::limits::{
+    FRAME_BYTES_MAX, GROUP_DESCRIPTION_BYTES_MAX, GROUP_FETCH_MAX, GROUP_MLS_BYTES_MAX, GROUP_NAME_BYTES_MAX,
+};
 use nymstr_node::mls::{
     self as nmls, DEFAULT_CIPHERSUITE, GroupPolicy, InstallationSigner, MemberIdentity, NymstrProvider,
     POLICY_EXTENSION_TYPE,
@@ -34,12 +35,13 @@ use nymstr_node::wire::{
     Body, Envelope, ErrorCode, GroupAdvert, GroupEntry, GroupId, InstallationCert, InviteToken, MsgId, PublicKey, Sig,
     UploadId,
 };
+use nymstr_node::{codec, identity};
 use openmls::ciphersuite::hash_ref::ProposalRef;
 use openmls::prelude::{
-    Capabilities, Ciphersuite, CredentialWithKey, Extension, ExtensionType, Extensions, GroupContext, LeafNodeIndex,
-    LeafNodeParameters, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupJoinConfig, MlsMessageBodyIn,
-    MlsMessageIn, ProcessedMessageContent, Proposal, QueuedProposal, RequiredCapabilitiesExtension, Sender,
-    SenderRatchetConfiguration, StagedCommit,
+    BasicCredential, Capabilities, Ciphersuite, CredentialWithKey, Extension, ExtensionType, Extensions, GroupContext,
+    LeafNodeIndex, LeafNodeParameters, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupJoinConfig,
+    MlsMessageBodyIn, MlsMessageIn, ProcessedMessage, ProcessedMessageContent, Proposal, QueuedProposal,
+    RequiredCapabilitiesExtension, Sender, SenderRatchetConfiguration, StagedCommit,
 };
 use openmls_memory_storage::MemoryStorage;
 use openmls_traits::OpenMlsProvider;
@@ -322,6 +324,13 @@ struct Upload {
     invite: Option<InviteToken>,
     /// Seq of the acknowledgement, once received.
     acked_seq: Option<u64>,
+    /// An application message's place in our send order (`GroupRecord::sent`): restores
+    /// re-queue in-flight messages in this order.
+    #[serde(default)]
+    order: u64,
+    /// The intent a proposal is for: a refusal resets (or drops) that intent only.
+    #[serde(default)]
+    intent: Option<Intent>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -331,6 +340,9 @@ struct OutMsg {
     /// Set once it was uploaded: kept across re-encryptions and restores, so the steward
     /// dedupes a copy it already accepted.
     upload_id: Option<UploadId>,
+    /// Its place in our send order (`GroupRecord::sent`).
+    #[serde(default)]
+    order: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -396,6 +408,9 @@ pub struct GroupRecord {
     intents: Vec<IntentState>,
     /// Our recent messages and the members whose bloom filter shows they have them.
     acks: VecDeque<(MsgId, BTreeSet<PublicKey>)>,
+    /// Application messages queued so far (the next one's `OutMsg::order`).
+    #[serde(default)]
+    sent: u64,
 }
 
 struct Group {
@@ -513,8 +528,12 @@ fn key32(bytes: &[u8]) -> Option<PublicKey> {
     bytes.try_into().ok()
 }
 
+/// The group's policy, normalized (admins sorted and deduplicated: `is_admin` searches
+/// them by bisection, and an extension written by another implementation need not be).
 fn policy_of(mls: &MlsGroup) -> GroupPolicy {
-    GroupPolicy::from_extensions(mls.extensions()).unwrap_or(GroupPolicy { admins: Vec::new(), open: false })
+    GroupPolicy::from_extensions(mls.extensions())
+        .unwrap_or(GroupPolicy { admins: Vec::new(), open: false })
+        .normalized()
 }
 
 fn member_key_of(mls: &MlsGroup, index: LeafNodeIndex) -> Option<PublicKey> {
@@ -557,6 +576,43 @@ fn roster_of(mls: &MlsGroup, cache: &mut IdentityCache) -> Vec<MemberInfo> {
         .collect();
     out.sort_by_key(|m| m.key);
     out
+}
+
+/// Key and username of a processed message's sender, from the credential openmls
+/// resolved in the message's own epoch (a late or repaired entry of a past epoch: the
+/// leaf may hold someone else now). Every leaf's credential names its signature key
+/// (the steward refuses any other, `BadCertificate`), so the certified key is the
+/// sender's; the username is empty if the certificate does not verify (as in the
+/// roster). A credential that does not decode falls back to the tree, in the current
+/// epoch only.
+fn sender_of(
+    mls: &MlsGroup,
+    processed: &ProcessedMessage,
+    roster: &[MemberInfo],
+    cache: &mut IdentityCache,
+) -> Option<(PublicKey, String)> {
+    let Sender::Member(index) = processed.sender() else { return None };
+    let credential = processed.credential();
+    let identity = BasicCredential::try_from(credential.clone())
+        .ok()
+        .and_then(|b| codec::decode::<MemberIdentity>(b.identity()).ok());
+    let Some(identity) = identity else {
+        if processed.epoch() != mls.epoch() {
+            return None;
+        }
+        let key = member_key_of(mls, *index)?;
+        return Some((key, username_in(roster, &key)));
+    };
+    let key = identity.cert.signing_key;
+    if cache.len() > IDENTITY_CACHE_MAX {
+        cache.clear();
+    }
+    let digest = *blake3::hash(credential.serialized_content()).as_bytes();
+    let username = cache
+        .entry((key, digest))
+        .or_insert_with(|| MemberIdentity::verify(credential, &key).ok().map(|i| i.username))
+        .clone();
+    Some((key, username.unwrap_or_default()))
 }
 
 fn username_in(roster: &[MemberInfo], key: &PublicKey) -> String {
@@ -644,15 +700,17 @@ impl GroupCore {
             }
             // Unconfirmed uploads start over.
             let uploads = std::mem::take(&mut rec.uploads);
+            // In-flight messages go first, in the order they were sent (upload ids are
+            // random); a stable sort keeps states saved before `order` existed as they were.
             let mut requeue = Vec::new();
             for (upload_id, up) in uploads {
                 if let UploadKind::App { msg_id, plaintext } = up.kind {
-                    requeue.push(OutMsg { msg_id, plaintext, upload_id: Some(upload_id) });
+                    requeue.push(OutMsg { msg_id, plaintext, upload_id: Some(upload_id), order: up.order });
                 }
             }
-            for m in requeue.into_iter().rev() {
-                rec.outbox.push_front(m);
-            }
+            requeue.extend(rec.outbox.drain(..));
+            requeue.sort_by_key(|m| m.order);
+            rec.outbox = requeue.into();
             for i in &mut rec.intents {
                 i.proposed_epoch = None;
             }
@@ -1057,7 +1115,9 @@ impl GroupCore {
         message: SyncMessage,
     ) -> Result<(), GroupError> {
         let g = self.groups.get_mut(group).ok_or(GroupError::UnknownGroup)?;
-        g.rec.outbox.push_back(OutMsg { msg_id: message.msg_id, plaintext: message.encode(), upload_id: None });
+        g.rec.sent += 1;
+        let order = g.rec.sent;
+        g.rec.outbox.push_back(OutMsg { msg_id: message.msg_id, plaintext: message.encode(), upload_id: None, order });
         self.pump(now, group);
         Ok(())
     }
@@ -1084,7 +1144,9 @@ impl GroupCore {
             bloom: BloomFilter::from_ids(g.rec.window.iter()).into_bytes(),
             body,
         };
-        g.rec.outbox.push_back(OutMsg { msg_id, plaintext: message.encode(), upload_id: None });
+        g.rec.sent += 1;
+        let order = g.rec.sent;
+        g.rec.outbox.push_back(OutMsg { msg_id, plaintext: message.encode(), upload_id: None, order });
         self.stats.app_messages += 1;
         self.pump(now, group);
         Ok(msg_id)
@@ -1399,8 +1461,15 @@ impl GroupCore {
             invite: up.invite.clone(),
         };
         let Some(g) = self.groups.get_mut(group) else { return };
+        let too_large = upload_too_large(&up, &body);
         g.rec.uploads.insert(upload_id, up);
         self.pending.retain(|_, p| !matches!(p.step, Step::Upload(u) if u == upload_id));
+        if let Some(detail) = too_large {
+            // The steward would refuse it (or the frame would not even encode): refused
+            // here, as it would be there, and never sent.
+            self.on_upload_error(now, group, upload_id, ErrorCode::PayloadTooLarge, detail);
+            return;
+        }
         self.request(now, *group, Step::Upload(upload_id), body);
     }
 
@@ -1454,7 +1523,15 @@ impl GroupCore {
             Ok((mls, commit, new_info)) => {
                 let g = self.groups.get_mut(group).expect("present");
                 g.mls = Some(mls);
-                let up = Upload { kind: UploadKind::Join, mls: commit, group_info: new_info, invite, acked_seq: None };
+                let up = Upload {
+                    kind: UploadKind::Join,
+                    mls: commit,
+                    group_info: new_info,
+                    invite,
+                    acked_seq: None,
+                    order: 0,
+                    intent: None,
+                };
                 self.upload(now, group, up);
             }
             Err(e) => {
@@ -1720,7 +1797,7 @@ impl GroupCore {
             UploadKind::App { msg_id, plaintext } => match code {
                 ErrorCode::WrongEpoch | ErrorCode::NotSubscribed => {
                     // Encrypt again once we have caught up (or subscribed).
-                    g.rec.outbox.push_front(OutMsg { msg_id, plaintext, upload_id: Some(upload_id) });
+                    g.rec.outbox.push_front(OutMsg { msg_id, plaintext, upload_id: Some(upload_id), order: up.order });
                     self.stats.app_reencryptions += 1;
                     if code == ErrorCode::NotSubscribed {
                         g.subscribed = false;
@@ -1738,10 +1815,10 @@ impl GroupCore {
                 _ => self.error_event(*group, code, format!("message {msg_id:02x?} refused: {detail}")),
             },
             UploadKind::Proposal => {
-                for i in &mut g.rec.intents {
-                    if i.proposed_epoch.is_some() {
-                        i.proposed_epoch = None;
-                    }
+                // Only the intent this proposal was for is affected.
+                let idx = up.intent.as_ref().and_then(|want| g.rec.intents.iter().position(|i| i.intent == *want));
+                if let Some(i) = idx {
+                    g.rec.intents[i].proposed_epoch = None;
                 }
                 match code {
                     ErrorCode::WrongEpoch => {
@@ -1753,8 +1830,10 @@ impl GroupCore {
                         self.subscribe(now, *group);
                     }
                     _ => {
-                        // Refused for good: forget what we wanted.
-                        g.rec.intents.clear();
+                        // Refused for good: forget that intent (the others stay).
+                        if let Some(i) = idx {
+                            g.rec.intents.remove(i);
+                        }
                         self.error_event(*group, code, format!("proposal refused: {detail}"));
                     }
                 }
@@ -1852,7 +1931,12 @@ impl GroupCore {
                     // epoch (members who read the first copy drop the second by its id).
                     let g = self.groups.get_mut(group).expect("present");
                     if g.mls.as_ref().is_some_and(|m| m.epoch().as_u64() > entry.epoch) {
-                        g.rec.outbox.push_front(OutMsg { msg_id, plaintext: plaintext.clone(), upload_id: None });
+                        g.rec.outbox.push_front(OutMsg {
+                            msg_id,
+                            plaintext: plaintext.clone(),
+                            upload_id: None,
+                            order: up.order,
+                        });
                         self.stats.app_reencryptions += 1;
                     }
                     self.own_app_applied(group, up, entry.seq);
@@ -1906,11 +1990,14 @@ impl GroupCore {
             }
         };
         let sender = processed.sender().clone();
+        let app = matches!(processed.content(), ProcessedMessageContent::ApplicationMessage(_));
+        let from = if app { sender_of(mls, &processed, &g.roster, &mut self.identities) } else { None };
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
-                let Sender::Member(index) = sender else { return };
-                let Some(key) = member_key_of(mls, index) else { return };
-                let username = username_in(&g.roster, &key);
+                if !matches!(sender, Sender::Member(_)) {
+                    return;
+                }
+                let Some((key, username)) = from else { return };
                 self.on_app(now, group, entry.seq, key, username, &app.into_bytes());
             }
             ProcessedMessageContent::ProposalMessage(p) => {
@@ -2047,7 +2134,6 @@ impl GroupCore {
         own: bool,
     ) -> bool {
         let seen_max = self.config.seen_max;
-        let me = self.member_key();
         let g = self.groups.get_mut(group).expect("present");
         if g.rec.seen.contains_key(&m.msg_id) {
             return false;
@@ -2096,7 +2182,9 @@ impl GroupCore {
                 });
             }
             SyncBody::SetMeta { name, description, version } => {
-                let admin = g.mls.as_ref().is_some_and(|mls| policy_of(mls).is_admin(&sender)) || (own && sender == me);
+                // The same rule for everyone, our own messages included (F4): an admin when the
+                // message is applied, else ignored by every member.
+                let admin = g.mls.as_ref().is_some_and(|mls| policy_of(mls).is_admin(&sender));
                 if !admin {
                     self.stats.meta_not_admin += 1;
                 } else if version >= g.rec.meta.version {
@@ -2133,10 +2221,13 @@ impl GroupCore {
         let Some(message) = message else { return };
         let Ok(processed) = mls.process_message(&self.provider, message) else { return };
         let sender = processed.sender().clone();
+        let app = matches!(processed.content(), ProcessedMessageContent::ApplicationMessage(_));
+        let from = if app { sender_of(mls, &processed, &g.roster, &mut self.identities) } else { None };
         if let ProcessedMessageContent::ApplicationMessage(app) = processed.into_content() {
-            let Sender::Member(index) = sender else { return };
-            let Some(key) = member_key_of(mls, index) else { return };
-            let username = username_in(&g.roster, &key);
+            if !matches!(sender, Sender::Member(_)) {
+                return;
+            }
+            let Some((key, username)) = from else { return };
             self.on_app(now, group, entry.seq, key, username, &app.into_bytes());
         }
     }
@@ -2152,9 +2243,10 @@ impl GroupCore {
         }
         let Some(mls) = g.mls.as_mut() else { return };
         let epoch = mls.epoch().as_u64();
-        // Proposals (one at a time).
+        // Proposals (one at a time; not while catching up: the epoch is probably stale and
+        // the proposal would be refused, or made again, once we are current).
         let proposing = g.rec.uploads.values().any(|u| matches!(u.kind, UploadKind::Proposal | UploadKind::Commit));
-        if !proposing && mls.pending_commit().is_none() {
+        if !proposing && !g.catching_up && mls.pending_commit().is_none() {
             let next = g.rec.intents.iter().position(|i| i.proposed_epoch != Some(epoch));
             if let Some(idx) = next {
                 let intent = g.rec.intents[idx].intent.clone();
@@ -2197,6 +2289,8 @@ impl GroupCore {
                                     group_info: Vec::new(),
                                     invite: None,
                                     acked_seq: None,
+                                    order: 0,
+                                    intent: Some(intent),
                                 };
                                 self.upload(now, group, up);
                             }
@@ -2241,6 +2335,8 @@ impl GroupCore {
                         group_info: Vec::new(),
                         invite: None,
                         acked_seq: None,
+                        order: m.order,
+                        intent: None,
                     };
                     match m.upload_id {
                         Some(id) => self.upload_with_id(now, group, id, up),
@@ -2320,8 +2416,15 @@ impl GroupCore {
                 });
                 match bytes {
                     Ok((c, i)) => {
-                        let up =
-                            Upload { kind: UploadKind::Commit, mls: c, group_info: i, invite: None, acked_seq: None };
+                        let up = Upload {
+                            kind: UploadKind::Commit,
+                            mls: c,
+                            group_info: i,
+                            invite: None,
+                            acked_seq: None,
+                            order: 0,
+                            intent: None,
+                        };
                         self.upload(now, group, up);
                     }
                     Err(e) => {
@@ -2367,6 +2470,7 @@ impl Group {
                 uploads: BTreeMap::new(),
                 intents: Vec::new(),
                 acks: VecDeque::new(),
+                sent: 0,
             },
             mls: None,
             buffered: BTreeMap::new(),
@@ -2391,6 +2495,23 @@ fn pending_refs(mls: &MlsGroup) -> Vec<ProposalRef> {
 fn purge_proposals(provider: &NymstrProvider, mls: &MlsGroup, refs: Vec<ProposalRef>) {
     for r in refs {
         let _ = provider.storage().remove_proposal(mls.group_id(), &r);
+    }
+}
+
+/// Why an upload cannot go to the steward: its MLS message or GroupInfo exceeds
+/// `GROUP_MLS_BYTES_MAX`, or its frame would exceed `FRAME_BYTES_MAX`.
+fn upload_too_large(up: &Upload, body: &Body) -> Option<String> {
+    for (what, len) in [("mls message", up.mls.len()), ("group info", up.group_info.len())] {
+        if len > GROUP_MLS_BYTES_MAX {
+            return Some(format!("{what} of {len} bytes exceeds {GROUP_MLS_BYTES_MAX}"));
+        }
+    }
+    // The largest request id: the frame as it would be sent, at worst.
+    let envelope = Envelope { request_id: u64::MAX, body: body.clone() };
+    match codec::encode_frame(&envelope) {
+        Ok(frame) if frame.len() <= FRAME_BYTES_MAX => None,
+        Ok(frame) => Some(format!("frame of {} bytes exceeds {FRAME_BYTES_MAX}", frame.len())),
+        Err(e) => Some(format!("frame does not encode: {e}")),
     }
 }
 

@@ -5,7 +5,7 @@
 //! holding that tag. A filter on both directions lets a test lose, withhold or tamper
 //! with frames.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use nymstr_client::Identity;
@@ -881,4 +881,182 @@ fn history_pruned_while_away_is_reported_as_a_gap_and_its_messages_lost() {
         assert!(lost.contains(id), "{ev:?}");
     }
     assert!(net.core(c).is_idle(), "{}", net.core(c).debug_summary());
+}
+
+#[test]
+fn a_rename_applied_after_its_sender_lost_admin_is_ignored_by_everyone_the_sender_too() {
+    let (mut net, g) = three(true);
+    let (alice, bob, carol) = (0, 1, 2);
+    let bob_key = net.key(bob);
+    let now = net.now;
+    net.core(alice).promote(now, &g, &bob_key).unwrap();
+    net.advance(3 * GroupConfig::default().commit_timeout_us);
+    assert!(net.core(bob).is_admin(&g));
+    // Bob renames while an admin, but his upload is held back until alice has demoted him:
+    // the log carries his SetMeta after the commit, when he is no longer an admin.
+    let hold = Rc::new(Cell::new(true));
+    let h = hold.clone();
+    let bob_tag = net.members[bob].tag;
+    net.set_filter(move |dir, tag, env| {
+        if h.get() && dir == Dir::ToNode && tag == bob_tag && matches!(env.body, Body::GroupUpload { .. }) {
+            return vec![];
+        }
+        vec![env]
+    });
+    let now = net.now;
+    net.core(bob).rename(now, &g, "bob's now").unwrap();
+    net.core(alice).demote(now, &g, &bob_key).unwrap();
+    net.advance(3 * GroupConfig::default().commit_timeout_us);
+    assert!(!net.core(carol).members(&g).iter().any(|m| m.key == bob_key && m.admin));
+    assert!(!net.core(bob).is_admin(&g));
+    hold.set(false);
+    // Past bob's next retry (his backoff grew while his upload was lost).
+    net.advance(60 * GroupConfig::default().retry_after_us);
+    for i in [alice, bob, carol] {
+        assert_eq!(net.core(i).name(&g), Some("friends"), "member {i}");
+        assert!(net.core(i).is_idle(), "member {i}");
+    }
+    assert!(net.core(carol).stats().meta_not_admin >= 1);
+    assert!(!net.events(bob).iter().any(|e| matches!(e, GroupEvent::MetaChanged { .. })));
+}
+
+#[test]
+fn messages_in_flight_across_a_restore_are_sent_again_in_their_order() {
+    let (mut net, g) = three(true);
+    let bob = 1;
+    let bob_tag = net.members[bob].tag;
+    // None of bob's uploads reaches the steward; he restarts with all of them in flight.
+    net.set_filter(move |dir, tag, env| {
+        if dir == Dir::ToNode && tag == bob_tag && matches!(env.body, Body::GroupUpload { .. }) {
+            return vec![];
+        }
+        vec![env]
+    });
+    let max = GroupConfig::default().uploads_in_flight_max;
+    let sent: Vec<MsgId> = (0..max + 2).map(|i| net.send(bob, &g, &format!("message {i}"))).collect();
+    let saved = net.core(bob).export_state();
+    net.clear_filter();
+    let restored = GroupCore::restore(keys("bob", 102), seed(24), config(), saved).unwrap();
+    net.members[bob] = Member { tag: SenderTag([24; 16]), core: restored, events: Vec::new() };
+    net.advance(GroupConfig::default().gap_wait_us + 1);
+    for i in 0..3 {
+        let ev = net.events(i);
+        let got: Vec<MsgId> = seqs(&ev).into_iter().map(|(_, id)| id).collect();
+        assert_eq!(got, sent, "member {i}: {ev:?}");
+    }
+}
+
+#[test]
+fn a_refused_proposal_drops_its_intent_only() {
+    let (mut net, g) = three(true);
+    let (alice, bob, carol) = (0, 1, 2);
+    let (bob_key, carol_key) = (net.key(bob), net.key(carol));
+    // Alice's first proposal is mangled on its way: the steward refuses it for good.
+    let alice_tag = net.members[alice].tag;
+    let mut mangled = false;
+    net.set_filter(move |dir, tag, mut env| {
+        if dir == Dir::ToNode
+            && tag == alice_tag
+            && !mangled
+            && let Body::GroupUpload { mls, .. } = &mut env.body
+        {
+            // Not an MLS message at all.
+            *mls = vec![0xFF; 8];
+            mangled = true;
+        }
+        vec![env]
+    });
+    let now = net.now;
+    net.core(alice).promote(now, &g, &bob_key).unwrap();
+    net.core(alice).promote(now, &g, &carol_key).unwrap();
+    net.advance(3 * GroupConfig::default().commit_timeout_us);
+    let ev = net.events(alice);
+    assert!(ev.iter().any(|e| matches!(e, GroupEvent::Error { .. })), "{ev:?}");
+    // Bob's promotion was refused; carol's, asked for after it, still happens.
+    let admins: Vec<PublicKey> = net.core(bob).members(&g).iter().filter(|m| m.admin).map(|m| m.key).collect();
+    assert!(admins.contains(&carol_key) && !admins.contains(&bob_key), "{admins:?}");
+    assert!(net.core(alice).is_idle());
+}
+
+#[test]
+fn an_upload_too_large_for_the_steward_is_refused_locally_and_never_sent() {
+    let (mut net, g) = three(true);
+    let (alice, bob) = (0, 1);
+    let largest = Rc::new(Cell::new(0usize));
+    let l = largest.clone();
+    net.set_filter(move |dir, _, env| {
+        if dir == Dir::ToNode
+            && let Body::GroupUpload { mls, .. } = &env.body
+        {
+            l.set(l.get().max(mls.len()));
+        }
+        vec![env]
+    });
+    let bob_key = net.key(bob);
+    for len in [nymstr_node::limits::GROUP_MLS_BYTES_MAX, nymstr_node::limits::FRAME_BYTES_MAX] {
+        let huge = SyncMessage {
+            version: SYNC_VERSION,
+            lamport: 1,
+            sender: bob_key,
+            msg_id: [len as u8; 16],
+            history: Vec::new(),
+            bloom: BloomFilter::new().into_bytes(),
+            body: SyncBody::Text { text: "x".repeat(len) },
+        };
+        let now = net.now;
+        net.core(bob).send_sync_unchecked(now, &g, huge).unwrap();
+        net.pump();
+        let ev = net.events(bob);
+        assert!(ev.iter().any(|e| matches!(e, GroupEvent::Error { code: ErrorCode::PayloadTooLarge, .. })), "{ev:?}");
+    }
+    assert!(largest.get() <= nymstr_node::limits::GROUP_MLS_BYTES_MAX, "{} bytes sent", largest.get());
+    assert!(texts(&net.events(alice)).is_empty());
+    // What follows still goes.
+    net.send(bob, &g, "a short one");
+    assert_eq!(texts(&net.events(alice)), vec![("bob".into(), "a short one".into())]);
+    assert!(net.core(bob).is_idle());
+}
+
+#[test]
+fn a_repaired_message_of_a_past_epoch_names_its_sender_though_the_leaf_is_reused() {
+    let (mut net, g) = three(true);
+    let (alice, bob, carol) = (0, 1, 2);
+    let bob_tag = net.members[bob].tag;
+    // Carol's message reaches bob mangled (it fails and waits for a repair).
+    let mut tampered = false;
+    net.set_filter(move |dir, tag, mut env| {
+        if dir == Dir::ToMember
+            && tag == bob_tag
+            && !tampered
+            && let Body::GroupPush { entry, .. } = &mut env.body
+        {
+            let n = entry.mls.len();
+            entry.mls[n - 5] ^= 0x40;
+            tampered = true;
+        }
+        vec![env]
+    });
+    let m1 = net.send(carol, &g, "before I go");
+    assert!(texts(&net.events(bob)).is_empty());
+    net.clear_filter();
+    // Carol is removed and dave joins in her leaf; only then does bob learn (from alice's
+    // causal history) that he misses carol's message, and repairs it from the log.
+    let carol_key = net.key(carol);
+    let now = net.now;
+    net.core(alice).remove(now, &g, &carol_key).unwrap();
+    net.advance(3 * GroupConfig::default().commit_timeout_us);
+    assert_eq!(net.core(bob).members(&g).len(), 2);
+    let dave = net.add(4, "dave");
+    net.join(dave, g, None);
+    net.advance(3 * GroupConfig::default().commit_timeout_us);
+    net.send(alice, &g, "after");
+    net.advance(GroupConfig::default().gap_wait_us + 1);
+    let ev = net.events(bob);
+    assert!(
+        ev.iter().any(|e| matches!(e, GroupEvent::Message { msg_id, sender_key, sender_username, .. }
+            if *msg_id == m1 && *sender_key == carol_key && sender_username == "carol")),
+        "{ev:?}"
+    );
+    assert!(ev.iter().any(|e| matches!(e, GroupEvent::Repaired { msg_id, .. } if *msg_id == m1)), "{ev:?}");
+    assert_eq!(net.core(bob).stats().wrong_sender, 0);
 }
