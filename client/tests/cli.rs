@@ -8,13 +8,10 @@
 // The test is a host, not a core: threads read child processes' output.
 #![allow(clippy::disallowed_methods)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 
-use std::process::{Child, ChildStdin, Stdio};
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::time::Instant;
 
 use nymstr_node::codec;
 use nymstr_node::framing::Decoder;
@@ -23,88 +20,6 @@ use serde_json::Value;
 
 mod cli_common;
 use cli_common::*;
-
-impl User {
-    fn listen(&self, extra: &[&str]) -> Listener {
-        let mut args = vec!["--json", "listen"];
-        args.extend_from_slice(extra);
-        let mut child =
-            self.cmd(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let v: Value =
-                    serde_json::from_str(&line).unwrap_or_else(|_| panic!("listen printed non-JSON: {line}"));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        let stdin = child.stdin.take();
-        let mut l = Listener { child, stdin, events: rx, seen: Vec::new(), name: self.name };
-        l.expect("ready", |_| true);
-        l
-    }
-}
-
-/// A running `nymstr --json listen`.
-struct Listener {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    events: Receiver<Value>,
-    seen: Vec<Value>,
-    name: &'static str,
-}
-
-impl Listener {
-    /// Waits for an event of `kind` matching `pred` (events already seen count too).
-    fn expect(&mut self, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        if let Some(v) = self.seen.iter().find(|v| v["type"] == kind && pred(v)) {
-            return v.clone();
-        }
-        let until = Instant::now() + WAIT;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(v) => {
-                    self.seen.push(v.clone());
-                    if v["type"] == kind && pred(&v) {
-                        return v;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("{}'s listen printed no {kind} event in time; it printed {:#?}", self.name, self.seen)
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let mut err = String::new();
-                    if let Some(mut e) = self.child.stderr.take() {
-                        let _ = e.read_to_string(&mut err);
-                    }
-                    panic!("{}'s listen exited; it printed {:#?}\nstderr: {err}", self.name, self.seen)
-                }
-            }
-        }
-    }
-
-    fn type_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin is open");
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// Stops it as a crash would: no goodbye to anyone.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn messages(values: &[Value]) -> Vec<(String, String)> {
     values

@@ -855,37 +855,35 @@ impl World {
         (0..self.groups.groups.len() as u32).filter(|i| self.groups.groups[*i as usize].created).collect()
     }
 
-    fn on_group_join_tick(&mut self) {
+    /// A Poisson tick of the group workload: schedules the next one and picks a created
+    /// group (`None` once traffic stopped or before any group exists).
+    fn group_tick(&mut self, rate_per_min: f64, next: Ev) -> Option<(u32, GroupId)> {
         if self.traffic_stopped {
-            return;
+            return None;
         }
-        let rate = self.sc.workload.groups.joins_per_min;
-        let at = self.now + rng::exp(&mut self.group_rng, 60_000_000.0 / rate) as Us;
-        self.schedule(at, Ev::GroupJoinTick);
+        let at = self.now + rng::exp(&mut self.group_rng, 60_000_000.0 / rate_per_min) as Us;
+        self.schedule(at, next);
         let created = self.created_groups();
         if created.is_empty() {
-            return;
+            return None;
         }
         let group = created[rng::below(&mut self.group_rng, created.len() as u64) as usize];
-        let id = self.groups.groups[group as usize].id;
+        Some((group, self.groups.groups[group as usize].id))
+    }
+
+    fn on_group_join_tick(&mut self) {
+        let Some((group, id)) = self.group_tick(self.sc.workload.groups.joins_per_min, Ev::GroupJoinTick) else {
+            return;
+        };
         if let Some(client) = self.pick_client(|w, c| w.group_ready(c) && !w.is_group_member(c, &id)) {
             self.on_group_join(client, group);
         }
     }
 
     fn on_group_leave_tick(&mut self) {
-        if self.traffic_stopped {
+        let Some((_, id)) = self.group_tick(self.sc.workload.groups.leaves_per_min, Ev::GroupLeaveTick) else {
             return;
-        }
-        let rate = self.sc.workload.groups.leaves_per_min;
-        let at = self.now + rng::exp(&mut self.group_rng, 60_000_000.0 / rate) as Us;
-        self.schedule(at, Ev::GroupLeaveTick);
-        let created = self.created_groups();
-        if created.is_empty() {
-            return;
-        }
-        let group = created[rng::below(&mut self.group_rng, created.len() as u64) as usize];
-        let id = self.groups.groups[group as usize].id;
+        };
         let members: Vec<u32> =
             (0..self.clients.len() as u32).filter(|c| self.group_ready(*c) && self.is_group_member(*c, &id)).collect();
         if members.len() <= 2 {
