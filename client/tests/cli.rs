@@ -11,8 +11,6 @@
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 
-
-
 use nymstr_node::codec;
 use nymstr_node::framing::Decoder;
 use nymstr_node::wire::Body;

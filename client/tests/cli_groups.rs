@@ -9,8 +9,6 @@
 
 use std::net::TcpListener;
 
-
-
 use nymstr_client::seal::GroupInvite;
 use nymstr_node::codec;
 use serde_json::Value;
