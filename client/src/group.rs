@@ -1416,6 +1416,15 @@ impl GroupCore {
         self.emit(node, group, rid, body);
     }
 
+    /// Queues a request to go out at the first retry (`retry_after_us` from now), without
+    /// sending it now: the answer to a `Busy` or `Internal`.
+    fn defer(&mut self, now: TimeUs, group: GroupId, step: Step, body: Body) {
+        let backoff_us = self.config.retry_after_us;
+        let rid = self.next_rid;
+        self.next_rid += 1;
+        self.pending.insert(rid, Pending { group, step, body, retry_at_us: now + backoff_us, backoff_us });
+    }
+
     fn subscribe_body(&self, group: &GroupId) -> Body {
         let from_seq = self.groups.get(group).map_or(1, |g| g.rec.next_seq);
         Body::GroupSubscribe { group_id: *group, member_key: self.member_key(), from_seq }
@@ -1706,8 +1715,7 @@ impl GroupCore {
                         self.groups.get(group).map(|g| g.rec.phase.clone())
                     {
                         let body = Body::GroupCreate { group_id: *group, group_info, advert };
-                        let backoff = self.config.retry_after_us;
-                        self.request_with(now, *group, Step::Create, body, backoff);
+                        self.defer(now, *group, Step::Create, body);
                     }
                 } else if code == ErrorCode::GroupExists {
                     // Our own earlier attempt (ids are random): created.
@@ -1726,10 +1734,16 @@ impl GroupCore {
                 }
             }
             Step::Subscribe | Step::SubscribeProof { .. } => match code {
-                ErrorCode::UnknownChallenge | ErrorCode::ChallengeExpired | ErrorCode::Busy | ErrorCode::Internal => {
+                // A lost or expired challenge: start over at once.
+                ErrorCode::UnknownChallenge | ErrorCode::ChallengeExpired => {
                     let backoff = self.config.retry_after_us;
                     let body = self.subscribe_body(group);
                     self.request_with(now, *group, Step::Subscribe, body, backoff);
+                }
+                // The steward is full or failing: ask again after a pause, not at once.
+                ErrorCode::Busy | ErrorCode::Internal => {
+                    let body = self.subscribe_body(group);
+                    self.defer(now, *group, Step::Subscribe, body);
                 }
                 ErrorCode::NotMember => self.removed(group),
                 _ => self.error_event(*group, code, detail),

@@ -1060,3 +1060,30 @@ fn a_repaired_message_of_a_past_epoch_names_its_sender_though_the_leaf_is_reused
     assert!(ev.iter().any(|e| matches!(e, GroupEvent::Repaired { msg_id, .. } if *msg_id == m1)), "{ev:?}");
     assert_eq!(net.core(bob).stats().wrong_sender, 0);
 }
+
+/// A steward that answers `Busy` (full) is asked again after the retry pause, not at
+/// once: creation and subscription alike.
+#[test]
+fn a_busy_steward_is_asked_again_after_a_pause_not_at_once() {
+    let mut a = GroupCore::new(keys("alice", 41), seed(41), config());
+    let node = b"group-node".to_vec();
+    let g = a.create(T0, "g", "", false, false, node.clone()).unwrap();
+    let create = a.drain_transmits();
+    let rid = create
+        .iter()
+        .find(|t| matches!(t.envelope.body, Body::GroupCreate { .. }))
+        .expect("the create request")
+        .envelope
+        .request_id;
+    let busy = Body::Error { code: ErrorCode::Busy, detail: "groups_max reached".into() };
+    a.handle_envelope(T0 + 1, &node, Envelope { request_id: rid, body: busy });
+    assert!(a.drain_transmits().is_empty(), "a Busy steward is not asked again at once");
+    let at = a.poll_timeout().expect("a retry is due");
+    assert!(at >= T0 + 1 + config().retry_after_us, "retry at {at}");
+    a.handle_timeout(at);
+    let again = a.drain_transmits();
+    assert!(
+        again.iter().any(|t| matches!(t.envelope.body, Body::GroupCreate { group_id, .. } if group_id == g)),
+        "the create goes again after the pause"
+    );
+}
