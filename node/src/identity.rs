@@ -21,6 +21,7 @@ pub const LABEL_SEND_DM: &str = "nymstr/v1/send-dm";
 pub const LABEL_GROUP_SUBSCRIBE: &str = "nymstr/v1/group/subscribe";
 pub const LABEL_GROUP_INVITE: &str = "nymstr/v1/group/invite";
 pub const LABEL_GROUP_ADVERT: &str = "nymstr/v1/group/advert";
+pub const LABEL_PEER_CHALLENGE: &str = "nymstr/v1/peer-challenge";
 
 /// Names nobody may register: they would impersonate the service or its operators.
 pub const RESERVED_USERNAMES: &[&str] = &[
@@ -167,6 +168,16 @@ pub fn register_installation_bytes(nonce: &Nonce, username: &str, installation: 
 /// Bytes signed by the installation key to log in.
 pub fn login_bytes(nonce: &Nonce, installation: &InstallationId) -> Vec<u8> {
     signing_bytes(LABEL_LOGIN, &(nonce, installation))
+}
+
+/// What a node signs to answer a peer's challenge: the nonce, the challenger's node id
+/// and its own (so an answer cannot be relayed to a third node).
+pub fn peer_challenge_bytes(
+    nonce: &Nonce,
+    challenger: &crate::federation::NodeId,
+    responder: &crate::federation::NodeId,
+) -> Vec<u8> {
+    signing_bytes(LABEL_PEER_CHALLENGE, &(nonce, challenger, responder))
 }
 
 /// Bytes of a `SendDm` covered by its outer signature (everything but the signature).

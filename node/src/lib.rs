@@ -6,6 +6,7 @@
 
 pub mod actors;
 pub mod codec;
+pub mod federation;
 pub mod framing;
 pub mod identity;
 pub mod limits;

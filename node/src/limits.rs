@@ -26,3 +26,9 @@ pub const GROUP_NAME_BYTES_MAX: usize = 64;
 pub const GROUP_DESCRIPTION_BYTES_MAX: usize = 512;
 /// Members of one group (one steward's fan-out).
 pub const GROUP_MEMBERS_MAX: usize = 1_000;
+/// Items one `Gossip` message may carry.
+pub const GOSSIP_ITEMS_MAX: usize = 32;
+/// Descriptors one `Nodes` reply may carry.
+pub const DESCRIPTORS_MAX: usize = 128;
+/// Authenticated peers one node keeps.
+pub const PEERS_MAX: usize = 256;

@@ -42,10 +42,22 @@ pub enum Table {
     GroupChallenges,
     /// group id || invite token id -> token expiry (redeemed invites)
     GroupInvites,
+    /// epoch (u64 BE) -> SignedHead (this node's transparency log)
+    KtHeads,
+    /// folded username -> DirEntry (the directory as of the latest head)
+    KtEntries,
+    /// folded username -> DirEntry (staged for the next epoch)
+    KtPending,
+    /// epoch (u64 BE) || witness node id -> Cosignature
+    KtCosigs,
+    /// node id -> PeerRecord (known node descriptors and peering state)
+    FedPeers,
+    /// fixed keys -> federation state (witness view, fork certificates, per-witness sizes)
+    FedState,
 }
 
 impl Table {
-    pub const ALL: [Table; 16] = [
+    pub const ALL: [Table; 22] = [
         Table::Accounts,
         Table::Installations,
         Table::Challenges,
@@ -62,6 +74,12 @@ impl Table {
         Table::GroupSubs,
         Table::GroupChallenges,
         Table::GroupInvites,
+        Table::KtHeads,
+        Table::KtEntries,
+        Table::KtPending,
+        Table::KtCosigs,
+        Table::FedPeers,
+        Table::FedState,
     ];
 
     pub fn name(self) -> &'static str {
@@ -82,6 +100,12 @@ impl Table {
             Table::GroupSubs => "group_subs",
             Table::GroupChallenges => "group_challenges",
             Table::GroupInvites => "group_invites",
+            Table::KtHeads => "kt_heads",
+            Table::KtEntries => "kt_entries",
+            Table::KtPending => "kt_pending",
+            Table::KtCosigs => "kt_cosigs",
+            Table::FedPeers => "fed_peers",
+            Table::FedState => "fed_state",
         }
     }
 }

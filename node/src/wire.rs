@@ -6,7 +6,14 @@
 use serde::{Deserialize, Serialize};
 use serde_big_array::BigArray;
 
-use crate::limits::{ACK_IDS_MAX, DIRECTORY_ADVERTS_MAX, GROUP_FETCH_MAX, INSTALLATIONS_PER_ACCOUNT_MAX};
+use crate::federation::{
+    COSIGNATURES_MAX, Cosignature, ForkCertificate, Hash, LookupProof, NodeDescriptor, PROOF_HASHES_MAX, Promise,
+    SignedHead,
+};
+use crate::limits::{
+    ACK_IDS_MAX, DESCRIPTORS_MAX, DIRECTORY_ADVERTS_MAX, GOSSIP_ITEMS_MAX, GROUP_FETCH_MAX,
+    INSTALLATIONS_PER_ACCOUNT_MAX,
+};
 
 /// Wire protocol version carried as the first byte of every frame.
 pub const WIRE_VERSION: u8 = 1;
@@ -290,6 +297,90 @@ pub enum Body {
     GroupUnsubscribe {
         group_id: GroupId,
     },
+
+    // --- federation (`SPECv1.md` §6–§9) ---
+    /// Node to node: the first message on a peering. Carries the sender's descriptor and a
+    /// fresh challenge the receiver must sign (`identity::peer_challenge_bytes`).
+    PeerHello {
+        descriptor: NodeDescriptor,
+        nonce: Nonce,
+    },
+    /// Answer to `PeerHello`: the receiver's descriptor, its signature over the hello's
+    /// nonce, and its own challenge to the hello's sender.
+    PeerWelcome {
+        descriptor: NodeDescriptor,
+        answer: Sig,
+        nonce: Nonce,
+    },
+    /// Completes the mutual challenge: the hello sender's signature over the welcome's nonce.
+    PeerProof {
+        answer: Sig,
+    },
+    /// Gossip between authenticated peers: descriptors, signed heads with cosignatures,
+    /// fork certificates and public-group adverts. Each item is forwarded at most once per
+    /// node, to at most `gossip_fanout` peers.
+    Gossip {
+        #[serde(deserialize_with = "bounded::vec::<_, _, GOSSIP_ITEMS_MAX>")]
+        items: Vec<GossipItem>,
+    },
+    /// A node asks a peer to witness its new head: the consistency proof runs from the last
+    /// head of this node the witness cosigned (`from_log_size`, 0: none).
+    CosignRequest {
+        head: SignedHead,
+        from_log_size: u64,
+        #[serde(deserialize_with = "bounded::vec::<_, _, PROOF_HASHES_MAX>")]
+        consistency: Vec<Hash>,
+    },
+    /// The witness's cosignature of the head.
+    Cosigned {
+        cosignature: Cosignature,
+    },
+    /// Transparency lookup. From a client to its home node: `name` is `user` (this node) or
+    /// `user@nodeid` (resolved through the home node). From a node to a peer: `user` only.
+    /// `from_log_size` is the head-log size the asker last accepted from the serving node.
+    KtLookup {
+        name: String,
+        from_log_size: u64,
+    },
+    /// The serving node's descriptor and its signed proof: the entry or its absence in the
+    /// directory of its latest head, with cosignatures and a consistency proof.
+    KtLookupResult {
+        descriptor: NodeDescriptor,
+        proof: Box<LookupProof>,
+    },
+    /// A direct message for a user homed on the receiving node, forwarded by the sender's
+    /// home node. `from_username` is the sender's qualified name `user@nodeid`; `cert` is
+    /// the sender installation's certificate (the DM's outer signature verifies under it).
+    /// Answered with `SendAck` once durable.
+    ForwardDm {
+        from_username: String,
+        cert: InstallationCert,
+        dm: SendDm,
+    },
+    /// A node's signed promise to include a registration or change by a deadline epoch;
+    /// sent after `Registered`.
+    IncludePromise {
+        promise: Promise,
+    },
+    /// Anyone may ask a node for the node descriptors it knows (its own first).
+    NodesRequest,
+    Nodes {
+        #[serde(deserialize_with = "bounded::vec::<_, _, DESCRIPTORS_MAX>")]
+        descriptors: Vec<NodeDescriptor>,
+    },
+}
+
+/// One gossiped item.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GossipItem {
+    Descriptor(NodeDescriptor),
+    Head {
+        head: SignedHead,
+        #[serde(deserialize_with = "bounded::vec::<_, _, COSIGNATURES_MAX>")]
+        cosignatures: Vec<Cosignature>,
+    },
+    Fork(ForkCertificate),
+    Advert(GroupAdvert),
 }
 
 impl Body {
@@ -325,6 +416,18 @@ impl Body {
             Body::DirectoryRequest => "directory_request",
             Body::Directory { .. } => "directory",
             Body::GroupUnsubscribe { .. } => "group_unsubscribe",
+            Body::PeerHello { .. } => "peer_hello",
+            Body::PeerWelcome { .. } => "peer_welcome",
+            Body::PeerProof { .. } => "peer_proof",
+            Body::Gossip { .. } => "gossip",
+            Body::CosignRequest { .. } => "cosign_request",
+            Body::Cosigned { .. } => "cosigned",
+            Body::KtLookup { .. } => "kt_lookup",
+            Body::KtLookupResult { .. } => "kt_lookup_result",
+            Body::ForwardDm { .. } => "forward_dm",
+            Body::IncludePromise { .. } => "include_promise",
+            Body::NodesRequest => "nodes_request",
+            Body::Nodes { .. } => "nodes",
         }
     }
 }
@@ -387,12 +490,24 @@ pub enum ErrorCode {
     /// The tag has not subscribed to this group as a member (uploads of application
     /// messages come only from a subscribed member's tag).
     NotSubscribed = 51,
+    // --- federation ---
+    /// No descriptor is known for the node id named (or it is this node's own id where a
+    /// peer was expected).
+    UnknownNode = 60,
+    /// A node-to-node message from an address that has not completed the mutual challenge.
+    NotPeer = 61,
+    /// The node named is distrusted: a fork certificate against it is known.
+    Distrusted = 62,
+    /// A head or proof is not consistent with what the receiver saw before (witness check).
+    Inconsistent = 63,
+    /// The peer forwarding to did not answer in time; nothing was acknowledged.
+    Unreachable = 64,
     /// The node failed internally (storage); nothing was acknowledged.
     Internal = 99,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 37] = [
         ErrorCode::Malformed,
         ErrorCode::UnsupportedVersion,
         ErrorCode::FrameTooLarge,
@@ -424,6 +539,11 @@ impl ErrorCode {
         ErrorCode::InviteUsed,
         ErrorCode::InviteExpired,
         ErrorCode::NotSubscribed,
+        ErrorCode::UnknownNode,
+        ErrorCode::NotPeer,
+        ErrorCode::Distrusted,
+        ErrorCode::Inconsistent,
+        ErrorCode::Unreachable,
         ErrorCode::Internal,
     ];
 

@@ -7,6 +7,7 @@
 //! messages, offline queues, deliveries) and [`steward`] (MLS groups: logs, commits,
 //! subscriptions, pushes, directory).
 
+pub mod federation;
 pub mod registry;
 pub mod relay;
 pub mod steward;
@@ -75,6 +76,9 @@ pub struct NodeConfig {
     pub groups_max: usize,
     /// Proposals accepted per group and epoch; beyond this uploads get `Busy`.
     pub group_proposals_per_epoch_max: usize,
+    /// Federation: epochs, gossip, witnessing, forwarding (used when the node is started
+    /// with an identity, [`NodeCore::start_federated`]).
+    pub federation: federation::FederationConfig,
 }
 
 impl Default for NodeConfig {
@@ -92,6 +96,7 @@ impl Default for NodeConfig {
             group_history_max: 10_000,
             groups_max: 10_000,
             group_proposals_per_epoch_max: 256,
+            federation: federation::FederationConfig::default(),
         }
     }
 }
@@ -183,6 +188,7 @@ pub struct NodeCore<S: Store> {
     registry: registry::Registry,
     relay: relay::Relay,
     steward: steward::Steward,
+    federation: Option<federation::Federation>,
     out: Vec<Output>,
     next_sweep_us: TimeUs,
     pub stats: NodeStats,
@@ -198,7 +204,30 @@ pub enum StartError {
 impl<S: Store> NodeCore<S> {
     /// Starts (or restarts) a node over `store`, recovering in-memory indexes from it and
     /// re-sending every queued message to installations whose tag binding survived.
-    pub fn start(now: TimeUs, store: S, mut rng: ChaCha20Rng, config: NodeConfig) -> Result<Self, StartError> {
+    pub fn start(now: TimeUs, store: S, rng: ChaCha20Rng, config: NodeConfig) -> Result<Self, StartError> {
+        Self::start_inner(now, store, rng, config, None)
+    }
+
+    /// Starts a node that takes part in a federation under `identity`: it keeps a
+    /// transparency log, peers with other nodes, witnesses their heads and forwards
+    /// lookups and direct messages across nodes.
+    pub fn start_federated(
+        now: TimeUs,
+        store: S,
+        rng: ChaCha20Rng,
+        config: NodeConfig,
+        identity: federation::NodeIdentity,
+    ) -> Result<Self, StartError> {
+        Self::start_inner(now, store, rng, config, Some(identity))
+    }
+
+    fn start_inner(
+        now: TimeUs,
+        store: S,
+        mut rng: ChaCha20Rng,
+        config: NodeConfig,
+        identity: Option<federation::NodeIdentity>,
+    ) -> Result<Self, StartError> {
         let registry = registry::Registry::recover(&store)?;
         let relay = relay::Relay::recover(&store)?;
         let steward = steward::Steward::recover(&store, &mut rng)?;
@@ -209,12 +238,16 @@ impl<S: Store> NodeCore<S> {
             registry,
             relay,
             steward,
+            federation: None,
             out: Vec::new(),
             next_sweep_us: now,
             stats: NodeStats::default(),
         };
         let bound: Vec<_> = node.registry.bound_installations().collect();
         let mut ctx = Ctx { now, store: &mut node.store, rng: &mut node.rng, config: &node.config, out: &mut node.out };
+        if let Some(identity) = identity {
+            node.federation = Some(federation::Federation::start(&mut ctx, identity)?);
+        }
         for (installation, tag) in bound {
             node.relay.deliver_pending(&mut ctx, &installation, tag, &mut node.stats)?;
         }
@@ -238,22 +271,48 @@ impl<S: Store> NodeCore<S> {
                 return;
             }
         };
+        let rid = envelope.request_id;
+        let is_error = matches!(envelope.body, Body::Error { .. });
+        let tag = match (from, self.federation.as_mut()) {
+            (Peer::Tag(tag), _) => tag,
+            (Peer::Address(addr), Some(fed)) => {
+                // Errors from peers may answer something forwarded for a client.
+                let r = fed.on_peer_frame(
+                    &mut ctx,
+                    addr.clone(),
+                    rid,
+                    envelope.body,
+                    &mut self.relay,
+                    &self.registry,
+                    &mut self.stats,
+                );
+                if let Err((code, detail)) = r {
+                    self.stats.frames_rejected += 1;
+                    // An error is never answered, or two peers could bounce errors forever.
+                    if !is_error {
+                        ctx.send_error(Peer::Address(addr), rid, code, detail);
+                    }
+                }
+                return;
+            }
+            (Peer::Address(addr), None) => {
+                self.stats.frames_rejected += 1;
+                if !is_error {
+                    ctx.send_error(
+                        Peer::Address(addr),
+                        rid,
+                        ErrorCode::UnexpectedMessage,
+                        "this node does not federate",
+                    );
+                }
+                return;
+            }
+        };
         // An error is never answered, or two peers could bounce errors forever.
-        if let Body::Error { .. } = envelope.body {
+        if is_error {
             self.stats.frames_rejected += 1;
             return;
         }
-        let Peer::Tag(tag) = from.clone() else {
-            self.stats.frames_rejected += 1;
-            ctx.send_error(
-                from,
-                envelope.request_id,
-                ErrorCode::UnexpectedMessage,
-                "node-to-node messages come with federation",
-            );
-            return;
-        };
-        let rid = envelope.request_id;
         let result: Result<(), (ErrorCode, String)> = match envelope.body {
             Body::RegisterRequest { username, cert } => {
                 self.registry.on_register_request(&mut ctx, tag, rid, &username, cert).map_err(err)
@@ -264,7 +323,13 @@ impl<S: Store> NodeCore<S> {
                         self.stats.registrations += 1;
                         // The registration bound `tag`: what waits for the installation
                         // (a re-registration from a fresh tag) goes there, as on login.
-                        self.relay.on_bound(&mut ctx, &installation, tag, &mut self.stats).map_err(err)
+                        let r = self.relay.on_bound(&mut ctx, &installation, tag, &mut self.stats).map_err(err);
+                        match (r, self.federation.as_mut()) {
+                            (Ok(()), Some(fed)) => {
+                                promise_inclusion(&mut ctx, fed, &self.registry, tag, rid, &installation)
+                            }
+                            (r, _) => r,
+                        }
                     }
                     Err(e) => Err(err(e)),
                 }
@@ -285,6 +350,23 @@ impl<S: Store> NodeCore<S> {
                 self.stats.lookups += 1;
                 self.registry.on_lookup(&mut ctx, tag, rid, &username).map_err(err)
             }
+            Body::SendDm(dm) if dm.to.contains('@') => {
+                let r = send_qualified(
+                    &mut ctx,
+                    self.federation.as_mut(),
+                    &mut self.relay,
+                    &self.registry,
+                    tag,
+                    rid,
+                    dm,
+                    &mut self.stats,
+                );
+                match &r {
+                    Ok(()) => self.stats.dms_accepted += 1,
+                    Err(_) => self.stats.dms_rejected += 1,
+                }
+                r
+            }
             Body::SendDm(dm) => {
                 let r = self.relay.on_send(&mut ctx, &self.registry, tag, rid, dm, &mut self.stats);
                 match &r {
@@ -298,7 +380,11 @@ impl<S: Store> NodeCore<S> {
                 self.relay.on_ack(&mut ctx, &self.registry, tag, rid, &delivery_ids, &mut self.stats).map_err(err)
             }
             Body::GroupCreate { group_id, group_info, advert } => {
-                self.steward.on_create(&mut ctx, tag, rid, group_id, group_info, advert).map_err(err)
+                let r = self.steward.on_create(&mut ctx, tag, rid, group_id, group_info, advert.clone()).map_err(err);
+                if let (Ok(()), Some(fed), Some(advert)) = (&r, self.federation.as_mut(), advert) {
+                    fed.announce_advert(&mut ctx, advert);
+                }
+                r
             }
             Body::GroupSubscribe { group_id, member_key, from_seq } => {
                 self.steward.on_subscribe(&mut ctx, tag, rid, group_id, member_key, from_seq).map_err(err)
@@ -316,9 +402,38 @@ impl<S: Store> NodeCore<S> {
                 self.steward.on_group_info_request(&mut ctx, tag, rid, group_id).map_err(err)
             }
             Body::DirectoryRequest => {
-                self.steward.on_directory_request(&mut ctx, tag, rid);
+                let remote: Vec<_> =
+                    self.federation.as_ref().map(|f| f.remote_adverts().cloned().collect()).unwrap_or_default();
+                self.steward.on_directory_request(&mut ctx, tag, rid, &remote);
                 Ok(())
             }
+            Body::KtLookup { name, from_log_size } => match self.federation.as_mut() {
+                Some(fed) => {
+                    self.stats.lookups += 1;
+                    fed.on_client_lookup(&mut ctx, tag, rid, &name, from_log_size).map_err(err)
+                }
+                None => Err((ErrorCode::UnexpectedMessage, "this node does not federate".to_string())),
+            },
+            Body::NodesRequest => match self.federation.as_ref() {
+                Some(fed) => {
+                    fed.on_nodes_request(&mut ctx, Peer::Tag(tag), rid);
+                    Ok(())
+                }
+                None => Err((ErrorCode::UnexpectedMessage, "this node does not federate".to_string())),
+            },
+            // Clients report the heads (and fork certificates) they were shown.
+            Body::Gossip { items } => match self.federation.as_mut() {
+                Some(fed) => {
+                    let items = items
+                        .into_iter()
+                        .filter(|i| {
+                            matches!(i, crate::wire::GossipItem::Head { .. } | crate::wire::GossipItem::Fork(_))
+                        })
+                        .collect();
+                    fed.on_gossip(&mut ctx, None, items).map_err(|e| (ErrorCode::Internal, e.to_string()))
+                }
+                None => Err((ErrorCode::UnexpectedMessage, "this node does not federate".to_string())),
+            },
             Body::GroupUnsubscribe { group_id } => self.steward.on_unsubscribe(&mut ctx, tag, group_id).map_err(err),
             other => Err((ErrorCode::UnexpectedMessage, format!("{} is not a request", other.kind()))),
         };
@@ -331,13 +446,17 @@ impl<S: Store> NodeCore<S> {
     /// The next instant `handle_timeout` wants to run.
     pub fn poll_timeout(&self) -> Option<TimeUs> {
         let sweep = Some(self.next_sweep_us);
-        [sweep, self.relay.next_timeout()].into_iter().flatten().min()
+        let fed = self.federation.as_ref().map(|f| f.next_timeout());
+        [sweep, self.relay.next_timeout(), fed].into_iter().flatten().min()
     }
 
     pub fn handle_timeout(&mut self, now: TimeUs) {
         let mut ctx = Ctx { now, store: &mut self.store, rng: &mut self.rng, config: &self.config, out: &mut self.out };
         // Storage failures here are retried at the next timeout; nothing is acknowledged.
         let _ = self.relay.on_timeout(&mut ctx, &self.registry, &mut self.stats);
+        if let Some(fed) = self.federation.as_mut() {
+            let _ = fed.on_timeout(&mut ctx);
+        }
         if now >= self.next_sweep_us {
             let _ = self.registry.sweep(&mut ctx);
             let _ = self.relay.sweep(&mut ctx);
@@ -378,9 +497,57 @@ impl<S: Store> NodeCore<S> {
         &self.steward.stats
     }
 
+    /// The federation core, if the node was started with an identity.
+    pub fn federation(&self) -> Option<&federation::Federation> {
+        self.federation.as_ref()
+    }
+
     /// Messages currently queued across all installations.
     pub fn queued_total(&self) -> u64 {
         self.relay.queued_total()
+    }
+}
+
+/// After a registration: stage the account's directory entry and send the signed promise
+/// to include it (after the `Registered` answer, once durable).
+fn promise_inclusion<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    fed: &mut federation::Federation,
+    registry: &registry::Registry,
+    tag: SenderTag,
+    rid: u64,
+    installation: &crate::wire::InstallationId,
+) -> Result<(), (ErrorCode, String)> {
+    let store_err = |e: StoreError| (ErrorCode::Internal, e.to_string());
+    let Some((account, _)) = registry.installation(&*ctx.store, installation).map_err(store_err)? else {
+        return Ok(());
+    };
+    let promise = fed.on_account_changed(ctx, &account).map_err(store_err)?;
+    ctx.send_durable(Peer::Tag(tag), rid, Body::IncludePromise { promise });
+    Ok(())
+}
+
+/// A DM to `user@nodeid`: local if the id is this node's, else forwarded to that node.
+#[allow(clippy::too_many_arguments)]
+fn send_qualified<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    fed: Option<&mut federation::Federation>,
+    relay: &mut relay::Relay,
+    registry: &registry::Registry,
+    tag: SenderTag,
+    rid: u64,
+    dm: crate::wire::SendDm,
+    stats: &mut NodeStats,
+) -> Result<(), (ErrorCode, String)> {
+    let q = crate::federation::descriptor::QualifiedName::parse(&dm.to)
+        .map_err(|e| (ErrorCode::UnknownUser, e.to_string()))?;
+    let (sender, cert) = relay.authenticate(ctx, registry, tag, &dm).map_err(err)?;
+    match fed {
+        Some(fed) if q.node != fed.id() => fed.forward_dm(ctx, tag, rid, q.node, &sender, cert, dm).map_err(err),
+        Some(_) => {
+            relay.enqueue(ctx, registry, Peer::Tag(tag), rid, sender.username, &q.username, dm, stats).map_err(err)
+        }
+        None => Err((ErrorCode::UnknownNode, "this node does not federate".to_string())),
     }
 }
 

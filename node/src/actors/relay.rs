@@ -8,12 +8,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::registry::Registry;
+use super::registry::{Account, Registry};
 use super::{CodedError, Ctx, NodeStats, Peer, SenderTag, TimeUs, load};
 use crate::identity;
 use crate::limits::{ACK_IDS_MAX, DM_PAYLOAD_BYTES_MAX};
 use crate::store::{Store, StoreError, Table};
-use crate::wire::{Body, ErrorCode, InstallationId, MsgId, SendDm};
+use crate::wire::{Body, ErrorCode, InstallationCert, InstallationId, MsgId, SendDm};
 
 /// Meta key prefix of each installation's next delivery id. Ids count per installation, so
 /// a recipient learns nothing about the node's volume from them.
@@ -172,24 +172,56 @@ impl Relay {
         dm: SendDm,
         stats: &mut NodeStats,
     ) -> Result<(), RelayError> {
+        let (sender, _) = self.authenticate(ctx, registry, tag, &dm)?;
+        let to = dm.to.clone();
+        self.enqueue(ctx, registry, Peer::Tag(tag), rid, sender.username, &to, dm, stats)
+    }
+
+    /// Checks a client's `SendDm`: a registered sender installation, its outer signature,
+    /// and that it arrives on that installation's own logged-in tag.
+    pub fn authenticate<S: Store>(
+        &self,
+        ctx: &mut Ctx<'_, S>,
+        registry: &Registry,
+        tag: SenderTag,
+        dm: &SendDm,
+    ) -> Result<(Account, InstallationCert), RelayError> {
         let (sender, sender_cert) = registry.installation(&*ctx.store, &dm.from)?.ok_or(RelayError::UnknownSender)?;
-        identity::verify(&sender_cert.signing_key, &identity::send_dm_signing_bytes(&dm), &dm.sig)
+        identity::verify(&sender_cert.signing_key, &identity::send_dm_signing_bytes(dm), &dm.sig)
             .map_err(|_| RelayError::BadSignature)?;
         // Only the sender's own logged-in tag may submit: a captured SendDm replayed from
         // anywhere else is refused, whatever the age of the dedupe entry.
         if registry.installation_for_tag(&tag) != Some(dm.from) {
             return Err(RelayError::NotLoggedIn);
         }
+        Ok((sender, sender_cert))
+    }
+
+    /// Queues an authenticated DM for the local user `to` and acknowledges it to
+    /// `reply_to` (the sender's tag, or the forwarding peer) once durable. A retried
+    /// (sender, msg id) is acknowledged again without queueing twice.
+    #[allow(clippy::too_many_arguments)]
+    pub fn enqueue<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        registry: &Registry,
+        reply_to: Peer,
+        rid: u64,
+        from_username: String,
+        to: &str,
+        dm: SendDm,
+        stats: &mut NodeStats,
+    ) -> Result<(), RelayError> {
         let seen = seen_key(&dm.from, &dm.msg_id);
         let remembered: Option<SeenSend> = ctx.load(Table::SeenSends, &seen)?;
         // An entry past its expiry no longer dedupes, whether or not a sweep removed it yet.
         if remembered.is_some_and(|s| s.expires_at_us > ctx.now) {
             // A retried send, already queued: ack again once that write is durable, even
             // if the recipient's installations changed since.
-            ctx.send_durable(Peer::Tag(tag), rid, Body::SendAck { msg_id: dm.msg_id });
+            ctx.send_durable(reply_to, rid, Body::SendAck { msg_id: dm.msg_id });
             return Ok(());
         }
-        let to = identity::normalize_username(&dm.to).map_err(|_| RelayError::UnknownRecipient)?;
+        let to = identity::normalize_username(to).map_err(|_| RelayError::UnknownRecipient)?;
         let recipient = registry.account(&*ctx.store, &to)?.ok_or(RelayError::UnknownRecipient)?;
         if dm.payloads.is_empty() {
             return Err(RelayError::NoPayload);
@@ -220,7 +252,7 @@ impl Relay {
             *next += 1;
             ctx.save(Table::Meta, &next_id_key(&p.installation), &(id + 1))?;
             let queued = QueuedDm {
-                from_username: sender.username.clone(),
+                from_username: from_username.clone(),
                 from: dm.from,
                 msg_id: dm.msg_id,
                 sealed: p.sealed,
@@ -232,7 +264,7 @@ impl Relay {
         let expires_at_us = ctx.now + ctx.config.seen_send_ttl_us;
         ctx.save(Table::SeenSends, &seen, &SeenSend { expires_at_us })?;
         ctx.store.put(Table::SeenExpiry, &expiry_key(expires_at_us, &seen), &[])?;
-        ctx.send_durable(Peer::Tag(tag), rid, Body::SendAck { msg_id: dm.msg_id });
+        ctx.send_durable(reply_to, rid, Body::SendAck { msg_id: dm.msg_id });
         for installation in targets {
             if let Some(bound) = registry.tag_for_installation(&*ctx.store, &installation)? {
                 self.deliver_pending(ctx, &installation, bound, stats)?;

@@ -689,9 +689,21 @@ impl Steward {
         Ok(())
     }
 
-    pub fn on_directory_request<S: Store>(&mut self, ctx: &mut Ctx<'_, S>, tag: SenderTag, rid: u64) {
-        let adverts: Vec<GroupAdvert> =
-            self.groups.values().filter_map(|g| g.record.advert.clone()).take(DIRECTORY_ADVERTS_MAX).collect();
+    /// The public groups hosted here, then `remote` ones learnt from peers, up to the limit.
+    pub fn on_directory_request<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        tag: SenderTag,
+        rid: u64,
+        remote: &[GroupAdvert],
+    ) {
+        let adverts: Vec<GroupAdvert> = self
+            .groups
+            .values()
+            .filter_map(|g| g.record.advert.clone())
+            .chain(remote.iter().cloned())
+            .take(DIRECTORY_ADVERTS_MAX)
+            .collect();
         ctx.send_durable(Peer::Tag(tag), rid, Body::Directory { adverts });
     }
 
