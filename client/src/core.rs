@@ -20,7 +20,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use ed25519_dalek::SigningKey;
 use nymstr_node::codec;
+use nymstr_node::federation::descriptor::QualifiedName;
+use nymstr_node::federation::verify::{Outcome, TrustPolicy, Verifier};
+use nymstr_node::federation::{LookupProof, NodeDescriptor};
 use nymstr_node::identity::{self, UsernameError};
+use nymstr_node::wire::GossipItem;
 use nymstr_node::wire::{
     Body, Envelope, ErrorCode, InstallationCert, InstallationId, InstallationPayload, MsgId, Nonce, PublicKey, SendDm,
 };
@@ -117,6 +121,9 @@ pub struct ClientConfig {
     /// After a failed direct attempt the route rests this long, doubling up to the max.
     pub direct_backoff_us: TimeUs,
     pub direct_backoff_max_us: TimeUs,
+    /// How much evidence a remote node's signed head needs (`specs/trust.md` §5) before a
+    /// lookup of `user@node` is believed.
+    pub trust: TrustPolicy,
 }
 
 impl Default for ClientConfig {
@@ -131,6 +138,7 @@ impl Default for ClientConfig {
             direct_timeout_us: 10_000_000,
             direct_backoff_us: 30_000_000,
             direct_backoff_max_us: 3_600_000_000,
+            trust: TrustPolicy::Tofu,
         }
     }
 }
@@ -180,6 +188,16 @@ pub enum Event {
         username: String,
         pinned: PublicKey,
         offered: PublicKey,
+    },
+    /// A transparency lookup of `username` (`user@node`) did not verify, or showed a
+    /// change the user must see: `outcome` is the verifier's outcome name (`key_changed`,
+    /// `rollback`, `inconsistent`, `revoked`, `migrated`, `absent`, `forked`,
+    /// `not_enough_witnesses`, `not_allowed`, `unknown_node`). Sends to and deliveries from
+    /// the user fail.
+    Transparency {
+        username: String,
+        outcome: &'static str,
+        detail: String,
     },
     /// A request failed for good.
     Failed {
@@ -254,6 +272,8 @@ pub enum ClientError {
     NoDirectAddress,
     #[error("no address of {0} is known")]
     NoRoute(String),
+    #[error("bad name: {0}")]
+    BadName(String),
 }
 
 /// Why a persisted state cannot be restored.
@@ -349,6 +369,9 @@ pub struct ClientState {
     pub seen: SeenLog,
     pub outgoing: BTreeMap<MsgId, OutgoingDm>,
     pub direct: BTreeMap<String, DirectPeer>,
+    /// Node keys, accepted heads, pins and fork certificates of key transparency.
+    #[serde(default)]
+    pub transparency: Option<Verifier>,
 }
 
 #[derive(Clone, Debug)]
@@ -359,6 +382,7 @@ enum Step {
     LoginAwaitResult,
     Lookup(String),
     Send(MsgId),
+    Nodes,
 }
 
 #[derive(Clone, Debug)]
@@ -424,10 +448,28 @@ pub struct ClientCore {
     direct_attempts: BTreeMap<u64, DirectAttempt>,
     direct_transmits: Vec<DirectTransmit>,
     direct_replies: Vec<DirectReply>,
+    verifier: Verifier,
+}
+
+/// A contact name as used for routing: `user` on the home node, or `user@<node id hex>`
+/// (canonical: folded user, lower-case hex).
+pub fn contact_name(raw: &str) -> Result<String, ClientError> {
+    if raw.contains('@') {
+        QualifiedName::parse(raw).map(|q| q.to_string()).map_err(|e| ClientError::BadName(e.to_string()))
+    } else {
+        Ok(identity::normalize_username(raw)?)
+    }
+}
+
+/// The user part of a contact name: what the end-to-end seal binds (the node part is
+/// routing; the account key the seal checks was verified for the qualified name).
+fn local_part(name: &str) -> &str {
+    name.split_once('@').map_or(name, |(user, _)| user)
 }
 
 impl ClientCore {
     pub fn new(rng: ChaCha20Rng, config: ClientConfig) -> Self {
+        let verifier = Verifier::new(config.trust.clone());
         Self {
             rng,
             config,
@@ -457,6 +499,7 @@ impl ClientCore {
             direct_attempts: BTreeMap::new(),
             direct_transmits: Vec::new(),
             direct_replies: Vec::new(),
+            verifier,
         }
     }
 
@@ -484,6 +527,9 @@ impl ClientCore {
         }
         c.unacked = state.outgoing;
         c.direct = state.direct;
+        if let Some(v) = state.transparency {
+            c.verifier = v;
+        }
         Ok(c)
     }
 
@@ -502,6 +548,7 @@ impl ClientCore {
             seen: SeenLog { first_seq: self.seen_first_seq, ids: self.seen_order.iter().copied().collect() },
             outgoing,
             direct: self.direct.clone(),
+            transparency: Some(self.verifier.clone()),
         }
     }
 
@@ -700,7 +747,7 @@ impl ClientCore {
         if !self.registered {
             return Err(ClientError::NotRegistered);
         }
-        let to = identity::normalize_username(to)?;
+        let to = contact_name(to)?;
         let mut msg_id = [0u8; 16];
         self.rng.fill_bytes(&mut msg_id);
         let dm = OutgoingDm {
@@ -847,13 +894,15 @@ impl ClientCore {
                     self.request_with(now, Step::LoginAwaitChallenge, Body::LoginRequest { installation }, backoff_us);
                 }
                 Step::Lookup(name) => {
-                    self.request_with(now, Step::Lookup(name.clone()), Body::Lookup { username: name }, backoff_us)
+                    let body = self.lookup_body(&name);
+                    self.request_with(now, Step::Lookup(name), body, backoff_us)
                 }
                 Step::Send(msg_id) => {
                     if let Some(dm) = self.unacked.get(&msg_id).cloned() {
                         self.transmit_dm_with(now, dm, backoff_us);
                     }
                 }
+                Step::Nodes => self.request_with(now, Step::Nodes, Body::NodesRequest, backoff_us),
             }
         }
     }
@@ -881,9 +930,34 @@ impl ClientCore {
     }
 
     fn start_lookup(&mut self, now: TimeUs, username: String) {
-        if self.lookups.insert(username.clone()) {
-            self.request(now, Step::Lookup(username.clone()), Body::Lookup { username });
+        if !self.lookups.insert(username.clone()) {
+            return;
         }
+        let body = self.lookup_body(&username);
+        self.request(now, Step::Lookup(username), body);
+    }
+
+    /// `KtLookup` for `user@node` (with the log size we accepted from that node), plain
+    /// `Lookup` for a user of the home node.
+    fn lookup_body(&self, username: &str) -> Body {
+        match QualifiedName::parse(username) {
+            Ok(q) if username.contains('@') => {
+                Body::KtLookup { name: username.to_string(), from_log_size: self.verifier.known_log_size(&q.node) }
+            }
+            _ => Body::Lookup { username: username.to_string() },
+        }
+    }
+
+    /// Asks the home node for the node descriptors it knows and learns them as witnesses
+    /// (`specs/trust.md` §5: the witness set is what the client learnt at set-up, or what
+    /// its operator configured; nodes met later are not added by themselves).
+    pub fn fetch_nodes(&mut self, now: TimeUs) {
+        self.request(now, Step::Nodes, Body::NodesRequest);
+    }
+
+    /// The transparency verifier (pins, accepted heads, distrusted nodes).
+    pub fn transparency(&self) -> &Verifier {
+        &self.verifier
     }
 
     fn request(&mut self, now: TimeUs, step: Step, body: Body) {
@@ -946,7 +1020,8 @@ impl ClientCore {
         if let Some(routes) = routes {
             for (cert, addr) in targets.iter().zip(routes) {
                 let installation = identity::installation_id(&cert.signing_key);
-                let sealed = seal::seal(&mut self.rng, &sender, &dm.to, cert, &dm.msg_id, dm.sent_at_us, &content);
+                let sealed =
+                    seal::seal(&mut self.rng, &sender, local_part(&dm.to), cert, &dm.msg_id, dm.sent_at_us, &content);
                 let attempt = self.next_rid;
                 self.next_rid += 1;
                 let body = Body::Deliver {
@@ -979,7 +1054,15 @@ impl ClientCore {
             .iter()
             .map(|cert| InstallationPayload {
                 installation: identity::installation_id(&cert.signing_key),
-                sealed: seal::seal(&mut self.rng, &sender, &dm.to, cert, &dm.msg_id, dm.sent_at_us, &content),
+                sealed: seal::seal(
+                    &mut self.rng,
+                    &sender,
+                    local_part(&dm.to),
+                    cert,
+                    &dm.msg_id,
+                    dm.sent_at_us,
+                    &content,
+                ),
             })
             .collect();
         let signed = identity::send_dm_fields_bytes(&id.installation_id, &dm.to, &dm.msg_id, &payloads);
@@ -1044,7 +1127,7 @@ impl ClientCore {
             Body::Registered { username, .. } => self.on_registered(rid, username),
             Body::LoggedIn { queued, .. } => self.on_logged_in(now, rid, queued),
             Body::LookupResult { username, account_key, installations } => {
-                self.on_lookup_result(now, rid, username, account_key, installations)
+                self.on_lookup_result(now, rid, username, account_key, installations, "")
             }
             Body::SendAck { msg_id } => {
                 // Only a relayed copy is acknowledged by the node; it covers every
@@ -1058,6 +1141,15 @@ impl ClientCore {
                 self.on_deliver(now, InboundDm { source, from_username, from, msg_id, sealed })
             }
             Body::Error { code, detail } => self.on_error(now, rid, code, detail),
+            Body::KtLookupResult { descriptor, proof } => self.on_kt_result(now, rid, descriptor, *proof),
+            Body::Nodes { descriptors } => {
+                if self.pending.remove(&rid).is_some() {
+                    for d in &descriptors {
+                        let _ = self.verifier.learn_node(d);
+                    }
+                }
+            }
+            Body::Gossip { items } => self.on_evidence(rid, items),
             // Requests are never sent to clients; ignore them.
             _ => {}
         }
@@ -1116,6 +1208,72 @@ impl ClientCore {
         }
     }
 
+    /// A transparency lookup answer for `user@node`: verified by the client itself
+    /// (the home node that relayed it cannot forge the remote node's signature).
+    fn on_kt_result(&mut self, now: TimeUs, rid: u64, descriptor: NodeDescriptor, proof: LookupProof) {
+        let Some(Pending { step: Step::Lookup(asked), .. }) = self.pending.get(&rid).cloned() else { return };
+        let Ok(q) = QualifiedName::parse(&asked) else { return };
+        if descriptor.node_id != q.node {
+            self.pending.remove(&rid);
+            self.lookups.remove(&asked);
+            self.transparency_failed(&asked, "unknown_node", "the answer came from another node".into());
+            return;
+        }
+        if self.verifier.node_key(&q.node).is_none() {
+            let _ = self.verifier.learn_node(&descriptor);
+        }
+        // Report the head we were shown, so nodes can compare what each client saw.
+        self.transmits.push(Envelope {
+            request_id: 0,
+            body: Body::Gossip {
+                items: vec![GossipItem::Head { head: proof.head.clone(), cosignatures: proof.cosignatures.clone() }],
+            },
+        });
+        match self.verifier.check_lookup(&q.node, &q.username, &proof) {
+            Outcome::Verified(entry) => {
+                self.on_lookup_result(now, rid, asked.clone(), entry.account_key, entry.installations, &asked)
+            }
+            Outcome::KeyChanged { old, new, .. } => {
+                self.pending.remove(&rid);
+                self.lookups.remove(&asked);
+                self.events.push_back(Event::KeyChanged { username: asked.clone(), pinned: old, offered: new });
+                self.transparency_failed(&asked, "key_changed", "account key differs from the pinned one".into());
+            }
+            // Not enough cosignatures yet is transient: the node serves the next head soon.
+            Outcome::NotEnoughWitnesses { have, need } if have > 0 => {
+                let _ = (have, need);
+            }
+            other => {
+                self.pending.remove(&rid);
+                self.lookups.remove(&asked);
+                let detail = format!("{other:?}");
+                self.transparency_failed(&asked, other.name(), detail);
+            }
+        }
+    }
+
+    /// Evidence from the home node (a fork certificate against the node of a lookup).
+    fn on_evidence(&mut self, rid: u64, items: Vec<GossipItem>) {
+        for item in items {
+            if let GossipItem::Fork(cert) = item {
+                self.verifier.on_fork_certificate(&cert);
+            }
+        }
+        if let Some(Pending { step: Step::Lookup(asked), .. }) = self.pending.get(&rid).cloned()
+            && let Ok(q) = QualifiedName::parse(&asked)
+            && self.verifier.is_distrusted(&q.node)
+        {
+            self.pending.remove(&rid);
+            self.lookups.remove(&asked);
+            self.transparency_failed(&asked, "forked", "the node signed two heads for one epoch".into());
+        }
+    }
+
+    fn transparency_failed(&mut self, name: &str, outcome: &'static str, detail: String) {
+        self.events.push_back(Event::Transparency { username: name.to_string(), outcome, detail: detail.clone() });
+        self.fail_contact(name, ErrorCode::BadCertificate, &detail);
+    }
+
     fn on_lookup_result(
         &mut self,
         now: TimeUs,
@@ -1123,6 +1281,7 @@ impl ClientCore {
         username: String,
         account_key: PublicKey,
         installations: Vec<InstallationCert>,
+        _via: &str,
     ) {
         let Some(p) = self.pending.remove(&rid) else { return };
         let Step::Lookup(asked) = p.step else { return };
@@ -1192,7 +1351,7 @@ impl ClientCore {
         } else {
             // Unknown sender or a device we have not seen: look the sender up first.
             let name = dm.from_username.clone();
-            if identity::normalize_username(&name).as_deref() != Ok(name.as_str()) {
+            if contact_name(&name).as_deref() != Ok(name.as_str()) {
                 self.answer(dm.source, dm.msg_id, Err((ErrorCode::UsernameInvalid, "sender name is not normalized")));
                 return;
             }
@@ -1211,11 +1370,18 @@ impl ClientCore {
         let username = self.username.as_deref().expect("username");
         let Some(contact) = self.contacts.get(&dm.from_username) else { return };
         let recipient = Recipient { username, installation: id.installation_id, dh_secret: &id.dh };
-        let result = seal::open(&recipient, &dm.from_username, &dm.from, &dm.msg_id, &contact.account_key, &dm.sealed)
-            .and_then(|opened| match codec::decode::<DmContent>(&opened.body) {
-                Ok(content) => Ok((opened, content)),
-                Err(_) => Err(OpenError::Content),
-            });
+        let result = seal::open(
+            &recipient,
+            local_part(&dm.from_username),
+            &dm.from,
+            &dm.msg_id,
+            &contact.account_key,
+            &dm.sealed,
+        )
+        .and_then(|opened| match codec::decode::<DmContent>(&opened.body) {
+            Ok(content) => Ok((opened, content)),
+            Err(_) => Err(OpenError::Content),
+        });
         let answer = match &result {
             Ok(_) => Ok(()),
             Err(OpenError::BadCertificate) => Err((ErrorCode::BadCertificate, "sender certificate refused")),
@@ -1233,7 +1399,8 @@ impl ClientCore {
         match result {
             Ok((opened, content)) => {
                 self.remember(dm.from, dm.msg_id);
-                let from = opened.from_username;
+                // The routing name (`user@node` for a remote sender) names the contact.
+                let from = dm.from_username.clone();
                 match content {
                     DmContent::Text { body } => self.events.push_back(Event::Received {
                         from,
@@ -1356,7 +1523,7 @@ impl ClientCore {
                 self.request_with(now, Step::LoginAwaitChallenge, Body::LoginRequest { installation }, p.backoff_us);
             }
             // Transient: keep the request and retry at its next deadline.
-            (step, ErrorCode::Busy | ErrorCode::QueueFull | ErrorCode::Internal) => {
+            (step, ErrorCode::Busy | ErrorCode::QueueFull | ErrorCode::Internal | ErrorCode::Unreachable) => {
                 self.pending.insert(rid, Pending { step, ..p });
             }
             // Our tag is not (or no longer) bound, e.g. the node lost the binding or we
@@ -1393,6 +1560,8 @@ impl ClientCore {
                     self.events.push_back(Event::Failed { what: Operation::Send { to: dm.to, msg_id }, code, detail });
                 }
             }
+            // A node that does not federate: no witnesses to learn.
+            (Step::Nodes, _) => {}
         }
     }
 

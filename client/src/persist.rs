@@ -335,6 +335,10 @@ impl Home {
             seen: seen.clone(),
             outgoing,
             direct,
+            transparency: match self.meta.get("transparency")? {
+                Some(v) => Some(decode("transparency state", &v)?),
+                None => None,
+            },
         };
         if !contiguous {
             // Renumber a damaged log so later saves can append to it.
@@ -362,6 +366,13 @@ impl Home {
         writes += sync_map(&self.outgoing, &self.saved.outgoing, &state.outgoing, |k| k.to_vec())?;
         writes += sync_map(&self.direct, &self.saved.direct, &state.direct, |k| k.as_bytes().to_vec())?;
         writes += self.sync_seen(&state.seen)?;
+        if state.transparency != self.saved.transparency {
+            match &state.transparency {
+                Some(v) => self.meta.insert("transparency", codec::encode(v))?,
+                None => self.meta.remove("transparency")?,
+            };
+            writes += 1;
+        }
         if writes > 0 {
             self.saved = ClientState { identity: None, ..state.clone() };
             self.flush()?;
