@@ -82,6 +82,94 @@ pub struct Invariants {
     pub violations: Vec<String>,
 }
 
+/// `federation.*`: the transparency federation (`[federation]` in the scenario). Present
+/// in the JSON only when the scenario has a federation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FederationReport {
+    /// The trust policy, as written in the scenario (`tofu`, `witness-quorum`, `allowlist`).
+    pub trust: String,
+    /// Transparency lookups clients made of their contacts.
+    pub lookups: u64,
+    /// DMs sent to a contact registered on another discovery node.
+    pub cross_node_dm: u64,
+    /// Of those, received and verified by the recipient.
+    pub cross_node_delivered: u64,
+    /// Misbehaviours the adversaries carried out.
+    pub attacks: u64,
+    /// Of those, detected by an honest node or client.
+    pub attacks_detected: u64,
+    /// From an attack to its first detection.
+    pub detection_latency_ms: DetectionLatency,
+    /// Detections (or fork certificates) naming a node that did not misbehave.
+    pub false_alarms: u64,
+    /// Share of clients that accepted a forged key (0 to 1).
+    pub forged_key_accepted_share: f64,
+    /// Log heads signed, over all nodes.
+    pub heads_signed: u64,
+    /// Cosignatures made by witnesses.
+    pub cosignatures: u64,
+    /// Fork certificates (proofs of equivocation) produced.
+    pub fork_certificates: u64,
+    /// Whether every honest node agreed on every log's head after the last partition
+    /// healed; `null` when the scenario has no partition.
+    pub partition_converged: Option<bool>,
+}
+
+/// `federation.detection_latency_ms`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct DetectionLatency {
+    pub p50: f64,
+    pub max: f64,
+}
+
+impl DetectionLatency {
+    /// Nearest-rank median and maximum of samples in milliseconds (0 when there are none).
+    pub fn of(samples: &[f64]) -> Self {
+        let mut v = samples.to_vec();
+        v.sort_by(f64::total_cmp);
+        DetectionLatency { p50: percentile(&v, 0.50), max: v.last().copied().unwrap_or(0.0) }
+    }
+}
+
+impl FederationReport {
+    /// The text report's `federation:` line (the groups line's shape).
+    pub fn summary(&self) -> String {
+        let converged = match self.partition_converged {
+            None => "no partition".to_string(),
+            Some(true) => "partition converged".to_string(),
+            Some(false) => "partition NOT converged".to_string(),
+        };
+        format!(
+            "federation: trust {}; {} lookups; {} cross-node DMs, {} delivered; {} attacks, {} detected \
+             (latency ms p50 {:.0} max {:.0}), {} false alarms; forged key accepted by {:.2}% of clients; \
+             {} heads signed, {} cosignatures, {} fork certificates; {}\n",
+            self.trust,
+            self.lookups,
+            self.cross_node_dm,
+            self.cross_node_delivered,
+            self.attacks,
+            self.attacks_detected,
+            self.detection_latency_ms.p50,
+            self.detection_latency_ms.max,
+            self.false_alarms,
+            self.forged_key_accepted_share * 100.0,
+            self.heads_signed,
+            self.cosignatures,
+            self.fork_certificates,
+            converged
+        )
+    }
+}
+
+/// The report with its `federation` block last (see `Report::to_json_with`).
+#[derive(Serialize)]
+struct WithFederation<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    federation: Option<&'a FederationReport>,
+}
+
 /// Two quantiles and the sample count.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Quantiles {
@@ -113,10 +201,26 @@ impl Report {
     }
 
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("report serialises")
+        self.to_json_with(None)
+    }
+
+    /// The JSON report with a `federation` object when `federation` is given; without,
+    /// exactly `to_json`'s output (no `federation` key).
+    pub fn to_json_with(&self, federation: Option<&FederationReport>) -> String {
+        match federation {
+            None => serde_json::to_string_pretty(self).expect("report serialises"),
+            Some(_) => {
+                serde_json::to_string_pretty(&WithFederation { report: self, federation }).expect("report serialises")
+            }
+        }
     }
 
     pub fn summary(&self) -> String {
+        self.summary_with(None)
+    }
+
+    /// The text report with a `federation:` line (after the groups line) when given.
+    pub fn summary_with(&self, federation: Option<&FederationReport>) -> String {
         let mut s = String::new();
         let d = &self.dm;
         let l = &self.latency_ms;
@@ -173,6 +277,9 @@ impl Report {
                 g.join_latency_ms.p99
             );
         }
+        if let Some(f) = federation {
+            s += &f.summary();
+        }
         let m = &self.mixnet;
         s += &format!(
             "mixnet: {} packets, {} lost, {} retransmitted, {} dropped at down endpoints, {} SURBs used, {} SURB requests\n",
@@ -200,7 +307,101 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
-    use super::percentile;
+    use super::*;
+
+    fn report() -> Report {
+        Report {
+            seed: 1,
+            scenario_hash: "s".into(),
+            trace_hash: "0123456789abcdef0123".into(),
+            sim_time_ms: 1.0,
+            wall_time_ms: 1.0,
+            speedup: 1.0,
+            events: 1,
+            events_per_sec: 1.0,
+            nodes: 2,
+            clients: 2,
+            registered: 2,
+            dm: Dm { sent: 0, acked: 0, delivered: 0, duplicates: 0, lost: 0, failed: 0, rejected: 0 },
+            latency_ms: Latency {
+                p50: 0.0,
+                p90: 0.0,
+                p99: 0.0,
+                max: 0.0,
+                clean_samples: 0,
+                clean_residual_mean: 0.0,
+                clean_residual_std_error: 0.0,
+                flush_wait_mean: 0.0,
+                packet_transit_mean: 0.0,
+                packet_transit_model: 0.0,
+            },
+            mixnet: MixnetStats::default(),
+            node: NodeStats::default(),
+            faults: Faults { crashes: 0, offline_periods: 0, store_flushes: 0 },
+            groups: crate::groups::GroupsReport::default(),
+            invariants: Invariants { checked: 0, violations: vec![] },
+        }
+    }
+
+    #[test]
+    fn federation_json_keys_only_when_present() {
+        let r = report();
+        let absent: serde_json::Value = serde_json::from_str(&r.to_json_with(None)).unwrap();
+        assert!(absent.get("federation").is_none());
+        assert_eq!(r.to_json_with(None), r.to_json());
+        assert!(!r.summary().contains("federation"));
+        let fed = FederationReport {
+            trust: "witness-quorum".into(),
+            lookups: 10,
+            cross_node_dm: 4,
+            cross_node_delivered: 3,
+            attacks: 2,
+            attacks_detected: 1,
+            detection_latency_ms: DetectionLatency::of(&[300.0, 100.0, 200.0]),
+            false_alarms: 0,
+            forged_key_accepted_share: 0.25,
+            heads_signed: 7,
+            cosignatures: 9,
+            fork_certificates: 1,
+            partition_converged: None,
+        };
+        let v: serde_json::Value = serde_json::from_str(&r.to_json_with(Some(&fed))).unwrap();
+        let f = v["federation"].as_object().unwrap();
+        let mut keys: Vec<&str> = f.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "attacks",
+                "attacks_detected",
+                "cosignatures",
+                "cross_node_delivered",
+                "cross_node_dm",
+                "detection_latency_ms",
+                "false_alarms",
+                "forged_key_accepted_share",
+                "fork_certificates",
+                "heads_signed",
+                "lookups",
+                "partition_converged",
+                "trust"
+            ]
+        );
+        assert_eq!(v["federation"]["detection_latency_ms"], serde_json::json!({"p50": 200.0, "max": 300.0}));
+        assert_eq!(v["federation"]["partition_converged"], serde_json::Value::Null);
+        assert_eq!(v["federation"]["trust"], "witness-quorum");
+        assert_eq!(v["federation"]["forged_key_accepted_share"], 0.25);
+        // Everything else is as without a federation.
+        let mut rest = v.clone();
+        rest.as_object_mut().unwrap().remove("federation");
+        assert_eq!(rest, absent);
+        let fed = FederationReport { partition_converged: Some(true), ..fed };
+        let v: serde_json::Value = serde_json::from_str(&r.to_json_with(Some(&fed))).unwrap();
+        assert_eq!(v["federation"]["partition_converged"], true);
+        let text = r.summary_with(Some(&fed));
+        assert!(text.contains("federation: trust witness-quorum; 10 lookups") && text.contains("partition converged"));
+        assert_eq!(DetectionLatency::of(&[]), DetectionLatency { p50: 0.0, max: 0.0 });
+    }
 
     #[test]
     fn nearest_rank() {

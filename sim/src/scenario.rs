@@ -23,6 +23,12 @@ impl Dur {
     }
 }
 
+impl std::fmt::Display for Dur {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\"{}\"", humantime::format_duration(std::time::Duration::from_micros(self.0)))
+    }
+}
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
@@ -66,6 +72,16 @@ ranged!(groups_in_range, u32, "count", 0, 100_000, "0 to 100000 groups");
 ranged!(group_size_in_range, u32, "size", 2, 1_000, "2 to 1000 members");
 ranged!(group_rate_in_range, f64, "rate", 0.0, 600.0, "0 to 600 per minute");
 ranged!(fraction_in_range, f64, "fraction", 0.0, 1.0, "a fraction from 0 to 1");
+ranged!(witnesses_in_range, u32, "witnesses_required", 1, 64, "1 to 64 witnesses");
+ranged!(epoch_in_range, Dur, "epoch", Dur::from_secs(1), Dur::from_secs(3600), "1s to 1h");
+ranged!(cross_share_in_range, f64, "cross_node_share", 0.0, 1.0, "a probability from 0 to 1");
+ranged!(fanout_in_range, u32, "gossip_fanout", 1, 64, "1 to 64 peers");
+ranged!(lookups_in_range, f64, "lookups_per_client_per_min", 0.0, 600.0, "0 to 600 lookups per minute");
+
+/// Sybils an adversary of kind `sybil` adds when `count` is absent.
+pub const SYBIL_COUNT_DEFAULT: u32 = 5;
+/// Largest `count` of a `sybil` adversary.
+pub const SYBIL_COUNT_MAX: u32 = 1_000;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -86,8 +102,16 @@ pub struct Scenario {
     pub clients: Clients,
     #[serde(default)]
     pub workload: Workload,
+    /// `[[faults]]`: node and network faults (`Fault`) and partitions (`Partition`).
     #[serde(default)]
-    pub faults: Vec<Spanned<Fault>>,
+    pub faults: Vec<Spanned<FaultEntry>>,
+    /// `[federation]`: absent means no federation (discovery nodes do not talk to each
+    /// other). Skipped when absent so older scenarios keep their hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<Federation>,
+    /// `[[adversaries]]`: misbehaving discovery nodes (needs `[federation]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub adversaries: Vec<Spanned<Adversary>>,
 }
 
 fn default_seed() -> u64 {
@@ -302,6 +326,189 @@ impl Fault {
     }
 }
 
+/// `kind = "partition"`: from `at`, the nodes are split into `groups` that cannot reach
+/// each other until `heal_after` has passed (what crosses and what is dropped: the world).
+/// Node indices use the world's numbering: discovery nodes `0..discovery`, then group nodes.
+/// Nodes listed in no group together form one more group.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+pub struct Partition {
+    pub at: Dur,
+    pub groups: Vec<Vec<u32>>,
+    pub heal_after: Dur,
+}
+
+/// One `[[faults]]` entry. `Fault` keeps the crash and loss-burst kinds (code matching on it
+/// stays exhaustive); a partition is a separate case (`Scenario::partitions`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(from = "RawFault", into = "RawFault")]
+pub enum FaultEntry {
+    Fault(Fault),
+    Partition(Partition),
+}
+
+impl FaultEntry {
+    pub fn at(&self) -> Dur {
+        match self {
+            FaultEntry::Fault(f) => f.at(),
+            FaultEntry::Partition(p) => p.at,
+        }
+    }
+}
+
+/// The `[[faults]]` table as written (serialised the same way, so a scenario without
+/// partitions keeps its hash).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum RawFault {
+    Crash {
+        at: Dur,
+        node: u32,
+        restart_after: Dur,
+    },
+    LossBurst {
+        at: Dur,
+        duration: Dur,
+        #[serde(deserialize_with = "loss_in_range")]
+        packet_loss: f64,
+    },
+    Partition {
+        at: Dur,
+        groups: Vec<Vec<u32>>,
+        heal_after: Dur,
+    },
+}
+
+impl From<RawFault> for FaultEntry {
+    fn from(raw: RawFault) -> Self {
+        match raw {
+            RawFault::Crash { at, node, restart_after } => FaultEntry::Fault(Fault::Crash { at, node, restart_after }),
+            RawFault::LossBurst { at, duration, packet_loss } => {
+                FaultEntry::Fault(Fault::LossBurst { at, duration, packet_loss })
+            }
+            RawFault::Partition { at, groups, heal_after } => {
+                FaultEntry::Partition(Partition { at, groups, heal_after })
+            }
+        }
+    }
+}
+
+impl From<FaultEntry> for RawFault {
+    fn from(entry: FaultEntry) -> Self {
+        match entry {
+            FaultEntry::Fault(Fault::Crash { at, node, restart_after }) => RawFault::Crash { at, node, restart_after },
+            FaultEntry::Fault(Fault::LossBurst { at, duration, packet_loss }) => {
+                RawFault::LossBurst { at, duration, packet_loss }
+            }
+            FaultEntry::Partition(Partition { at, groups, heal_after }) => {
+                RawFault::Partition { at, groups, heal_after }
+            }
+        }
+    }
+}
+
+/// How a client decides to believe a key a discovery node served (`[federation] trust`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trust {
+    /// Trust on first use: the first key seen for a contact is pinned.
+    Tofu,
+    /// A key is believed once `witnesses_required` other discovery nodes cosigned the head
+    /// of the log that contains it.
+    WitnessQuorum,
+    /// Only heads signed by nodes on a fixed allowlist (the scenario's honest nodes) count.
+    Allowlist,
+}
+
+impl Trust {
+    /// The policy's name as written in the scenario (and in the report's `federation.trust`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Trust::Tofu => "tofu",
+            Trust::WitnessQuorum => "witness-quorum",
+            Trust::Allowlist => "allowlist",
+        }
+    }
+}
+
+/// `[federation]`: the discovery nodes form a federation with transparency logs.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Federation {
+    pub trust: Trust,
+    /// Cosignatures from other discovery nodes a head needs (`trust = "witness-quorum"`;
+    /// ignored otherwise). At most `discovery - 1`.
+    #[serde(deserialize_with = "witnesses_in_range")]
+    pub witnesses_required: u32,
+    /// Period at which every node signs a new head of its log.
+    #[serde(deserialize_with = "epoch_in_range")]
+    pub epoch: Dur,
+    /// Share of new DM contacts picked among users of another discovery node.
+    #[serde(deserialize_with = "cross_share_in_range")]
+    pub cross_node_share: f64,
+    /// Peers each gossip item (head, cosignature, fork certificate) is pushed to.
+    #[serde(deserialize_with = "fanout_in_range")]
+    pub gossip_fanout: u32,
+    /// Transparency lookups each online client makes of its contacts (verification traffic).
+    #[serde(deserialize_with = "lookups_in_range")]
+    pub lookups_per_client_per_min: f64,
+}
+
+impl Default for Federation {
+    fn default() -> Self {
+        Self {
+            trust: Trust::WitnessQuorum,
+            witnesses_required: 1,
+            epoch: Dur::from_secs(30),
+            cross_node_share: 0.5,
+            gossip_fanout: 3,
+            lookups_per_client_per_min: 0.2,
+        }
+    }
+}
+
+/// What a misbehaving discovery node does (`[[adversaries]] kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdversaryKind {
+    /// Signs two different heads for the same log size.
+    Equivocate,
+    /// Serves a key of its own in place of a user's.
+    SubstituteKey,
+    /// Drops (or, with `delay`, delays) traffic it should forward to other nodes.
+    DropForwarded,
+    /// Serves an old head again instead of the newest.
+    ReplayHead,
+    /// Adds `count` fresh nodes that vouch for `node`.
+    Sybil,
+}
+
+/// One `[[adversaries]]` entry: from `at`, discovery node `node` misbehaves as `kind` says.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adversary {
+    pub kind: AdversaryKind,
+    /// The misbehaving discovery node; for `sybil`, the node the sybils vouch for.
+    pub node: u32,
+    pub at: Dur,
+    /// `drop_forwarded` only: delay forwarded traffic by this much (absent: drop it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Dur>,
+    /// `sybil` only: fresh nodes added (absent: `SYBIL_COUNT_DEFAULT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    /// `substitute_key` only: the client (index) whose key is substituted (absent: the
+    /// world chooses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<u32>,
+}
+
+impl Adversary {
+    /// Fresh nodes a `sybil` adversary adds.
+    pub fn sybil_count(&self) -> u32 {
+        self.count.unwrap_or(SYBIL_COUNT_DEFAULT)
+    }
+}
+
 /// Why a scenario was refused. The message names the key and the line.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -322,13 +529,42 @@ fn line_of(src: &str, offset: usize) -> usize {
     src[..offset.min(src.len())].bytes().filter(|b| *b == b'\n').count() + 1
 }
 
+/// Line of the first `key =` in the entry of an array of tables that starts at `span`
+/// (toml spans such an entry by its `[[...]]` header; its keys follow up to the next
+/// header), else the entry's first line.
+fn key_line_in(src: &str, span: std::ops::Range<usize>, key: &str) -> usize {
+    let first = line_of(src, span.start);
+    for (i, l) in src.lines().enumerate().skip(first) {
+        let l = l.trim_start();
+        // A table header (`[x]`, `[[x]]`), not a line of a multi-line array (`[0, 1],`).
+        if l.starts_with('[') && l.trim_start_matches('[').starts_with(|c: char| c.is_alphabetic() || c == '"') {
+            break;
+        }
+        if l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('=')) {
+            return i + 1;
+        }
+    }
+    first
+}
+
+/// Line of the table header `header` (e.g. `[federation]`), else 1.
+fn header_line(src: &str, header: &str) -> usize {
+    src.lines().position(|l| l.trim_start().starts_with(header)).map_or(1, |i| i + 1)
+}
+
+fn invalid(line: usize, message: String) -> ScenarioError {
+    ScenarioError::Invalid { line, message }
+}
+
 impl Scenario {
     pub fn parse(src: &str) -> Result<Self, ScenarioError> {
         let scenario: Scenario = toml::from_str(src).map_err(|e| ScenarioError::Toml(e.to_string()))?;
         for fault in &scenario.faults {
             let line = line_of(src, fault.span().start);
             match fault.get_ref() {
-                Fault::Crash { node, .. } if *node >= scenario.nodes.discovery + scenario.nodes.group => {
+                FaultEntry::Fault(Fault::Crash { node, .. })
+                    if *node >= scenario.nodes.discovery + scenario.nodes.group =>
+                {
                     return Err(ScenarioError::Invalid {
                         line,
                         message: format!(
@@ -344,9 +580,11 @@ impl Scenario {
                         message: format!("faults: `at` is after `duration` ({:?} > {:?})", f.at(), scenario.duration),
                     });
                 }
+                FaultEntry::Partition(p) => scenario.check_partition(src, fault.span(), p)?,
                 _ => {}
             }
         }
+        scenario.check_federation(src)?;
         let g = &scenario.workload.groups;
         if g.count > 0 && scenario.nodes.group == 0 {
             return Err(ScenarioError::Invalid {
@@ -389,12 +627,167 @@ impl Scenario {
         Ok(scenario)
     }
 
+    fn check_partition(&self, src: &str, span: std::ops::Range<usize>, p: &Partition) -> Result<(), ScenarioError> {
+        let nodes = self.nodes.discovery + self.nodes.group;
+        let line = key_line_in(src, span.clone(), "groups");
+        if p.groups.len() < 2 {
+            return Err(invalid(
+                line,
+                format!("faults: `groups` of a partition lists {} group(s); it needs at least 2", p.groups.len()),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for group in &p.groups {
+            if group.is_empty() {
+                return Err(invalid(line, "faults: `groups` of a partition contains an empty group".into()));
+            }
+            for &i in group {
+                if i >= nodes {
+                    return Err(invalid(
+                        line,
+                        format!(
+                            "faults: `groups` names node {i} but the scenario has {} discovery and {} group \
+                             node(s) (numbered from 0, discovery first)",
+                            self.nodes.discovery, self.nodes.group
+                        ),
+                    ));
+                }
+                if !seen.insert(i) {
+                    return Err(invalid(line, format!("faults: `groups` names node {i} in more than one place")));
+                }
+            }
+        }
+        if p.heal_after.us() == 0 {
+            return Err(invalid(
+                key_line_in(src, span, "heal_after"),
+                "faults: `heal_after` of a partition must be longer than 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_federation(&self, src: &str) -> Result<(), ScenarioError> {
+        let discovery = self.nodes.discovery;
+        if let Some(fed) = &self.federation {
+            let header = header_line(src, "[federation]");
+            if discovery < 2 {
+                return Err(invalid(
+                    header,
+                    format!(
+                        "federation: `[federation]` needs at least 2 discovery nodes (`[nodes] discovery` = {discovery})"
+                    ),
+                ));
+            }
+            if fed.trust == Trust::WitnessQuorum && fed.witnesses_required > discovery - 1 {
+                let line = match key_line(src, "witnesses_required") {
+                    1 => header,
+                    l => l,
+                };
+                return Err(invalid(
+                    line,
+                    format!(
+                        "federation: `witnesses_required` = {} but only {} other discovery node(s) can witness \
+                         (`[nodes] discovery` = {discovery})",
+                        fed.witnesses_required,
+                        discovery - 1
+                    ),
+                ));
+            }
+        }
+        for adv in &self.adversaries {
+            let span = adv.span();
+            let a = adv.get_ref();
+            if self.federation.is_none() {
+                return Err(invalid(
+                    line_of(src, span.start),
+                    "adversaries: `[[adversaries]]` needs a `[federation]` table".into(),
+                ));
+            }
+            if a.node >= discovery {
+                let what =
+                    if a.kind == AdversaryKind::Sybil { "the node the sybils vouch for" } else { "the adversary" };
+                return Err(invalid(
+                    key_line_in(src, span, "node"),
+                    format!(
+                        "adversaries: `node` = {} ({what}) but the scenario has {discovery} discovery node(s), \
+                         numbered from 0",
+                        a.node
+                    ),
+                ));
+            }
+            if a.at >= self.duration {
+                return Err(invalid(
+                    key_line_in(src, span, "at"),
+                    format!("adversaries: `at` = {} is not before `duration` = {}", a.at, self.duration),
+                ));
+            }
+            let only = |key: &str, given: bool, kind: AdversaryKind, name: &str| {
+                if given && a.kind != kind {
+                    Err(invalid(
+                        key_line_in(src, span.clone(), key),
+                        format!("adversaries: `{key}` only applies to kind = \"{name}\""),
+                    ))
+                } else {
+                    Ok(())
+                }
+            };
+            only("delay", a.delay.is_some(), AdversaryKind::DropForwarded, "drop_forwarded")?;
+            only("count", a.count.is_some(), AdversaryKind::Sybil, "sybil")?;
+            only("user", a.user.is_some(), AdversaryKind::SubstituteKey, "substitute_key")?;
+            if let Some(delay) = a.delay
+                && (delay.us() == 0 || delay > Dur::from_secs(3600))
+            {
+                return Err(invalid(
+                    key_line_in(src, span, "delay"),
+                    format!("adversaries: `delay` = {delay} is out of range: 1us to 1h (omit it to drop)"),
+                ));
+            }
+            if let Some(count) = a.count
+                && !(1..=SYBIL_COUNT_MAX).contains(&count)
+            {
+                return Err(invalid(
+                    key_line_in(src, span, "count"),
+                    format!("adversaries: `count` = {count} is out of range: 1 to {SYBIL_COUNT_MAX} sybils"),
+                ));
+            }
+            if let Some(user) = a.user
+                && user >= self.clients.count
+            {
+                return Err(invalid(
+                    key_line_in(src, span, "user"),
+                    format!(
+                        "adversaries: `user` = {user} but the scenario has {} clients, numbered from 0",
+                        self.clients.count
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn default_scenario() -> Self {
         Self::parse(DEFAULT_SCENARIO).expect("the embedded default scenario parses")
     }
 
+    /// The crash and loss-burst faults (partitions: `partitions`).
     pub fn faults(&self) -> impl Iterator<Item = &Fault> {
-        self.faults.iter().map(|f| f.get_ref())
+        self.faults.iter().filter_map(|f| match f.get_ref() {
+            FaultEntry::Fault(f) => Some(f),
+            FaultEntry::Partition(_) => None,
+        })
+    }
+
+    /// The `kind = "partition"` faults.
+    pub fn partitions(&self) -> impl Iterator<Item = &Partition> {
+        self.faults.iter().filter_map(|f| match f.get_ref() {
+            FaultEntry::Partition(p) => Some(p),
+            FaultEntry::Fault(_) => None,
+        })
+    }
+
+    /// The adversaries, without their source spans.
+    pub fn adversaries(&self) -> impl Iterator<Item = &Adversary> {
+        self.adversaries.iter().map(|a| a.get_ref())
     }
 
     /// A hash of the scenario as run (seed included), printed beside the trace hash.
@@ -465,5 +858,179 @@ mod tests {
         let src = "[[faults]]\nat = \"1m\"\nkind = \"meteor\"\n";
         let err = Scenario::parse(src).unwrap_err().to_string();
         assert!(err.contains("meteor") && err.contains("line"), "{err}");
+    }
+
+    /// The issue's example: twelve discovery nodes, a federation, an adversary, a partition.
+    const FEDERATION_EXAMPLE: &str = r#"duration = "10m"
+[nodes]
+discovery = 12
+group = 4
+[federation]
+trust = "witness-quorum"
+witnesses_required = 3
+epoch = "30s"
+cross_node_share = 0.5
+gossip_fanout = 3
+lookups_per_client_per_min = 0.2
+[[adversaries]]
+kind = "equivocate"
+node = 3
+at = "2m"
+[[faults]]
+at = "4m"
+kind = "partition"
+groups = [[0,1,2,3,4,5],[6,7,8,9,10,11]]
+heal_after = "1m"
+"#;
+
+    fn err(src: &str) -> String {
+        Scenario::parse(src).unwrap_err().to_string()
+    }
+
+    /// Replaces the first occurrence of `from` in the example.
+    fn example_with(from: &str, to: &str) -> String {
+        assert!(FEDERATION_EXAMPLE.contains(from), "{from}");
+        FEDERATION_EXAMPLE.replacen(from, to, 1)
+    }
+
+    #[test]
+    fn federation_example_parses() {
+        let s = Scenario::parse(FEDERATION_EXAMPLE).unwrap();
+        let fed = s.federation.as_ref().unwrap();
+        assert_eq!(fed.trust, Trust::WitnessQuorum);
+        assert_eq!(fed.trust.name(), "witness-quorum");
+        assert_eq!((fed.witnesses_required, fed.gossip_fanout), (3, 3));
+        assert_eq!(fed.epoch, Dur::from_secs(30));
+        assert_eq!((fed.cross_node_share, fed.lookups_per_client_per_min), (0.5, 0.2));
+        let adv: Vec<_> = s.adversaries().collect();
+        assert_eq!(adv.len(), 1);
+        assert_eq!((adv[0].kind, adv[0].node, adv[0].at), (AdversaryKind::Equivocate, 3, Dur::from_secs(120)));
+        assert_eq!((adv[0].delay, adv[0].user, adv[0].sybil_count()), (None, None, SYBIL_COUNT_DEFAULT));
+        let parts: Vec<_> = s.partitions().collect();
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].groups, vec![vec![0, 1, 2, 3, 4, 5], vec![6, 7, 8, 9, 10, 11]]);
+        assert_eq!((parts[0].at, parts[0].heal_after), (Dur::from_secs(240), Dur::from_secs(60)));
+        assert_eq!(s.faults().count(), 0, "a partition is not a node fault");
+        // Defaults of an empty [federation]; other trust policies and the kind-specific keys.
+        let s = Scenario::parse("[nodes]\ndiscovery = 2\n[federation]\n").unwrap();
+        let fed = s.federation.unwrap();
+        assert_eq!((fed.trust, fed.witnesses_required, fed.epoch), (Trust::WitnessQuorum, 1, Dur::from_secs(30)));
+        assert_eq!((fed.cross_node_share, fed.gossip_fanout, fed.lookups_per_client_per_min), (0.5, 3, 0.2));
+        for (trust, t) in [("tofu", Trust::Tofu), ("allowlist", Trust::Allowlist)] {
+            let s = Scenario::parse(&example_with("\"witness-quorum\"", &format!("\"{trust}\""))).unwrap();
+            assert_eq!(s.federation.unwrap().trust, t);
+        }
+        let src = format!(
+            "{FEDERATION_EXAMPLE}[[adversaries]]\nkind = \"drop_forwarded\"\nnode = 0\nat = \"1m\"\ndelay = \"2s\"\n\
+             [[adversaries]]\nkind = \"sybil\"\nnode = 11\nat = \"1m\"\ncount = 7\n\
+             [[adversaries]]\nkind = \"substitute_key\"\nnode = 1\nat = \"1m\"\nuser = 9\n\
+             [[adversaries]]\nkind = \"replay_head\"\nnode = 2\nat = \"0s\"\n"
+        );
+        let s = Scenario::parse(&src).unwrap();
+        let adv: Vec<_> = s.adversaries().collect();
+        assert_eq!(adv[1].delay, Some(Dur::from_secs(2)));
+        assert_eq!((adv[2].kind, adv[2].sybil_count()), (AdversaryKind::Sybil, 7));
+        assert_eq!(adv[3].user, Some(9));
+        assert_eq!(adv[4].kind, AdversaryKind::ReplayHead);
+    }
+
+    #[test]
+    fn no_federation_means_none_and_the_hash_is_unchanged() {
+        let s = Scenario::default_scenario();
+        assert!(s.federation.is_none() && s.adversaries.is_empty());
+        assert_eq!(s.partitions().count(), 0);
+        // The scenario hash serialises faults; the wrapper must not change their form.
+        let f = s.faults().next().unwrap().clone();
+        assert_eq!(serde_json::to_string(&FaultEntry::Fault(f.clone())).unwrap(), serde_json::to_string(&f).unwrap());
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("federation") && !json.contains("adversaries"), "{json}");
+    }
+
+    #[test]
+    fn federation_values_are_range_checked() {
+        let e = err(&example_with("epoch = \"30s\"", "epoch = \"2h\""));
+        assert!(e.contains("epoch") && e.contains("line 8"), "{e}");
+        let e = err(&example_with("witnesses_required = 3", "witnesses_required = 0"));
+        assert!(e.contains("witnesses_required") && e.contains("line 7"), "{e}");
+        let e = err(&example_with("cross_node_share = 0.5", "cross_node_share = 1.5"));
+        assert!(e.contains("cross_node_share") && e.contains("line 9"), "{e}");
+        let e = err(&example_with("gossip_fanout = 3", "gossip_fanout = 0"));
+        assert!(e.contains("gossip_fanout") && e.contains("line 10"), "{e}");
+        let e = err(&example_with("trust = \"witness-quorum\"", "trust = \"blind\""));
+        assert!(e.contains("blind") && e.contains("line 6"), "{e}");
+        let e = err(&example_with("epoch = \"30s\"", "epok = \"30s\""));
+        assert!(e.contains("epok") && e.contains("line 8"), "{e}");
+    }
+
+    #[test]
+    fn too_many_witnesses_are_rejected() {
+        let e = err(&example_with("witnesses_required = 3", "witnesses_required = 12"));
+        assert!(e.contains("witnesses_required") && e.contains("line 7") && e.contains("11 other"), "{e}");
+        // Eleven witnesses out of twelve nodes are fine; with tofu the key is ignored.
+        assert!(Scenario::parse(&example_with("witnesses_required = 3", "witnesses_required = 11")).is_ok());
+        let tofu = example_with("\"witness-quorum\"", "\"tofu\"").replacen(
+            "witnesses_required = 3",
+            "witnesses_required = 40",
+            1,
+        );
+        assert!(Scenario::parse(&tofu).is_ok());
+        // The default (1) with one discovery node: a federation needs two.
+        let e = err("[federation]\ntrust = \"tofu\"\n");
+        assert!(e.contains("discovery") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn adversary_checks_name_the_key_and_line() {
+        let e = err(&example_with("node = 3", "node = 12"));
+        assert!(e.contains("`node` = 12") && e.contains("line 14"), "{e}");
+        let e = err(&example_with("kind = \"equivocate\"", "kind = \"sybil\"").replacen("node = 3", "node = 99", 1));
+        assert!(e.contains("`node` = 99") && e.contains("vouch") && e.contains("line 14"), "{e}");
+        let e = err(&example_with("kind = \"equivocate\"", "kind = \"gaslight\""));
+        assert!(e.contains("gaslight") && e.contains("kind") && e.contains("line 13"), "{e}");
+        let e = err(&example_with("at = \"2m\"", "at = \"10m\""));
+        assert!(e.contains("`at`") && e.contains("duration") && e.contains("line 15"), "{e}");
+        let e = err(&example_with("at = \"2m\"", "at = \"2m\"\ncount = 3"));
+        assert!(e.contains("`count`") && e.contains("sybil") && e.contains("line 16"), "{e}");
+        let e = err(&example_with("at = \"2m\"", "at = \"2m\"\nweather = 3"));
+        assert!(e.contains("weather") && e.contains("line 16"), "{e}");
+        let e = err(&example_with("kind = \"equivocate\"", "kind = \"sybil\"").replacen(
+            "at = \"2m\"",
+            "at = \"2m\"\ncount = 0",
+            1,
+        ));
+        assert!(e.contains("`count` = 0") && e.contains("line 16"), "{e}");
+        let e = err(&example_with("kind = \"equivocate\"", "kind = \"substitute_key\"").replacen(
+            "at = \"2m\"",
+            "at = \"2m\"\nuser = 5000",
+            1,
+        ));
+        assert!(e.contains("`user` = 5000") && e.contains("line 16"), "{e}");
+        // Adversaries without [federation].
+        let src = "[nodes]\ndiscovery = 4\n\n[[adversaries]]\nkind = \"replay_head\"\nnode = 1\nat = \"1m\"\n";
+        let e = err(src);
+        assert!(e.contains("adversaries") && e.contains("[federation]") && e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn partition_checks_name_the_key_and_line() {
+        let e = err(&example_with("[6,7,8,9,10,11]", "[6,7,8,9,10,16]"));
+        assert!(e.contains("`groups`") && e.contains("node 16") && e.contains("line 19"), "{e}");
+        // Group nodes (12..16) may be partitioned too.
+        assert!(Scenario::parse(&example_with("[6,7,8,9,10,11]", "[6,7,8,9,10,15]")).is_ok());
+        let e = err(&example_with("[6,7,8,9,10,11]", "[6,7,8,9,10,5]"));
+        assert!(
+            e.contains("`groups`") && e.contains("node 5") && e.contains("more than one") && e.contains("line 19"),
+            "{e}"
+        );
+        let e = err(&example_with("[[0,1,2,3,4,5],[6,7,8,9,10,11]]", "[[0,1,2]]"));
+        assert!(e.contains("`groups`") && e.contains("at least 2") && e.contains("line 19"), "{e}");
+        let e = err(&example_with("[[0,1,2,3,4,5],[6,7,8,9,10,11]]", "[[0,1,2],[]]"));
+        assert!(e.contains("`groups`") && e.contains("empty") && e.contains("line 19"), "{e}");
+        let e = err(&example_with("heal_after = \"1m\"\n", ""));
+        assert!(e.contains("heal_after") && e.contains("line 16"), "{e}");
+        let e = err(&example_with("heal_after = \"1m\"", "heal_after = \"0s\""));
+        assert!(e.contains("heal_after") && e.contains("line 20"), "{e}");
+        let e = err(&example_with("at = \"4m\"", "at = \"11m\""));
+        assert!(e.contains("`at`") && e.contains("line 16"), "{e}");
     }
 }
