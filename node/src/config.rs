@@ -3,9 +3,12 @@
 //!
 //! ```text
 //! DIR/config.toml   every setting, commented (written once by `init`, never overwritten)
-//! DIR/node.key      the node's ed25519 secret key (hex); node id = hex(blake3(public key))
+//! DIR/node.key      the node's ed25519 secret key (hex); node id =
+//!                   hex(blake3::derive_key("nymstr/v1/node-id", public key))
 //! DIR/db/           the sled database (locked while the node runs)
 //! DIR/status.json   written by the running node every `status_every_secs` and at exit
+//! DIR/descriptor.json  the node's signed descriptor (federation), written by `init` when
+//!                   the address is known and by `run` at every start
 //! DIR/nym/          the Nym client's state (only with `kind = "nym"`)
 //! ```
 //!
@@ -28,6 +31,7 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const KEY_FILE: &str = "node.key";
 pub const DB_DIR: &str = "db";
 pub const STATUS_FILE: &str = "status.json";
+pub const DESCRIPTOR_FILE: &str = "descriptor.json";
 
 /// Paths inside a node's data directory.
 #[derive(Clone, Debug)]
@@ -51,6 +55,9 @@ impl DataDir {
     pub fn status(&self) -> PathBuf {
         self.root.join(STATUS_FILE)
     }
+    pub fn descriptor(&self) -> PathBuf {
+        self.root.join(DESCRIPTOR_FILE)
+    }
 }
 
 /// `config.toml`.
@@ -61,8 +68,52 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub store: StoreConfig,
     pub transport: TransportConfig,
-    /// The protocol core's tunables (`NodeConfig`).
+    /// Taking part in a federation: bootstrap peers, advertised address, roles.
+    pub federation: FederationSection,
+    /// The protocol core's tunables (`NodeConfig`; `[core.federation]` holds the
+    /// federation core's).
     pub core: NodeConfig,
+}
+
+/// A role a node announces in its descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Registers users, keeps a transparency log, relays direct messages.
+    Discovery,
+    /// Hosts MLS groups.
+    Group,
+}
+
+/// `[federation]` in `config.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationSection {
+    /// Start the node with its identity (`NodeCore::start_federated`): transparency log,
+    /// peering, witnessing, cross-node forwarding.
+    pub enabled: bool,
+    /// Nodes (`host:port`) said hello to at start and on every peering retry.
+    pub bootstrap: Vec<String>,
+    /// The address put in this node's descriptor, which peers dial (`host:port`);
+    /// unset: the bound listen address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    pub roles: Vec<Role>,
+}
+
+impl Default for FederationSection {
+    fn default() -> Self {
+        Self { enabled: true, bootstrap: Vec::new(), advertise: None, roles: vec![Role::Discovery, Role::Group] }
+    }
+}
+
+impl FederationSection {
+    pub fn roles(&self) -> crate::federation::Roles {
+        crate::federation::Roles {
+            discovery: self.roles.contains(&Role::Discovery),
+            group: self.roles.contains(&Role::Group),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -235,6 +286,34 @@ impl Config {
         if c.group_history_max == 0 {
             return core("group_history_max", "must be at least 1");
         }
+        let f = &c.federation;
+        let fed = |key, message: &str| Err(("core.federation", key, message.to_string()));
+        if f.epoch_us < 1_000_000 {
+            return fed("epoch_us", "must be at least 1_000_000 (1 s)");
+        }
+        if f.peer_retry_us < 100_000 {
+            return fed("peer_retry_us", "must be at least 100_000 (100 ms)");
+        }
+        if f.forward_timeout_us < 100_000 {
+            return fed("forward_timeout_us", "must be at least 100_000 (100 ms)");
+        }
+        if f.peers_max == 0 {
+            return fed("peers_max", "must be at least 1");
+        }
+        if f.policy.len() > crate::federation::descriptor::POLICY_BYTES_MAX {
+            return fed("policy", "is longer than 64 bytes");
+        }
+        let max = crate::federation::descriptor::ADDRESS_BYTES_MAX;
+        for b in &self.federation.bootstrap {
+            if b.is_empty() || b.len() > max {
+                return Err(("federation", "bootstrap", format!("entries must be 1 to {max} bytes")));
+            }
+        }
+        if let Some(a) = &self.federation.advertise
+            && (a.is_empty() || a.len() > max)
+        {
+            return Err(("federation", "advertise", format!("must be 1 to {max} bytes")));
+        }
         if let Err((key, message)) = self.transport.tcp.check() {
             return Err(("transport.tcp", key, message));
         }
@@ -322,8 +401,15 @@ fn grouped(n: u64) -> String {
 
 /// The `config.toml` that `init` writes: every setting with its default and a comment.
 pub fn render_template(listen: SocketAddr) -> String {
+    render_template_with(listen, &[])
+}
+
+/// [`render_template`] with `bootstrap` peers in `[federation]`.
+pub fn render_template_with(listen: SocketAddr, bootstrap: &[String]) -> String {
     let d = Config::default();
     let c = &d.core;
+    let f = &c.federation;
+    let bootstrap = toml::Value::Array(bootstrap.iter().cloned().map(toml::Value::String).collect()).to_string();
     let t = TcpConfig { listen, ..d.transport.tcp.clone() };
     let mut s = String::new();
     let _ = write!(
@@ -410,6 +496,46 @@ group_history_max = {group_history_max}
 groups_max = {groups_max}
 # Proposals accepted per group and epoch; beyond this uploads get Error{{Busy}}.
 group_proposals_per_epoch_max = {group_proposals_per_epoch_max}
+
+[federation]
+# Take part in a federation (SPECv1.md §6-§9): keep a transparency log, peer with other
+# nodes (node-to-node TCP, specs/tcp.md §6), witness their heads, forward lookups and
+# direct messages to user@<node id>. false: a stand-alone v1 node.
+enabled = true
+# Nodes said hello to at start and on every peering retry ("host:port"). Others are
+# learnt from their gossip. `nymstr-node init --join` fills this in.
+bootstrap = {bootstrap}
+# The address put in this node's signed descriptor: where other nodes dial it. Unset: the
+# bound listen address. Set it when listening on 0.0.0.0 or behind a port mapping.
+# advertise = "node.example.org:7000"
+# Roles announced in the descriptor: "discovery" (registry, log, relay), "group" (MLS).
+roles = ["discovery", "group"]
+
+[core.federation]
+# Length of one transparency-log epoch: directory changes are sealed into a new signed
+# head this often (µs).
+epoch_us = {epoch_us}
+# Peers each gossip item is pushed to (fork certificates go to every peer).
+gossip_fanout = {gossip_fanout}
+# Peers asked to cosign (witness) each new head.
+witnesses_wanted = {witnesses_wanted}
+# Cosignatures the newest head needs before lookups are answered from it, or
+# serve_grace_us after it was issued, whichever comes first.
+serve_quorum = {serve_quorum}
+serve_grace_us = {serve_grace_us}
+# How long a forwarded lookup or direct message waits for the remote node before the
+# client is told Unreachable (µs).
+forward_timeout_us = {forward_timeout_us}
+# Period of the peering retry: unanswered hellos (and bootstrap peers) are tried again (µs).
+peer_retry_us = {peer_retry_us}
+# Authenticated peers kept; hellos beyond this are refused with Busy.
+peers_max = {peers_max}
+# Gossip items remembered for de-duplication.
+gossip_seen_max = {gossip_seen_max}
+# Heads remembered per other node (by epoch) to detect equivocation (fork certificates).
+heads_kept_per_node = {heads_kept_per_node}
+# The trust policy announced in the descriptor (informative for peers; at most 64 bytes).
+policy = "{policy}"
 "#,
         version = env!("CARGO_PKG_VERSION"),
         format = match d.log.format {
@@ -440,6 +566,17 @@ group_proposals_per_epoch_max = {group_proposals_per_epoch_max}
         group_history_max = grouped(c.group_history_max as u64),
         groups_max = grouped(c.groups_max as u64),
         group_proposals_per_epoch_max = c.group_proposals_per_epoch_max,
+        epoch_us = grouped(f.epoch_us),
+        gossip_fanout = f.gossip_fanout,
+        witnesses_wanted = f.witnesses_wanted,
+        serve_quorum = f.serve_quorum,
+        serve_grace_us = grouped(f.serve_grace_us),
+        forward_timeout_us = grouped(f.forward_timeout_us),
+        peer_retry_us = grouped(f.peer_retry_us),
+        peers_max = f.peers_max,
+        gossip_seen_max = grouped(f.gossip_seen_max as u64),
+        heads_kept_per_node = f.heads_kept_per_node,
+        policy = f.policy,
     );
     #[cfg(feature = "nym")]
     {
@@ -468,9 +605,15 @@ impl NodeKey {
         self.signing.verifying_key().to_bytes()
     }
 
-    /// `hex(blake3(public key))`: how other nodes will name this one.
+    /// The node id (`federation::descriptor::node_id`) in hex: how every node, client and
+    /// log names this one.
     pub fn node_id(&self) -> String {
         node_id(&self.public_key())
+    }
+
+    /// The secret key (to start the federation core and sign the descriptor).
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.signing
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -497,8 +640,9 @@ impl NodeKey {
     }
 }
 
+/// `hex(blake3::derive_key("nymstr/v1/node-id", public key))`, the one node id.
 pub fn node_id(public_key: &[u8; 32]) -> String {
-    hex::encode(blake3::hash(public_key).as_bytes())
+    crate::federation::descriptor::node_id(public_key).to_hex()
 }
 
 /// What `init` did.
@@ -526,6 +670,11 @@ pub enum InitError {
 /// Creates `dir` (if needed), the node key (unless one exists: an identity is never
 /// replaced) and `config.toml` (never overwritten).
 pub fn init(dir: &DataDir, listen: SocketAddr) -> Result<InitReport, InitError> {
+    init_with(dir, listen, &[])
+}
+
+/// [`init`] with `bootstrap` peers written into `[federation]`.
+pub fn init_with(dir: &DataDir, listen: SocketAddr, bootstrap: &[String]) -> Result<InitReport, InitError> {
     let config = dir.config();
     if config.exists() {
         return Err(InitError::Exists(config));
@@ -539,7 +688,7 @@ pub fn init(dir: &DataDir, listen: SocketAddr) -> Result<InitReport, InitError> 
         key.write_new(&key_path).map_err(|source| InitError::Io { path: key_path.clone(), source })?;
         (key, false)
     };
-    let text = render_template(listen);
+    let text = render_template_with(listen, bootstrap);
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&config).map_err(|source| {
         if source.kind() == std::io::ErrorKind::AlreadyExists {
             InitError::Exists(config.clone())
@@ -562,6 +711,106 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
         builder.mode(0o700);
     }
     builder.create(path)
+}
+
+/// `descriptor.json`: a node's signed descriptor in readable form (`specs/testnet.md` §2).
+/// Binary fields are lower-case hex; `address` is the address text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DescriptorJson {
+    pub node_id: String,
+    pub key: String,
+    pub address: String,
+    pub roles: Vec<Role>,
+    pub policy: String,
+    pub epoch_us: u64,
+    pub issued_at_us: u64,
+    pub sig: String,
+}
+
+impl DescriptorJson {
+    pub fn from_descriptor(d: &crate::federation::NodeDescriptor) -> Self {
+        let mut roles = Vec::new();
+        if d.roles.discovery {
+            roles.push(Role::Discovery);
+        }
+        if d.roles.group {
+            roles.push(Role::Group);
+        }
+        Self {
+            node_id: d.node_id.to_hex(),
+            key: hex::encode(d.key),
+            address: String::from_utf8_lossy(&d.address).into_owned(),
+            roles,
+            policy: d.policy.clone(),
+            epoch_us: d.epoch_us,
+            issued_at_us: d.issued_at_us,
+            sig: hex::encode(d.sig.0),
+        }
+    }
+
+    /// The descriptor, verified (derived id, bounds, signature).
+    pub fn to_descriptor(&self) -> Result<crate::federation::NodeDescriptor, String> {
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(&self.key, &mut key).map_err(|e| format!("key: {e}"))?;
+        let mut sig = [0u8; 64];
+        hex::decode_to_slice(&self.sig, &mut sig).map_err(|e| format!("sig: {e}"))?;
+        let node_id = crate::federation::NodeId::from_hex(&self.node_id).ok_or("node_id: not 64 hex digits")?;
+        let d = crate::federation::NodeDescriptor {
+            node_id,
+            key,
+            address: self.address.as_bytes().to_vec(),
+            roles: crate::federation::Roles {
+                discovery: self.roles.contains(&Role::Discovery),
+                group: self.roles.contains(&Role::Group),
+            },
+            policy: self.policy.clone(),
+            epoch_us: self.epoch_us,
+            issued_at_us: self.issued_at_us,
+            sig: crate::wire::Sig(sig),
+        };
+        crate::federation::descriptor::verify(&d).map_err(|e| e.to_string())?;
+        Ok(d)
+    }
+
+    /// Writes `path` atomically (temporary file, then rename).
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        let mut bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        bytes.push(b'\n');
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// Reads and verifies a descriptor file.
+    pub fn read(path: &Path) -> Result<crate::federation::NodeDescriptor, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let json: Self = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        json.to_descriptor().map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// Signs a fresh descriptor for the node in `config` with `key`, at `address`.
+pub fn sign_descriptor(
+    key: &NodeKey,
+    config: &Config,
+    address: &str,
+    now_us: u64,
+) -> crate::federation::NodeDescriptor {
+    let f = &config.core.federation;
+    crate::federation::descriptor::sign(
+        key.signing_key(),
+        address.as_bytes().to_vec(),
+        config.federation.roles(),
+        f.policy.clone(),
+        f.epoch_us,
+        now_us,
+    )
+}
+
+/// The address a node advertises: `[federation] advertise`, else `bound`.
+pub fn advertised_address(config: &Config, bound: &str) -> String {
+    config.federation.advertise.clone().unwrap_or_else(|| bound.to_string())
 }
 
 #[cfg(test)]
@@ -688,6 +937,32 @@ mod tests {
     fn a_missing_directory_says_to_run_init() {
         let err = Config::load_dir(&DataDir::new("/nonexistent/nymstr")).unwrap_err().to_string();
         assert!(err.contains("nymstr-node init --dir /nonexistent/nymstr"), "{err}");
+    }
+
+    #[test]
+    fn descriptor_json_round_trips_and_verifies() {
+        let key = NodeKey::generate().unwrap();
+        let config = Config::default();
+        let d = sign_descriptor(&key, &config, "127.0.0.1:7001", 42);
+        assert_eq!(d.node_id.to_hex(), key.node_id());
+        let json = DescriptorJson::from_descriptor(&d);
+        assert_eq!(json.to_descriptor().unwrap(), d);
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("descriptor.json");
+        json.write(&path).unwrap();
+        assert_eq!(DescriptorJson::read(&path).unwrap(), d);
+        let forged = DescriptorJson { address: "127.0.0.1:9".into(), ..json };
+        assert!(forged.to_descriptor().is_err());
+    }
+
+    #[test]
+    fn bootstrap_peers_are_written_into_the_template() {
+        let text = render_template_with(listen(), &["127.0.0.1:7001".into(), "10.0.0.2:7000".into()]);
+        let c = Config::parse(&text, Path::new("c.toml")).unwrap();
+        assert_eq!(c.federation.bootstrap, vec!["127.0.0.1:7001".to_string(), "10.0.0.2:7000".to_string()]);
+        assert!(c.federation.enabled);
+        let text = text.replace("epoch_us = 30_000_000", "epoch_us = 5_000_000");
+        assert_eq!(Config::parse(&text, Path::new("c.toml")).unwrap().core.federation.epoch_us, 5_000_000);
     }
 
     #[test]

@@ -1,10 +1,15 @@
 //! `nymstr-node`: run a nymstr discovery node.
 //!
 //! ```text
-//! nymstr-node init --dir DIR [--listen ADDR]   create DIR, the node key and config.toml
+//! nymstr-node init --dir DIR [--listen ADDR] [--join FILE|ADDR]...
+//!                                              create DIR, the node key and config.toml
 //! nymstr-node run  --dir DIR                   serve until SIGINT/SIGTERM
-//! nymstr-node info --dir DIR [--json]          node id, address, counts
+//! nymstr-node info --dir DIR [--json]          node id, address, counts, federation
+//! nymstr-node descriptor --dir DIR             print the node's signed descriptor (JSON)
 //! ```
+//!
+//! `--join` takes a peer's `descriptor.json` (verified, its address used) or a peer's
+//! `host:port`; either becomes a `[federation] bootstrap` entry.
 //!
 //! `run` prints one line on stdout once it serves, ending with the bound address:
 //! `nymstr-node 0.1.0: node <id> listening on tcp 127.0.0.1:7000`. Logs go to stderr.
@@ -48,6 +53,15 @@ enum Command {
         /// TCP address and port to listen on.
         #[arg(long, default_value = "127.0.0.1:7000", value_parser = runtime::parse_listen)]
         listen: SocketAddr,
+        /// A node to federate with: its descriptor file (`DIR/descriptor.json` of that
+        /// node) or its `host:port`. Repeatable; written to `[federation] bootstrap`.
+        #[arg(long, value_name = "DESCRIPTOR-FILE-OR-ADDR")]
+        join: Vec<String>,
+    },
+    /// Print this node's signed descriptor (JSON), as written to DIR/descriptor.json.
+    Descriptor {
+        #[arg(long)]
+        dir: PathBuf,
     },
     /// Run the node until SIGINT or SIGTERM (which flush the database before exit).
     Run {
@@ -82,7 +96,8 @@ impl Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Init { dir, listen } => init(DataDir::new(dir), listen),
+        Command::Init { dir, listen, join } => init(DataDir::new(dir), listen, &join),
+        Command::Descriptor { dir } => descriptor(DataDir::new(dir)),
         Command::Run { dir } => run(DataDir::new(dir), cli.log_format),
         Command::Info { dir, json } => info(DataDir::new(dir), json),
     };
@@ -95,8 +110,32 @@ fn main() -> ExitCode {
     }
 }
 
-fn init(dir: DataDir, listen: SocketAddr) -> Result<(), Failure> {
-    let report = config::init(&dir, listen).map_err(|e| match e {
+/// `--join` arguments as bootstrap addresses: an existing file is a descriptor (verified),
+/// anything else must look like `host:port`.
+fn join_addresses(join: &[String]) -> Result<Vec<String>, Failure> {
+    let mut out = Vec::new();
+    for j in join {
+        let path = std::path::Path::new(j);
+        let address = if path.is_file() {
+            let d = config::DescriptorJson::read(path).map_err(Failure::usage)?;
+            String::from_utf8(d.address).map_err(|_| Failure::usage(format!("{j}: the address is not text")))?
+        } else if j.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()) {
+            j.clone()
+        } else {
+            return Err(Failure::usage(format!(
+                "--join {j:?}: neither a descriptor file nor an address like 127.0.0.1:7000"
+            )));
+        };
+        if !out.contains(&address) {
+            out.push(address);
+        }
+    }
+    Ok(out)
+}
+
+fn init(dir: DataDir, listen: SocketAddr, join: &[String]) -> Result<(), Failure> {
+    let bootstrap = join_addresses(join)?;
+    let report = config::init_with(&dir, listen, &bootstrap).map_err(|e| match e {
         config::InitError::Exists(_) | config::InitError::Key(_) => Failure::usage(e),
         _ => Failure::runtime(e),
     })?;
@@ -108,6 +147,21 @@ fn init(dir: DataDir, listen: SocketAddr) -> Result<(), Failure> {
         println!("key       {} (new; keep it private and backed up)", report.key.display());
     }
     println!("listen    {listen}");
+    for b in &bootstrap {
+        println!("bootstrap {b}");
+    }
+    // The descriptor can be handed to other operators now if the port is fixed (with port
+    // 0 the address is known only once the node runs; `run` rewrites the file).
+    if listen.port() != 0
+        && let (Ok(key), Ok(config)) = (NodeKey::load(&dir.key()), Config::load_dir(&dir))
+    {
+        let address = config::advertised_address(&config, &listen.to_string());
+        let d = config::sign_descriptor(&key, &config, &address, os::now_us());
+        match config::DescriptorJson::from_descriptor(&d).write(&dir.descriptor()) {
+            Ok(()) => println!("descriptor {}", dir.descriptor().display()),
+            Err(e) => return Err(Failure::runtime(format!("cannot write {}: {e}", dir.descriptor().display()))),
+        }
+    }
     println!("next: review the config, then `nymstr-node run --dir {}`", dir.root.display());
     Ok(())
 }
@@ -155,6 +209,33 @@ struct Info {
     /// Age of the figures in seconds (status.json only).
     age_secs: Option<u64>,
     pid: Option<u32>,
+    /// The federation view (from status.json while the node runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    federation: Option<nymstr_node::runtime::status::FederationStatus>,
+    federation_enabled: bool,
+}
+
+/// The descriptor: the running node's (descriptor.json, written at start), else a fresh
+/// one signed now for the configured address.
+fn descriptor(dir: DataDir) -> Result<(), Failure> {
+    let config = Config::load_dir(&dir).map_err(Failure::usage)?;
+    let key = NodeKey::load(&dir.key()).map_err(Failure::usage)?;
+    let d = match config::DescriptorJson::read(&dir.descriptor()) {
+        Ok(d) if d.node_id.to_hex() == key.node_id() => d,
+        _ => {
+            let configured = runtime::configured_address(&config);
+            if config.federation.advertise.is_none() && configured.ends_with(":0") {
+                return Err(Failure::usage(
+                    "the node listens on port 0: its address is known once it runs (then see DIR/descriptor.json), or set [federation] advertise",
+                ));
+            }
+            let address = config::advertised_address(&config, &configured);
+            config::sign_descriptor(&key, &config, &address, os::now_us())
+        }
+    };
+    let json = config::DescriptorJson::from_descriptor(&d);
+    println!("{}", serde_json::to_string_pretty(&json).map_err(Failure::runtime)?);
+    Ok(())
 }
 
 fn info(dir: DataDir, json: bool) -> Result<(), Failure> {
@@ -173,6 +254,8 @@ fn info(dir: DataDir, json: bool) -> Result<(), Failure> {
             running: false,
             age_secs: None,
             pid: None,
+            federation: None,
+            federation_enabled: config.federation.enabled,
         }
     } else {
         match SledStore::open(&dir.db(), &config.store.sled_options()) {
@@ -187,6 +270,8 @@ fn info(dir: DataDir, json: bool) -> Result<(), Failure> {
                 running: false,
                 age_secs: None,
                 pid: None,
+                federation: None,
+                federation_enabled: config.federation.enabled,
             },
             Err(SledOpenError::Locked { .. }) => {
                 let status = Status::read(&dir.status()).map_err(|e| {
@@ -207,6 +292,8 @@ fn info(dir: DataDir, json: bool) -> Result<(), Failure> {
                     running: true,
                     age_secs: Some(age),
                     pid: Some(status.pid),
+                    federation_enabled: status.federation.is_some(),
+                    federation: status.federation,
                 }
             }
             Err(e) => return Err(Failure::runtime(e)),
@@ -230,6 +317,37 @@ fn info(dir: DataDir, json: bool) -> Result<(), Failure> {
     match info.age_secs {
         Some(age) => println!("source           {}, written {age} s ago", info.source),
         None => println!("source           {}", info.source),
+    }
+    match (&info.federation, info.federation_enabled) {
+        (Some(f), _) => {
+            let short = |id: &str| id.get(..12).unwrap_or(id).to_string();
+            println!("federation       node {} at {}", f.node_id, f.address);
+            let epoch = f.epoch.map_or("none".to_string(), |e| e.to_string());
+            println!("epoch            {epoch} ({} cosignatures on the latest head)", f.cosignatures.len());
+            for w in &f.cosignatures {
+                println!("  witness        {}", short(w));
+            }
+            println!("peers            {}", f.peers.len());
+            for p in &f.peers {
+                let epoch = p.epoch.map_or("-".to_string(), |e| e.to_string());
+                println!(
+                    "  peer           {} {} epoch {epoch} ({} cosignatures)",
+                    short(&p.node_id),
+                    p.address,
+                    p.cosignatures
+                );
+            }
+            println!("known nodes      {}", f.known.len());
+            for k in f.known.iter().filter(|k| !f.peers.iter().any(|p| p.node_id == k.node_id)) {
+                println!("  known          {} {} (not peered)", short(&k.node_id), k.address);
+            }
+            println!("fork certificates {}", f.forks.len());
+            for node in &f.forks {
+                println!("  fork           {} (distrusted)", short(node));
+            }
+        }
+        (None, true) => println!("federation       enabled (peers are shown while the node runs)"),
+        (None, false) => println!("federation       disabled"),
     }
     Ok(())
 }

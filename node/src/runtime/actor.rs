@@ -281,6 +281,7 @@ impl NodeActor {
             replies_held: self.held.len() as u64,
             flushes: self.flushes,
             stats: serde_json::to_value(&self.core.stats).unwrap_or_default(),
+            federation: self.core.federation().map(federation_status),
         }
     }
 
@@ -306,6 +307,32 @@ impl NodeActor {
         } else {
             tokio::task::spawn_blocking(write);
         }
+    }
+}
+
+/// The federation view written to `status.json`.
+fn federation_status(fed: &crate::actors::federation::Federation) -> status::FederationStatus {
+    let text = |a: &[u8]| String::from_utf8_lossy(a).into_owned();
+    let latest = fed.log().latest();
+    let peer = |id: &crate::federation::NodeId, address: String| {
+        let head = fed.head_of(id);
+        status::PeerStatus {
+            node_id: id.to_hex(),
+            address,
+            epoch: head.map(|(h, _)| h.head.epoch),
+            cosignatures: head.map_or(0, |(_, c)| c.len()),
+        }
+    };
+    status::FederationStatus {
+        node_id: fed.id().to_hex(),
+        address: text(&fed.descriptor().address),
+        epoch: latest.map(|h| h.head.epoch),
+        dir_size: latest.map(|h| h.head.dir_size),
+        cosignatures: fed.log().latest_cosignatures().iter().map(|c| c.witness.to_hex()).collect(),
+        peers: fed.peers().map(|(id, a)| peer(id, text(&a.0))).collect(),
+        known: fed.known().map(|d| peer(&d.node_id, text(&d.address))).collect(),
+        forks: fed.forks().map(|c| c.a.head.node_id.to_hex()).collect(),
+        stats: serde_json::to_value(&fed.stats).unwrap_or_default(),
     }
 }
 

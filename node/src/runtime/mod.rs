@@ -28,8 +28,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use actor::{Frames, Identity, NodeActor, Shutdown};
 
-use crate::actors::{NodeCore, StartError};
-use crate::config::{Config, ConfigError, DataDir, NodeKey, TransportKind};
+use crate::actors::federation::NodeIdentity;
+use crate::actors::{Address, NodeCore, StartError};
+use crate::config::{self, Config, ConfigError, DataDir, NodeKey, TransportKind};
 use crate::sled_store::{SledOpenError, SledStore};
 use crate::store::StoreError;
 use crate::transport::{INBOUND_QUEUE_MAX, Inbound, TransportHandle, tcp};
@@ -157,15 +158,41 @@ async fn serve(dir: DataDir, config: Config, options: RunOptions) -> Result<(), 
     let node_id = key.node_id();
     let store = open_store(&dir, &config).await?;
     let rng = os::os_seeded_rng().map_err(|e| RunError::Entropy(e.to_string()))?;
-    let started_at_us = os::now_us();
-    let core = NodeCore::start(started_at_us, store, rng, config.core.clone())?;
 
     // Installed before the transport starts: from here on a signal means a clean stop.
     let mut signals = Signals::new(options.handle_signals)?;
     let (inbound_tx, mut inbound) = mpsc::channel::<Inbound>(INBOUND_QUEUE_MAX);
     let kind = config.transport.kind;
+    // The transport starts first: a federated core needs the address it is reached at.
+    // Frames that arrive meanwhile wait in the inbound channel.
     let transport = start_transport(&dir, &config, inbound_tx).await?;
     let TransportHandle { outbound, address } = transport;
+    let started_at_us = os::now_us();
+    let core = if config.federation.enabled {
+        let advertised = config::advertised_address(&config, &address);
+        let identity = NodeIdentity {
+            key: key.signing_key().clone(),
+            address: advertised.as_bytes().to_vec(),
+            roles: config.federation.roles(),
+            bootstrap: config.federation.bootstrap.iter().map(|b| Address(b.as_bytes().to_vec())).collect(),
+        };
+        let core = NodeCore::start_federated(started_at_us, store, rng, config.core.clone(), identity)?;
+        if let Some(fed) = core.federation() {
+            let path = dir.descriptor();
+            if let Err(e) = config::DescriptorJson::from_descriptor(fed.descriptor()).write(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write the descriptor file");
+            }
+            tracing::info!(
+                node_id = %fed.id(),
+                address = %advertised,
+                bootstrap = config.federation.bootstrap.len(),
+                "federation enabled"
+            );
+        }
+        core
+    } else {
+        NodeCore::start(started_at_us, store, rng, config.core.clone())?
+    };
     let ready = Ready { node_id: node_id.clone(), transport: kind.name(), address: address.clone() };
 
     let (alive, mut actor_gone) = oneshot::channel::<()>();
@@ -289,7 +316,9 @@ async fn start_transport(
     inbound: mpsc::Sender<Inbound>,
 ) -> Result<TransportHandle, RunError> {
     match config.transport.kind {
-        TransportKind::Tcp => Ok(tcp::start(config.transport.tcp.clone(), inbound).await?),
+        TransportKind::Tcp => {
+            Ok(tcp::start(config.transport.tcp.clone(), config.federation.advertise.clone(), inbound).await?)
+        }
         #[cfg(feature = "nym")]
         TransportKind::Nym => Ok(crate::transport::nym::start(config.transport.nym.clone(), &dir.root, inbound).await?),
         #[cfg(not(feature = "nym"))]

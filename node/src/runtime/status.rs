@@ -27,6 +27,45 @@ pub struct Status {
     pub flushes: u64,
     /// The core's counters (`NodeStats`) since start.
     pub stats: serde_json::Value,
+    /// The federation view (absent when `[federation] enabled = false`, and in files
+    /// written by nodes that predate federation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<FederationStatus>,
+}
+
+/// What a federated node tells `info` and `nymstr-testnet status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FederationStatus {
+    /// The node id (64 hex).
+    pub node_id: String,
+    /// The address in this node's descriptor (where peers dial it).
+    pub address: String,
+    /// Newest sealed epoch of this node's transparency log.
+    pub epoch: Option<u64>,
+    /// Directory entries under the newest head.
+    pub dir_size: Option<u64>,
+    /// Witnesses (node ids) whose cosignature on the newest head this node holds.
+    pub cosignatures: Vec<String>,
+    /// Authenticated peers.
+    pub peers: Vec<PeerStatus>,
+    /// Every other node whose descriptor this node holds (peered or not).
+    pub known: Vec<PeerStatus>,
+    /// Node ids this node holds a fork certificate against.
+    pub forks: Vec<String>,
+    /// The federation core's counters (`FederationStats`).
+    pub stats: serde_json::Value,
+}
+
+/// One other node, as seen from here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub node_id: String,
+    pub address: String,
+    /// Newest epoch of its log seen here, with the cosignatures seen on it.
+    #[serde(default)]
+    pub epoch: Option<u64>,
+    #[serde(default)]
+    pub cosignatures: usize,
 }
 
 pub const RUNNING: &str = "running";
@@ -71,9 +110,30 @@ mod tests {
             replies_held: 0,
             flushes: 9,
             stats: serde_json::json!({ "frames_in": 10 }),
+            federation: Some(FederationStatus {
+                node_id: "cd".into(),
+                address: "127.0.0.1:7000".into(),
+                epoch: Some(3),
+                dir_size: Some(1),
+                cosignatures: vec!["ef".into()],
+                peers: vec![PeerStatus {
+                    node_id: "ef".into(),
+                    address: "127.0.0.1:7001".into(),
+                    epoch: Some(2),
+                    cosignatures: 1,
+                }],
+                known: vec![],
+                forks: vec![],
+                stats: serde_json::json!({}),
+            }),
         };
         s.write(&path).unwrap();
         assert_eq!(Status::read(&path).unwrap(), s);
         assert!(!path.with_extension("json.tmp").exists());
+        // A file without the federation view still reads.
+        let mut v = serde_json::to_value(&s).unwrap();
+        v.as_object_mut().unwrap().remove("federation");
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(Status::read(&path).unwrap().federation, None);
     }
 }

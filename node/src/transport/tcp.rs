@@ -1,5 +1,13 @@
 //! The TCP transport: length-prefixed frames (`crate::framing`) on a stream, one fresh
-//! random [`SenderTag`] per accepted connection. Normative text: `specs/tcp.md`.
+//! random [`SenderTag`] per accepted client connection, and node-to-node connections
+//! (federation) opened by a [`PREFACE_MAGIC`] preface. Normative text: `specs/tcp.md`.
+//!
+//! Nodes: a frame for `Peer::Address(a)` goes on the connection this transport dialed to
+//! `a` (`host:port` text), else on a connection `a` dialed to us (its preface named `a`),
+//! else a dial to `a` is started and the frame waits for it (a few frames at most). A dial
+//! that fails puts `a` in back-off (1 s doubling to 60 s); frames for it meanwhile are
+//! dropped (the federation core retries). The preface is a routing hint, not a proof: the
+//! core authenticates peers with its mutual challenge.
 //!
 //! It emulates the mixnet's reply contract: the node core sees only the tag, replies to
 //! the tag go back on that connection, and the socket address of a client is dropped at
@@ -40,7 +48,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use super::{Inbound, OUTBOUND_QUEUE_MAX, Outbound, TransportHandle};
-use crate::actors::{Peer, SenderTag};
+use crate::actors::{Address, Peer, SenderTag};
 use crate::codec;
 use crate::framing::{self, FramingError};
 use crate::wire::{Body, Envelope, ErrorCode};
@@ -118,8 +126,14 @@ pub enum TcpError {
     Entropy(String),
 }
 
-/// Starts listening on `config.listen`; inbound frames go to `inbound`.
-pub async fn start(config: TcpConfig, inbound: mpsc::Sender<Inbound>) -> Result<TransportHandle, TcpError> {
+/// Starts listening on `config.listen`; inbound frames go to `inbound`. `advertise` is
+/// this node's own address as other nodes know it (sent in the preface of every
+/// connection it dials); `None` uses the bound address.
+pub async fn start(
+    config: TcpConfig,
+    advertise: Option<String>,
+    inbound: mpsc::Sender<Inbound>,
+) -> Result<TransportHandle, TcpError> {
     config.check().map_err(|(key, message)| TcpError::Config { key, message })?;
     let addr = config.listen;
     let listener = TcpListener::bind(addr).await.map_err(|source| match source.kind() {
@@ -132,8 +146,16 @@ pub async fn start(config: TcpConfig, inbound: mpsc::Sender<Inbound>) -> Result<
     let rng = crate::runtime::os::os_seeded_rng().map_err(|e| TcpError::Entropy(e.to_string()))?;
     let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE_MAX);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let shared = Arc::new(Shared { config, conns: Mutex::new(BTreeMap::new()), counters: Counters::default() });
-    tokio::spawn(dispatch(outbound_rx, shared.clone(), stop_tx));
+    let own = advertise.unwrap_or_else(|| local.to_string());
+    let shared = Arc::new(Shared {
+        config,
+        preface: preface_frame(own.as_bytes()),
+        conns: Mutex::new(BTreeMap::new()),
+        nodes: Mutex::new(Nodes::default()),
+        next_conn_id: AtomicU64::new(1),
+        counters: Counters::default(),
+    });
+    tokio::spawn(dispatch(outbound_rx, shared.clone(), stop_tx, inbound.clone(), stop_rx.clone()));
     tokio::spawn(accept_loop(listener, shared, inbound, rng, stop_rx));
     tracing::info!(address = %local, "tcp transport listening");
     Ok(TransportHandle { outbound, address: local.to_string() })
@@ -159,11 +181,87 @@ struct Counters {
 
 struct Shared {
     config: TcpConfig,
+    /// The framed preface this node sends first on every connection it dials.
+    preface: Vec<u8>,
     conns: Mutex<BTreeMap<SenderTag, Conn>>,
+    nodes: Mutex<Nodes>,
+    next_conn_id: AtomicU64,
     counters: Counters,
 }
 
+/// A node-to-node connection, as the dispatcher sees it.
+struct NodeConn {
+    /// Tells this connection apart from a newer one to the same address.
+    id: u64,
+    queue: mpsc::Sender<Vec<u8>>,
+    kill: Arc<Notify>,
+}
+
+/// A dial in progress: frames waiting for it.
+struct Dialing {
+    waiting: Vec<Vec<u8>>,
+}
+
+/// When a failed address may be dialed again.
+struct Backoff {
+    next: Instant,
+    delay: Duration,
+}
+
+/// Node connections by the peer's address.
+#[derive(Default)]
+struct Nodes {
+    /// Connections this node dialed (preferred for sending).
+    outbound: BTreeMap<Address, NodeConn>,
+    /// Connections another node dialed, under the address its preface named.
+    inbound: BTreeMap<Address, NodeConn>,
+    dialing: BTreeMap<Address, Dialing>,
+    backoff: BTreeMap<Address, Backoff>,
+}
+
+/// First bytes of a node-to-node preface frame (`specs/tcp.md` §6). A wire frame starts
+/// with its version byte (1), never with 0, so a preface cannot be mistaken for one.
+pub const PREFACE_MAGIC: &[u8; 16] = b"\0nymstr-node/v1\0";
+/// Longest address a preface may name (`federation::descriptor::ADDRESS_BYTES_MAX`).
+pub const PREFACE_ADDRESS_MAX: usize = 256;
+/// Frames kept for a peer while it is being dialed; more are dropped.
+const DIAL_WAITING_MAX: usize = 64;
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Node connections get this many times a client's rate limit (gossip comes in bursts).
+const NODE_RATE_FACTOR: u32 = 20;
+
+/// The preface frame naming `address`, length prefix included:
+/// `u32 len || PREFACE_MAGIC || address`.
+pub fn preface_frame(address: &[u8]) -> Vec<u8> {
+    let mut body = PREFACE_MAGIC.to_vec();
+    body.extend_from_slice(address);
+    framing::encode(&body).expect("a preface is never empty and fits in a frame")
+}
+
+/// The address a (de-framed) preface names, if `frame` is a valid preface.
+pub fn parse_preface(frame: &[u8]) -> Option<Address> {
+    let address = frame.strip_prefix(PREFACE_MAGIC.as_slice())?;
+    (!address.is_empty() && address.len() <= PREFACE_ADDRESS_MAX).then(|| Address(address.to_vec()))
+}
+
 impl Shared {
+    fn nodes(&self) -> MutexGuard<'_, Nodes> {
+        self.nodes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Forgets a node connection that ended (unless a newer one took its place).
+    fn unregister_node(&self, address: &Address, id: u64) {
+        let mut nodes = self.nodes();
+        if nodes.outbound.get(address).is_some_and(|c| c.id == id) {
+            nodes.outbound.remove(address);
+        }
+        if nodes.inbound.get(address).is_some_and(|c| c.id == id) {
+            nodes.inbound.remove(address);
+        }
+    }
+
     fn conns(&self) -> MutexGuard<'_, BTreeMap<SenderTag, Conn>> {
         // A panic while holding the lock cannot leave the map inconsistent (every
         // operation on it is a single insert, get or remove).
@@ -235,7 +333,16 @@ async fn accept_loop(
             tag
         };
         tracing::debug!(tag = %short(&tag), "connection opened");
-        tokio::spawn(serve(stream, tag, shared.clone(), inbound.clone(), queue, queue_rx, kill, permit));
+        tokio::spawn(serve(
+            stream,
+            Remote::Client(tag),
+            shared.clone(),
+            inbound.clone(),
+            queue,
+            queue_rx,
+            kill,
+            Some(permit),
+        ));
     }
     tracing::debug!("tcp transport stopped accepting");
 }
@@ -266,25 +373,45 @@ impl std::fmt::Display for End {
     }
 }
 
+/// Who a connection's frames come from: a client (a tag) until a preface makes it a node.
+enum Remote {
+    Client(SenderTag),
+    /// A node connection: its peer's address and its id in `Nodes`.
+    Node(Address, u64),
+}
+
+impl Remote {
+    fn describe(&self) -> String {
+        match self {
+            Remote::Client(tag) => format!("client {}", short(tag)),
+            Remote::Node(a, _) => format!("node {}", String::from_utf8_lossy(&a.0)),
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     stream: TcpStream,
-    tag: SenderTag,
+    mut remote: Remote,
     shared: Arc<Shared>,
     inbound: mpsc::Sender<Inbound>,
     replies: mpsc::Sender<Vec<u8>>,
     queue_rx: mpsc::Receiver<Vec<u8>>,
     kill: Arc<Notify>,
-    _permit: OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
 ) {
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = stream.into_split();
     let write_timeout = Duration::from_secs(shared.config.write_timeout_secs);
     let mut writer = tokio::spawn(write_loop(wr, queue_rx, write_timeout));
     let end = tokio::select! {
-        end = read_loop(&mut rd, tag, &inbound, replies, &shared) => end,
+        end = read_loop(&mut rd, &mut remote, &inbound, replies, &kill, &shared) => end,
         _ = &mut writer => End::WriterEnded,
         _ = kill.notified() => End::SlowConsumer,
+    };
+    let forget = |remote: &Remote| match remote {
+        Remote::Client(tag) => unregister(&shared, *tag),
+        Remote::Node(address, id) => shared.unregister_node(address, *id),
     };
     match end {
         // Stay registered: the node's last replies (released by its final flush) still go
@@ -293,11 +420,11 @@ async fn serve(
             let _ = writer.await;
         }
         End::WriterEnded | End::SlowConsumer => {
-            unregister(&shared, tag);
+            forget(&remote);
             writer.abort();
         }
         _ => {
-            unregister(&shared, tag);
+            forget(&remote);
             // Write what is queued (e.g. the framing error), then close.
             if let Ok(Ok(())) = writer.await
                 && matches!(end, End::Framing(_))
@@ -325,7 +452,7 @@ async fn serve(
         End::Framing(_) => shared.count(|c| &c.framing_errors),
         _ => {}
     }
-    tracing::debug!(tag = %short(&tag), reason = %end, "connection closed");
+    tracing::debug!(peer = %remote.describe(), reason = %end, "connection closed");
     // `inbound` is dropped only now: the node learns that every connection finished
     // when its inbound channel has no sender left.
     drop(inbound);
@@ -337,14 +464,26 @@ fn unregister(shared: &Shared, tag: SenderTag) {
 
 async fn read_loop(
     rd: &mut OwnedReadHalf,
-    tag: SenderTag,
+    remote: &mut Remote,
     inbound: &mpsc::Sender<Inbound>,
     replies: mpsc::Sender<Vec<u8>>,
+    kill: &Arc<Notify>,
     shared: &Shared,
 ) -> End {
     let config = &shared.config;
     let idle = (config.idle_timeout_secs > 0).then(|| Duration::from_secs(config.idle_timeout_secs));
-    let mut bucket = TokenBucket::new(config.rate_limit_frames_per_sec, config.rate_limit_burst_frames);
+    let node_bucket = || {
+        TokenBucket::new(
+            config.rate_limit_frames_per_sec.saturating_mul(NODE_RATE_FACTOR),
+            config.rate_limit_burst_frames.saturating_mul(NODE_RATE_FACTOR),
+        )
+    };
+    let mut bucket = match remote {
+        Remote::Client(_) => TokenBucket::new(config.rate_limit_frames_per_sec, config.rate_limit_burst_frames),
+        Remote::Node(..) => node_bucket(),
+    };
+    // Only the first frame of an accepted connection may be a preface.
+    let mut first = matches!(remote, Remote::Client(_));
     let mut decoder = framing::Decoder::new();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -377,6 +516,23 @@ async fn read_loop(
                     return End::Framing(e);
                 }
             };
+            if std::mem::take(&mut first)
+                && let Remote::Client(tag) = *remote
+                && let Some(address) = parse_preface(&frame)
+            {
+                // A node: its frames reach the core as `Peer::Address`, and frames for
+                // that address may go back on this connection.
+                let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+                unregister(shared, tag);
+                shared
+                    .nodes()
+                    .inbound
+                    .insert(address.clone(), NodeConn { id, queue: replies.clone(), kill: kill.clone() });
+                tracing::debug!(tag = %short(&tag), node = %String::from_utf8_lossy(&address.0), "node connection (preface)");
+                *remote = Remote::Node(address, id);
+                bucket = node_bucket();
+                continue;
+            }
             if !bucket.take(Instant::now()) {
                 shared.count(|c| &c.rate_limited);
                 let detail =
@@ -385,9 +541,13 @@ async fn read_loop(
                 let _ = replies.try_send(error_frame(codec::peek_request_id(&frame), ErrorCode::Busy, &detail));
                 continue;
             }
+            let from = match remote {
+                Remote::Client(tag) => Peer::Tag(*tag),
+                Remote::Node(address, _) => Peer::Address(address.clone()),
+            };
             // Back-pressure: a node that cannot keep up slows every reader down here.
             let sent = tokio::select! {
-                r = inbound.send(Inbound { from: Peer::Tag(tag), bytes: frame }) => r.is_ok(),
+                r = inbound.send(Inbound { from, bytes: frame }) => r.is_ok(),
                 _ = inbound.closed() => false,
             };
             if !sent {
@@ -418,18 +578,26 @@ async fn write_loop(wr: OwnedWriteHalf, mut queue: mpsc::Receiver<Vec<u8>>, time
     Ok(())
 }
 
-async fn dispatch(mut outbound: mpsc::Receiver<Outbound>, shared: Arc<Shared>, stop: watch::Sender<bool>) {
+async fn dispatch(
+    mut outbound: mpsc::Receiver<Outbound>,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    inbound: mpsc::Sender<Inbound>,
+    stop_rx: watch::Receiver<bool>,
+) {
     let mut last_slow_warning: Option<Instant> = None;
     while let Some(Outbound { to, bytes }) = outbound.recv().await {
-        let Peer::Tag(tag) = to else {
-            // v1 nodes do not talk to each other; federation brings node addresses.
-            tracing::debug!("frame for a node address dropped: the tcp transport does not dial nodes in v1");
-            continue;
-        };
         let framed = match framing::encode(&bytes) {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(error = %e, "outbound frame dropped: cannot be framed");
+                continue;
+            }
+        };
+        let tag = match to {
+            Peer::Tag(tag) => tag,
+            Peer::Address(address) => {
+                send_to_node(&shared, address, framed, &inbound, &stop_rx);
                 continue;
             }
         };
@@ -464,6 +632,13 @@ async fn dispatch(mut outbound: mpsc::Receiver<Outbound>, shared: Arc<Shared>, s
     // each connection write what it has queued and close.
     let _ = stop.send(true);
     shared.conns().clear();
+    {
+        let mut nodes = shared.nodes();
+        nodes.outbound.clear();
+        nodes.inbound.clear();
+        nodes.dialing.clear();
+    }
+    drop(inbound);
     let c = &shared.counters;
     tracing::info!(
         accepted = c.accepted.load(Ordering::Relaxed),
@@ -474,6 +649,124 @@ async fn dispatch(mut outbound: mpsc::Receiver<Outbound>, shared: Arc<Shared>, s
         idle_closed = c.idle_closed.load(Ordering::Relaxed),
         "tcp transport stopped"
     );
+}
+
+/// A frame for another node: on a connection we dialed, else on one it dialed, else
+/// after a dial (unless the address is in back-off: then the frame is dropped).
+fn send_to_node(
+    shared: &Arc<Shared>,
+    address: Address,
+    framed: Vec<u8>,
+    inbound: &mpsc::Sender<Inbound>,
+    stop: &watch::Receiver<bool>,
+) {
+    let mut nodes = shared.nodes();
+    for dialed in [true, false] {
+        let table = if dialed { &mut nodes.outbound } else { &mut nodes.inbound };
+        let Some(conn) = table.get(&address) else { continue };
+        match conn.queue.try_send(framed) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // A peer that does not read: close it; the core retries later.
+                if let Some(conn) = table.remove(&address) {
+                    conn.kill.notify_one();
+                }
+                shared.count(|c| &c.slow_consumers);
+                return;
+            }
+            Err(mpsc::error::TrySendError::Closed(back)) => {
+                table.remove(&address);
+                return send_after_close(shared, nodes, address, back, inbound, stop);
+            }
+        }
+    }
+    send_after_close(shared, nodes, address, framed, inbound, stop);
+}
+
+/// No live connection to `address`: wait for a dial in progress, or start one.
+fn send_after_close(
+    shared: &Arc<Shared>,
+    mut nodes: MutexGuard<'_, Nodes>,
+    address: Address,
+    framed: Vec<u8>,
+    inbound: &mpsc::Sender<Inbound>,
+    stop: &watch::Receiver<bool>,
+) {
+    if let Some(d) = nodes.dialing.get_mut(&address) {
+        if d.waiting.len() < DIAL_WAITING_MAX {
+            d.waiting.push(framed);
+        }
+        return;
+    }
+    if nodes.backoff.get(&address).is_some_and(|b| Instant::now() < b.next) {
+        tracing::trace!(node = %String::from_utf8_lossy(&address.0), "frame dropped: peer unreachable (back-off)");
+        return;
+    }
+    nodes.dialing.insert(address.clone(), Dialing { waiting: vec![framed] });
+    drop(nodes);
+    tokio::spawn(dial(shared.clone(), address, inbound.clone(), stop.clone()));
+}
+
+/// Dials `address` (`host:port` text), sends the preface and the waiting frames, then
+/// serves the connection like an accepted one (its frames come from `Peer::Address`).
+async fn dial(shared: Arc<Shared>, address: Address, inbound: mpsc::Sender<Inbound>, stop: watch::Receiver<bool>) {
+    let name = String::from_utf8_lossy(&address.0).into_owned();
+    let connected = match std::str::from_utf8(&address.0) {
+        Ok(target) => match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".to_string()),
+        },
+        Err(_) => Err("the address is not host:port text".to_string()),
+    };
+    let Some((stream, queue, queue_rx, kill, id)) = register_dialed(&shared, &address, connected, &inbound, &stop)
+    else {
+        return;
+    };
+    tracing::debug!(node = %name, "node connection (dialed)");
+    serve(stream, Remote::Node(address, id), shared, inbound, queue, queue_rx, kill, None).await;
+}
+
+type Dialed = (TcpStream, mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>, Arc<Notify>, u64);
+
+/// After a dial: on success registers the connection with the preface and the frames that
+/// waited for it queued; on failure puts the address in back-off and drops those frames.
+fn register_dialed(
+    shared: &Shared,
+    address: &Address,
+    connected: Result<TcpStream, String>,
+    inbound: &mpsc::Sender<Inbound>,
+    stop: &watch::Receiver<bool>,
+) -> Option<Dialed> {
+    let mut nodes = shared.nodes();
+    let waiting = nodes.dialing.remove(address).map(|d| d.waiting).unwrap_or_default();
+    let stream = match connected {
+        Ok(stream) if !*stop.borrow() && !inbound.is_closed() => stream,
+        Ok(_) => return None,
+        Err(e) => {
+            let delay = nodes.backoff.get(address).map_or(BACKOFF_FIRST, |b| (b.delay * 2).min(BACKOFF_MAX));
+            nodes.backoff.insert(address.clone(), Backoff { next: Instant::now() + delay, delay });
+            tracing::debug!(
+                node = %String::from_utf8_lossy(&address.0),
+                error = %e,
+                retry_after = ?delay,
+                dropped = waiting.len(),
+                "cannot reach node"
+            );
+            return None;
+        }
+    };
+    nodes.backoff.remove(address);
+    let capacity = shared.config.write_queue_frames.max(DIAL_WAITING_MAX + 1);
+    let (queue, queue_rx) = mpsc::channel(capacity);
+    let _ = queue.try_send(shared.preface.clone());
+    for frame in waiting {
+        let _ = queue.try_send(frame);
+    }
+    let kill = Arc::new(Notify::new());
+    let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    nodes.outbound.insert(address.clone(), NodeConn { id, queue: queue.clone(), kill: kill.clone() });
+    Some((stream, queue, queue_rx, kill, id))
 }
 
 /// A length-prefixed `Error` frame with `request_id`.
@@ -557,6 +850,22 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_preface_names_the_address_and_is_never_a_wire_frame() {
+        let framed = preface_frame(b"127.0.0.1:7001");
+        assert_eq!(&framed[..4], &((PREFACE_MAGIC.len() + 14) as u32).to_be_bytes());
+        let mut d = framing::Decoder::new();
+        d.push(&framed);
+        let frame = d.next_frame().unwrap().unwrap();
+        assert_eq!(parse_preface(&frame), Some(Address(b"127.0.0.1:7001".to_vec())));
+        assert_ne!(frame[0], crate::wire::WIRE_VERSION);
+        assert_eq!(parse_preface(PREFACE_MAGIC), None, "an empty address");
+        let long = [PREFACE_MAGIC.as_slice(), &[b'a'; PREFACE_ADDRESS_MAX + 1]].concat();
+        assert_eq!(parse_preface(&long), None);
+        let wire = codec::encode_frame(&Envelope { request_id: 1, body: Body::DirectoryRequest }).unwrap();
+        assert_eq!(parse_preface(&wire), None);
     }
 
     #[test]
