@@ -416,10 +416,10 @@ fn log_matches_naive_rfc6962_all_sizes_to_33() {
         let d = &leaves[..n];
         let root = log.root_at(n as u64);
         assert_eq!(root, naive_mth(d, LABEL_LOG_NODE, log_empty_root()), "root {n}");
-        for m in 0..n {
+        for (m, leaf) in d.iter().enumerate() {
             let p = log.inclusion_proof(m as u64, n as u64);
             assert_eq!(p, naive_path(m, d, LABEL_LOG_NODE), "path {m} of {n}");
-            verify_log_inclusion(&leaves[m], m as u64, n as u64, &p, &root).unwrap();
+            verify_log_inclusion(leaf, m as u64, n as u64, &p, &root).unwrap();
         }
         for m in 0..=n {
             let p = log.consistency_proof(m as u64, n as u64);
@@ -665,32 +665,84 @@ fn vector_log() -> LogTree {
     log
 }
 
+fn hexes(v: &[Hash]) -> Vec<String> {
+    v.iter().map(hx).collect()
+}
+
+const DIR_EMPTY: &str = "363a0848d4e1a5a7e0155e06cf4dba35e5fd1a64da287228e60ec75eccf2b39a";
+const LOG_EMPTY: &str = "b514ccf06604015b815da21b8928f8cc9172d882c8bfd3979e02cc097f97f640";
+const V_ALICE: &str = "c777bc2afae4019285d0fc710fa2ba12268265f3d6a2a9e7994060e2f37bb5a7";
+const V_BOB: &str = "de2dfcc8bb7c55f8e9e9639a54581cfe96bcca7f06b1d17a14867804cfe92dcb";
+const V_CAROL: &str = "a7949bffa68965237984066a5c18d04e577cc63809f4c2071be2b71cf2fd6cda";
+const L_ALICE: &str = "15de1619366e8ce698b3f4be0d6a7b83a837fba62fcad45df14896dda013fc93";
+const L_BOB: &str = "0ab3e5559ce616e75c7737b05db9a777bc5d8a35065e9527b5e61c605f8318e3";
+const L_CAROL: &str = "257bf94db28caf6aecc3412c401f83c08fcc7958562d746fc6243cc6af81b45d";
+const N_ALICE_BOB: &str = "f7c24bc25376c02da56c878c76b79da7f911ecbf7ad8e72dfc26f2cd87dfdcf1";
+const DIR_ROOT: &str = "9afe4f5807a08335a932c62b62f7b86099845f76736a0f77b801fd4a204b614e";
+
+const LOG_LEAVES: [&str; 5] = [
+    "3dfbb612cb49db2940ab67962fc0cc7c6c46d7973492abcad71f6907437a8598",
+    "a6285ae0e5133bff25ca3234003a72939a8d0fbdcd93274e88c8e02851cc4c40",
+    "1e81f96ba79ab0b37a1321ea93498407c3134dfcd7fe4a4189b1b450f33a5c00",
+    "48af7641c4b036f4ba6b62b9db62018caddeb452f373b3e98ef34cb4b7c55c81",
+    "8f8e5da2f5838afea390b4eaec782a741dbbb4ae40c1441e095798fa4c3c8ad3",
+];
+const LOG_ROOTS: [&str; 5] = [
+    "3dfbb612cb49db2940ab67962fc0cc7c6c46d7973492abcad71f6907437a8598",
+    "7a6392d8380656da1db3212adf033d011e5069cec27ae170f1bc1e5460014545",
+    "574883c56d1f2d70155bdc41a13dd888b034fda6aed30115f7b2109ae7769a3f",
+    "ed3e16fe4450660cd57710594e116713849cfa19365950ca5c1604261c212970",
+    "f1f0c6470e5795b57ece98ba58163ba7759d256b8d99968d5a1503a8b9e49fe6",
+];
+const N_23: &str = "747d83dc827fea8961cb4033bf57d8e2240fb3dbe46257cc5d60893150fc5997";
+
 #[test]
-fn print_vectors() {
+fn vectors_directory() {
+    assert_eq!(hx(&dir_empty_root()), DIR_EMPTY);
     let t = vector_dir();
-    println!("dir_empty {}", hx(&dir_empty_root()));
-    println!("log_empty {}", hx(&log_empty_root()));
-    for (k, v) in t.iter() {
-        println!("value {} {}", String::from_utf8_lossy(k), hx(v));
-        println!("leaf {} {}", String::from_utf8_lossy(k), hx(&dir_leaf_hash(k, v).unwrap()));
-    }
-    println!("dir_root {}", hx(&t.root()));
-    for k in ["alice", "bob", "carol", "aaron", "bobby", "dave"] {
-        println!("prove {k} {:?}", t.prove(k.as_bytes()));
-    }
-    let log = vector_log();
-    for i in 0..5 {
-        println!("log_leaf {i} {}", hx(&log.leaf(i).unwrap()));
-    }
-    for s in 1..=5 {
-        println!("log_root {s} {}", hx(&log.root_at(s)));
-    }
-    println!("incl 2 5 {:?}", log.inclusion_proof(2, 5).iter().map(hx).collect::<Vec<_>>());
-    println!("incl 4 5 {:?}", log.inclusion_proof(4, 5).iter().map(hx).collect::<Vec<_>>());
-    println!("cons 3 5 {:?}", log.consistency_proof(3, 5).iter().map(hx).collect::<Vec<_>>());
-    println!("cons 2 5 {:?}", log.consistency_proof(2, 5).iter().map(hx).collect::<Vec<_>>());
-    println!(
-        "codec leaf 1 {}",
-        hex::encode(nymstr_node::codec::encode(&EpochLeaf { epoch: 1, dir_root: [1; 32], dir_size: 1 }))
+    let got: Vec<(String, String)> = t.iter().map(|(k, v)| (hx(v), hx(&dir_leaf_hash(k, v).unwrap()))).collect();
+    let want = [(V_ALICE, L_ALICE), (V_BOB, L_BOB), (V_CAROL, L_CAROL)];
+    assert_eq!(got, want.map(|(a, b)| (a.to_string(), b.to_string())));
+    assert_eq!(hx(&t.root()), DIR_ROOT);
+    // The root by hand: node(node(alice, bob), carol).
+    let h = |s: &str| -> Hash { hex::decode(s).unwrap().try_into().unwrap() };
+    assert_eq!(hash(LABEL_DIR_NODE, &[&h(L_ALICE), &h(L_BOB)]), h(N_ALICE_BOB));
+    assert_eq!(hash(LABEL_DIR_NODE, &[&h(N_ALICE_BOB), &h(L_CAROL)]), h(DIR_ROOT));
+    // Leaf encoding by hand: u16_le(5) || "alice" || value.
+    assert_eq!(hash("nymstr/v1/kt/dir-leaf", &[&[5, 0], b"alice", &h(V_ALICE)]), h(L_ALICE));
+
+    let present = |k: &str| match t.prove(k.as_bytes()) {
+        DirProof::Present { index, path } => (index, hexes(&path)),
+        p => panic!("{p:?}"),
+    };
+    assert_eq!(present("alice"), (0, vec![L_BOB.to_string(), L_CAROL.to_string()]));
+    assert_eq!(present("bob"), (1, vec![L_ALICE.to_string(), L_CAROL.to_string()]));
+    assert_eq!(present("carol"), (2, vec![N_ALICE_BOB.to_string()]));
+    let nb = |n: &Neighbour| (n.index, String::from_utf8(n.key.clone()).unwrap(), hx(&n.value_hash), hexes(&n.path));
+    let DirProof::AbsentBefore(n) = t.prove(b"aaron") else { panic!() };
+    assert_eq!(nb(&n), nb(&neighbour(&t, 0)));
+    assert_eq!(n.path.len(), 2);
+    let DirProof::AbsentBetween(l, r) = t.prove(b"bobby") else { panic!() };
+    assert_eq!((nb(&l).0, nb(&l).1, nb(&r).0, nb(&r).1), (1, "bob".into(), 2, "carol".into()));
+    assert_eq!(hexes(&r.path), vec![N_ALICE_BOB.to_string()]);
+    let DirProof::AbsentAfter(n) = t.prove(b"dave") else { panic!() };
+    assert_eq!((n.index, hexes(&n.path)), (2, vec![N_ALICE_BOB.to_string()]));
+    assert_eq!(t.prove(b"zed"), DirProof::AbsentAfter(n));
+}
+
+#[test]
+fn vectors_log() {
+    assert_eq!(hx(&log_empty_root()), LOG_EMPTY);
+    assert_eq!(
+        hex::encode(nymstr_node::codec::encode(&EpochLeaf { epoch: 1, dir_root: [1; 32], dir_size: 1 })),
+        "01".repeat(34)
     );
+    let log = vector_log();
+    assert_eq!((0..5).map(|i| hx(&log.leaf(i).unwrap())).collect::<Vec<_>>(), LOG_LEAVES);
+    assert_eq!((1..=5).map(|s| hx(&log.root_at(s))).collect::<Vec<_>>(), LOG_ROOTS);
+    assert_eq!(hexes(&log.inclusion_proof(2, 5)), [LOG_LEAVES[3], LOG_ROOTS[1], LOG_LEAVES[4]]);
+    assert_eq!(hexes(&log.inclusion_proof(4, 5)), [LOG_ROOTS[3]]);
+    assert_eq!(hexes(&log.consistency_proof(3, 5)), [LOG_LEAVES[2], LOG_LEAVES[3], LOG_ROOTS[1], LOG_LEAVES[4]]);
+    assert_eq!(hexes(&log.consistency_proof(2, 5)), [N_23, LOG_LEAVES[4]]);
+    assert_eq!(hexes(&log.consistency_proof(4, 5)), [LOG_LEAVES[4]]);
 }
