@@ -13,7 +13,12 @@
 //! closes, and drops its inbound senders. The node knows the transport has finished when
 //! its inbound receiver yields `None`.
 //!
-//! Implementations: `tcp` (length-prefixed frames, a fresh tag per connection) and `nym`
+//! Nodes appear as `Peer::Address` (their descriptor address): a frame to an address goes
+//! to that node, however the transport reaches it (tcp: a dialed connection or one the
+//! node opened with a preface, `specs/tcp.md` §6).
+//!
+//! Implementations: `tcp` (length-prefixed frames, a fresh tag per client connection,
+//! node-to-node connections) and `nym`
 //! (nym-sdk, behind the `nym` feature). The simulator's mixnet model is the third.
 
 #[cfg(feature = "nym")]
