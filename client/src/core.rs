@@ -667,7 +667,7 @@ impl ClientCore {
     }
 
     pub fn lookup(&mut self, now: TimeUs, username: &str) -> Result<(), ClientError> {
-        let username = identity::normalize_username(username)?;
+        let username = contact_name(username)?;
         self.start_lookup(now, username);
         Ok(())
     }
@@ -1142,11 +1142,9 @@ impl ClientCore {
             }
             Body::Error { code, detail } => self.on_error(now, rid, code, detail),
             Body::KtLookupResult { descriptor, proof } => self.on_kt_result(now, rid, descriptor, *proof),
-            Body::Nodes { descriptors } => {
-                if self.pending.remove(&rid).is_some() {
-                    for d in &descriptors {
-                        let _ = self.verifier.learn_node(d);
-                    }
+            Body::Nodes { descriptors } if self.pending.remove(&rid).is_some() => {
+                for d in &descriptors {
+                    let _ = self.verifier.learn_node(d);
                 }
             }
             Body::Gossip { items } => self.on_evidence(rid, items),
@@ -1230,6 +1228,16 @@ impl ClientCore {
             },
         });
         match self.verifier.check_lookup(&q.node, &q.username, &proof) {
+            // Monitoring our own entry: a key we never had means the node (or whoever
+            // holds its key) put another key under our name.
+            Outcome::Verified(entry)
+                if Some(q.username.as_str()) == self.username.as_deref()
+                    && self.identity.as_ref().is_some_and(|id| id.cert.account_key != entry.account_key) =>
+            {
+                self.pending.remove(&rid);
+                self.lookups.remove(&asked);
+                self.transparency_failed(&asked, "impersonated", "our own name maps to a key we do not hold".into());
+            }
             Outcome::Verified(entry) => {
                 self.on_lookup_result(now, rid, asked.clone(), entry.account_key, entry.installations, &asked)
             }

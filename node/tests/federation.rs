@@ -913,7 +913,6 @@ fn a_head_lost_in_a_crash_before_it_was_durable_is_never_seen_by_anyone() {
 /// crash that keeps a durable prefix must never leave a registered account (whose
 /// `Registered` may already have been released) that no epoch will ever include.
 #[test]
-#[ignore = "bug: a crash between the registry's writes and KtPending leaves an account never staged in the transparency log"]
 fn a_crash_inside_a_registration_never_leaves_an_account_out_of_the_directory() {
     let config = NodeConfig {
         federation: FederationConfig { epoch_us: EPOCH, serve_quorum: 0, ..Default::default() },

@@ -25,6 +25,9 @@ pub struct Report {
     pub faults: Faults,
     pub groups: crate::groups::GroupsReport,
     pub invariants: Invariants,
+    /// Present only when the scenario has a `[federation]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub federation: Option<FederationReport>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -161,15 +164,6 @@ impl FederationReport {
     }
 }
 
-/// The report with its `federation` block last (see `Report::to_json_with`).
-#[derive(Serialize)]
-struct WithFederation<'a> {
-    #[serde(flatten)]
-    report: &'a Report,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    federation: Option<&'a FederationReport>,
-}
-
 /// Two quantiles and the sample count.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Quantiles {
@@ -200,27 +194,14 @@ impl Report {
         self.invariants.violations.is_empty()
     }
 
+    /// One JSON object; `federation` appears only when the scenario has one.
     pub fn to_json(&self) -> String {
-        self.to_json_with(None)
+        serde_json::to_string_pretty(self).expect("report serialises")
     }
 
-    /// The JSON report with a `federation` object when `federation` is given; without,
-    /// exactly `to_json`'s output (no `federation` key).
-    pub fn to_json_with(&self, federation: Option<&FederationReport>) -> String {
-        match federation {
-            None => serde_json::to_string_pretty(self).expect("report serialises"),
-            Some(_) => {
-                serde_json::to_string_pretty(&WithFederation { report: self, federation }).expect("report serialises")
-            }
-        }
-    }
-
+    /// The human summary; a `federation:` line follows the groups line when present.
     pub fn summary(&self) -> String {
-        self.summary_with(None)
-    }
-
-    /// The text report with a `federation:` line (after the groups line) when given.
-    pub fn summary_with(&self, federation: Option<&FederationReport>) -> String {
+        let federation = self.federation.as_ref();
         let mut s = String::new();
         let d = &self.dm;
         let l = &self.latency_ms;
@@ -340,15 +321,21 @@ mod tests {
             faults: Faults { crashes: 0, offline_periods: 0, store_flushes: 0 },
             groups: crate::groups::GroupsReport::default(),
             invariants: Invariants { checked: 0, violations: vec![] },
+            federation: None,
         }
+    }
+
+    fn with(r: &Report, fed: &FederationReport) -> Report {
+        let mut r = r.clone();
+        r.federation = Some(fed.clone());
+        r
     }
 
     #[test]
     fn federation_json_keys_only_when_present() {
         let r = report();
-        let absent: serde_json::Value = serde_json::from_str(&r.to_json_with(None)).unwrap();
+        let absent: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
         assert!(absent.get("federation").is_none());
-        assert_eq!(r.to_json_with(None), r.to_json());
         assert!(!r.summary().contains("federation"));
         let fed = FederationReport {
             trust: "witness-quorum".into(),
@@ -365,7 +352,7 @@ mod tests {
             fork_certificates: 1,
             partition_converged: None,
         };
-        let v: serde_json::Value = serde_json::from_str(&r.to_json_with(Some(&fed))).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&with(&r, &fed).to_json()).unwrap();
         let f = v["federation"].as_object().unwrap();
         let mut keys: Vec<&str> = f.keys().map(String::as_str).collect();
         keys.sort_unstable();
@@ -396,9 +383,9 @@ mod tests {
         rest.as_object_mut().unwrap().remove("federation");
         assert_eq!(rest, absent);
         let fed = FederationReport { partition_converged: Some(true), ..fed };
-        let v: serde_json::Value = serde_json::from_str(&r.to_json_with(Some(&fed))).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&with(&r, &fed).to_json()).unwrap();
         assert_eq!(v["federation"]["partition_converged"], true);
-        let text = r.summary_with(Some(&fed));
+        let text = with(&r, &fed).summary();
         assert!(text.contains("federation: trust witness-quorum; 10 lookups") && text.contains("partition converged"));
         assert_eq!(DetectionLatency::of(&[]), DetectionLatency { p50: 0.0, max: 0.0 });
     }

@@ -29,6 +29,13 @@ pub enum Stream {
     },
     /// The group workload (who creates, joins, leaves, talks).
     GroupWorkload,
+    /// A node's long-term identity key (the same in every incarnation).
+    NodeKey {
+        index: u32,
+    },
+    /// The federation workload (cross-node contacts, verification lookups) and the
+    /// adversaries' choices.
+    Federation,
 }
 
 pub fn stream(seed: u64, which: Stream) -> ChaCha20Rng {
@@ -41,6 +48,8 @@ pub fn stream(seed: u64, which: Stream) -> ChaCha20Rng {
         Stream::Expectation => (6, 0, 0),
         Stream::GroupMember { index } => (7, index, 0),
         Stream::GroupWorkload => (8, 0, 0),
+        Stream::NodeKey { index } => (9, index, 0),
+        Stream::Federation => (10, 0, 0),
     };
     let mut h = blake3::Hasher::new_derive_key("nymstr-sim/v1/rng-stream");
     h.update(&seed.to_le_bytes());

@@ -19,11 +19,16 @@ use nymstr_node::{NodeCore, actors::NodeStats};
 use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
 
+use nymstr_node::actors::Address;
+use nymstr_node::actors::federation::NodeIdentity;
+use nymstr_node::federation::{NodeId, Roles};
+
+use crate::federation::{Attack, FedSim, Frozen};
 use crate::groups::{self, Groups, SentMessage, SimGroup, UploadClass};
 use crate::mixnet::{self, Moments, Us, ms_to_us};
 use crate::report::{self, Report};
 use crate::rng::{self, Stream};
-use crate::scenario::{Fault, Scenario};
+use crate::scenario::{AdversaryKind, Fault, Scenario};
 
 /// Virtual time of the simulation's start: 2026-01-01T00:00:00Z.
 pub const EPOCH_US: Us = 1_767_225_600_000_000;
@@ -101,6 +106,23 @@ enum Ev {
     },
     GroupJoinTick,
     GroupLeaveTick,
+    /// A node frame an adversary held back (`drop_forwarded` with a delay).
+    NodeFrameLate {
+        from: u32,
+        to: u32,
+        bytes: Vec<u8>,
+    },
+    /// A client verifies a contact's (or its own) entry by a transparency lookup.
+    FedLookupTick {
+        client: u32,
+    },
+    AdversaryStart {
+        index: u32,
+    },
+    PartitionStart {
+        index: u32,
+    },
+    PartitionEnd,
 }
 
 impl Ev {
@@ -126,6 +148,11 @@ impl Ev {
             Ev::GroupMsgTick { .. } => 18,
             Ev::GroupJoinTick => 19,
             Ev::GroupLeaveTick => 20,
+            Ev::NodeFrameLate { .. } => 21,
+            Ev::FedLookupTick { .. } => 22,
+            Ev::AdversaryStart { .. } => 23,
+            Ev::PartitionStart { .. } => 24,
+            Ev::PartitionEnd => 25,
         }
     }
 }
@@ -164,6 +191,8 @@ enum Payload {
     SurbRequest { node: u32, tag: SenderTag },
     /// Client answers with fresh SURBs only.
     SurbTopUp { tag: SenderTag, owner: u32, session: u32, surbs: u32 },
+    /// Node to node (federation), addressed by the sender's node address.
+    NodeFrame { from: u32, bytes: Vec<u8> },
 }
 
 /// Which leg of a direct message a mixnet message is, for the latency oracle.
@@ -238,6 +267,7 @@ struct ClientHost {
     contacts: Vec<u32>,
     /// The group member core, once the client is registered (group workloads only).
     group: Option<GroupCore>,
+    registered_at: Us,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -253,6 +283,8 @@ struct DmRecord {
     leg1_at_once: bool,
     leg1_frags: u32,
     leg1_clean: bool,
+    /// To a user homed on another discovery node (`user@node`).
+    cross: bool,
     node_rx_at: Option<Us>,
     deliver_produced_at: Option<Us>,
     deliver_released_at: Option<Us>,
@@ -274,6 +306,8 @@ pub struct Metrics {
     pub transit_first_attempt: Moments,
     pub latency_residual: Moments,
     pub flush_wait: Moments,
+    /// Node-to-node messages dropped by a partition.
+    pub partition_drops: u64,
 }
 
 pub struct World {
@@ -303,6 +337,10 @@ pub struct World {
     checks: u64,
     groups: Groups,
     group_rng: ChaCha20Rng,
+    fed: Option<FedSim>,
+    fed_rng: ChaCha20Rng,
+    /// Fork certificates each node held at its last step (to notice new ones).
+    forks_seen: BTreeMap<u32, usize>,
 }
 
 /// A group node's address as the group cores carry it: its index, big-endian.
@@ -317,18 +355,55 @@ fn node_of_address(addr: &[u8]) -> Option<u32> {
 impl World {
     pub fn new(sc: Scenario) -> Self {
         let seed = sc.seed;
+        let mut fed_rng = rng::stream(seed, Stream::Federation);
+        let base_nodes = sc.nodes.discovery + sc.nodes.group;
+        let sybils: u32 = sc
+            .adversaries
+            .iter()
+            .filter(|a| a.get_ref().kind == AdversaryKind::Sybil)
+            .map(|a| a.get_ref().sybil_count())
+            .sum();
+        let fed = sc.federation.clone().map(|f| {
+            let attacker = nymstr_node::identity::generate_signing_key(&mut fed_rng);
+            let mut fs = FedSim::new(f, attacker);
+            for i in 0..sc.nodes.discovery {
+                fs.add_node(i, &mut rng::stream(seed, Stream::NodeKey { index: i }));
+            }
+            for j in 0..sybils {
+                let i = base_nodes + j;
+                fs.add_node(i, &mut rng::stream(seed, Stream::NodeKey { index: i }));
+                fs.sybils.push(i);
+            }
+            fs.attacks = sc
+                .adversaries
+                .iter()
+                .map(|a| Attack {
+                    spec: a.get_ref().clone(),
+                    started_at: None,
+                    acted_at: None,
+                    detected_at: None,
+                    victim: None,
+                    frozen: None,
+                    answers: 0,
+                })
+                .collect();
+            fs
+        });
+        let total_nodes = base_nodes + if fed.is_some() { sybils } else { 0 };
         let mut nodes = Vec::new();
-        for i in 0..sc.nodes.discovery + sc.nodes.group {
-            let core = NodeCore::start(
-                EPOCH_US,
-                MemStore::new(),
-                rng::stream(seed, Stream::Node { index: i, incarnation: 0 }),
-                sc.nodes.core.clone(),
-            )
-            .expect("an empty store always starts");
+        for i in 0..total_nodes {
+            let is_sybil = i >= base_nodes;
+            let core = if is_sybil {
+                None
+            } else {
+                Some(
+                    start_node(&sc, fed.as_ref(), i, EPOCH_US, MemStore::new(), 0)
+                        .expect("an empty store always starts"),
+                )
+            };
             nodes.push(NodeHost {
-                core: Some(core),
-                down_store: None,
+                down_store: if is_sybil { Some(MemStore::new()) } else { None },
+                core,
                 incarnation: 0,
                 held: Vec::new(),
                 flushing: false,
@@ -347,8 +422,12 @@ impl World {
             transport_rng.fill_bytes(&mut address);
             let mut tag = [0u8; 16];
             transport_rng.fill_bytes(&mut tag);
+            let mut config = ClientConfig::default();
+            if let Some(f) = &fed {
+                config.trust = f.client_policy(sc.nodes.discovery);
+            }
             clients.push(ClientHost {
-                core: ClientCore::new(rng::stream(seed, Stream::Client { index: i }), ClientConfig::default()),
+                core: ClientCore::new(rng::stream(seed, Stream::Client { index: i }), config),
                 node: i % sc.nodes.discovery,
                 username: format!("user{i}"),
                 online: true,
@@ -363,6 +442,7 @@ impl World {
                 last_depart: 0,
                 contacts: Vec::new(),
                 group: None,
+                registered_at: 0,
             });
         }
         let mut w = World {
@@ -390,6 +470,9 @@ impl World {
             work_rng: rng::stream(seed, Stream::Workload),
             groups: Groups::default(),
             group_rng: rng::stream(seed, Stream::GroupWorkload),
+            fed,
+            fed_rng,
+            forks_seen: BTreeMap::new(),
             sc,
         };
         // Schedule joins, faults, background flushes and the end of traffic.
@@ -398,7 +481,7 @@ impl World {
             let at = EPOCH_US + if spread == 0 { 0 } else { rng::below(&mut w.work_rng, spread) };
             w.schedule(at, Ev::Join { client: i });
         }
-        for i in 0..w.sc.nodes.discovery + w.sc.nodes.group {
+        for i in 0..w.nodes.len() as u32 {
             let at = EPOCH_US + ms_to_us(w.sc.nodes.background_flush_ms);
             w.schedule(at, Ev::BackgroundFlush { node: i });
             w.after_node_step(i);
@@ -413,6 +496,17 @@ impl World {
                     EPOCH_US + at.us(),
                     Ev::LossStart { loss: packet_loss, until: EPOCH_US + at.us() + duration.us() },
                 ),
+            }
+        }
+        if w.fed.is_some() {
+            for index in 0..w.sc.adversaries.len() as u32 {
+                let at = EPOCH_US + w.sc.adversaries[index as usize].get_ref().at.us();
+                w.schedule(at, Ev::AdversaryStart { index });
+            }
+            let partitions: Vec<_> = w.sc.partitions().cloned().collect();
+            for (index, p) in partitions.iter().enumerate() {
+                w.schedule(EPOCH_US + p.at.us(), Ev::PartitionStart { index: index as u32 });
+                w.schedule(EPOCH_US + p.at.us() + p.heal_after.us(), Ev::PartitionEnd);
             }
         }
         let g = w.sc.workload.groups.clone();
@@ -559,6 +653,27 @@ impl World {
             Ev::GroupMsgTick { client, group } => self.on_group_msg_tick(client, group),
             Ev::GroupJoinTick => self.on_group_join_tick(),
             Ev::GroupLeaveTick => self.on_group_leave_tick(),
+            Ev::NodeFrameLate { from, to, bytes } => self.node_frame_arrives(from, to, bytes),
+            Ev::FedLookupTick { client } => self.on_fed_lookup_tick(client),
+            Ev::AdversaryStart { index } => self.on_adversary_start(index),
+            Ev::PartitionStart { index } => {
+                let p = self.sc.partitions().nth(index as usize).cloned();
+                if let (Some(p), Some(fed)) = (p, self.fed.as_mut()) {
+                    let mut map = BTreeMap::new();
+                    for (g, nodes) in p.groups.iter().enumerate() {
+                        for n in nodes {
+                            map.insert(*n, g);
+                        }
+                    }
+                    fed.partition = Some(map);
+                    fed.partitions_scheduled = true;
+                }
+            }
+            Ev::PartitionEnd => {
+                if let Some(fed) = self.fed.as_mut() {
+                    fed.partition = None;
+                }
+            }
             Ev::DrainCheck => {
                 if !self.traffic_stopped {
                     // New traffic stops and faults heal: every offline client comes back.
@@ -608,9 +723,10 @@ impl World {
             && self.msgs.is_empty()
             && self.nodes.iter().all(|n| n.core.as_ref().is_some_and(|c| c.queued_total() == 0) && n.held.is_empty())
             && self.clients.iter().all(|c| {
+                // Users of a misbehaving node may wait forever for the federation.
+                let stuck_ok = self.fed.as_ref().is_some_and(|f| f.is_adversary(c.node));
                 c.online
-                    && c.core.is_idle()
-                    && c.core.unacked_sends() == 0
+                    && (stuck_ok || (c.core.is_idle() && c.core.unacked_sends() == 0))
                     && c.group.as_ref().is_none_or(|g| g.is_idle())
             })
     }
@@ -633,8 +749,19 @@ impl World {
             let c = &self.clients[client as usize];
             (c.online, c.node)
         };
+        if !online {
+            return;
+        }
+        if let Some((epoch, share)) = self.fed.as_ref().map(|f| (f.scenario.epoch.us(), f.scenario.cross_node_share))
+            && self.settled(client, epoch)
+            && rng::chance(&mut self.fed_rng, share)
+            && let Some(recipient) = self.pick_remote(client, epoch)
+        {
+            self.send_workload_dm(client, recipient, true);
+            return;
+        }
         let candidates = &self.nodes[home as usize].registered;
-        if !online || candidates.len() < 2 {
+        if candidates.len() < 2 {
             return;
         }
         let dm = &self.sc.workload.dm;
@@ -659,9 +786,14 @@ impl World {
                 }
                 pick
             };
+        self.send_workload_dm(client, recipient, false);
+    }
+
+    /// Sends one workload DM from `client` to `recipient` (`cross`: by its qualified name).
+    fn send_workload_dm(&mut self, client: u32, recipient: u32, cross: bool) {
         let mut body = vec![0u8; self.sc.workload.dm.message_bytes as usize];
         self.work_rng.fill_bytes(&mut body);
-        let to = self.clients[recipient as usize].username.clone();
+        let to = if cross { self.qualified(recipient) } else { self.clients[recipient as usize].username.clone() };
         let now = self.now;
         let idle_queue = self.clients[client as usize].last_depart <= now;
         let core = &mut self.clients[client as usize].core;
@@ -670,12 +802,348 @@ impl World {
         let at_once = idle_queue && transmits.iter().any(|e| matches!(&e.body, Body::SendDm(d) if d.msg_id == msg_id));
         self.dms.insert(
             msg_id,
-            DmRecord { sender: client, recipient, sent_at: now, leg1_at_once: at_once, ..DmRecord::default() },
+            DmRecord { sender: client, recipient, sent_at: now, leg1_at_once: at_once, cross, ..DmRecord::default() },
         );
+        if cross && let Some(fed) = self.fed.as_mut() {
+            fed.cross_node_dm += 1;
+        }
         for env in transmits {
             self.client_transmit(client, env);
         }
         self.after_client_step(client);
+    }
+
+    // --- federation ---
+
+    /// A DM to or from a user of a node that misbehaves: the oracles excuse its fate.
+    fn involves_adversary(&self, d: &DmRecord) -> bool {
+        self.fed.as_ref().is_some_and(|f| {
+            f.is_adversary(self.clients[d.sender as usize].node)
+                || f.is_adversary(self.clients[d.recipient as usize].node)
+        })
+    }
+
+    /// Registered long enough ago that its entry is in its node's published directory
+    /// (two epochs and the serving grace).
+    fn settled(&self, client: u32, epoch_us: Us) -> bool {
+        let c = &self.clients[client as usize];
+        c.registered && self.now >= c.registered_at + 2 * epoch_us + 15_000_000
+    }
+
+    /// A settled user homed on another discovery node (not a substitution victim).
+    fn pick_remote(&mut self, client: u32, epoch_us: Us) -> Option<u32> {
+        let home = self.clients[client as usize].node;
+        let victims: BTreeSet<u32> = self
+            .fed
+            .as_ref()
+            .map(|f| f.attacks.iter().filter_map(|a| a.victim.map(|v| v.0)).collect())
+            .unwrap_or_default();
+        for _ in 0..8 {
+            let node = rng::below(&mut self.fed_rng, u64::from(self.sc.nodes.discovery)) as u32;
+            if node == home {
+                continue;
+            }
+            let list = &self.nodes[node as usize].registered;
+            if list.is_empty() {
+                continue;
+            }
+            let pick = list[rng::below(&mut self.fed_rng, list.len() as u64) as usize];
+            if self.settled(pick, epoch_us) && !victims.contains(&pick) {
+                return Some(pick);
+            }
+        }
+        None
+    }
+
+    /// `user@<node id>` of a client.
+    fn qualified(&self, client: u32) -> String {
+        let c = &self.clients[client as usize];
+        let id = self.fed.as_ref().and_then(|f| f.ids.get(&c.node)).map(NodeId::to_hex).unwrap_or_default();
+        format!("{}@{id}", c.username)
+    }
+
+    fn schedule_fed_lookup(&mut self, client: u32) {
+        let Some(rate) = self.fed.as_ref().map(|f| f.scenario.lookups_per_client_per_min) else { return };
+        if rate <= 0.0 || self.traffic_stopped {
+            return;
+        }
+        let at = self.now + rng::exp(&mut self.fed_rng, 60_000_000.0 / rate) as Us;
+        if at < self.end_of_traffic() {
+            self.schedule(at, Ev::FedLookupTick { client });
+        }
+    }
+
+    /// A verification lookup: of our own entry (monitoring) one time in five, else of a
+    /// user on another node.
+    fn on_fed_lookup_tick(&mut self, client: u32) {
+        self.schedule_fed_lookup(client);
+        let Some(epoch) = self.fed.as_ref().map(|f| f.scenario.epoch.us()) else { return };
+        if !self.clients[client as usize].online || !self.settled(client, epoch) {
+            return;
+        }
+        let target = if rng::chance(&mut self.fed_rng, 0.2) { Some(client) } else { self.pick_remote(client, epoch) };
+        let Some(target) = target else { return };
+        let name = self.qualified(target);
+        let now = self.now;
+        if self.clients[client as usize].core.lookup(now, &name).is_ok()
+            && let Some(fed) = self.fed.as_mut()
+        {
+            fed.lookups += 1;
+        }
+        self.after_client_step(client);
+    }
+
+    /// A verified lookup: did the client just accept a key that is not the user's?
+    fn on_looked_up(&mut self, client: u32, username: &str) {
+        let Some((user, node_hex)) = username.split_once('@') else { return };
+        let Some(fed) = self.fed.as_ref() else { return };
+        let Some(target) = user.strip_prefix("user").and_then(|n| n.parse::<u32>().ok()) else { return };
+        let Some(t) = self.clients.get(target as usize) else { return };
+        let real = t.core.identity().map(|i| i.cert.account_key);
+        let accepted = self.clients[client as usize].core.contact(username).map(|c| c.account_key);
+        if real.is_some() && accepted.is_some() && real != accepted {
+            let node = NodeId::from_hex(node_hex).and_then(|id| fed.node_of_id(&id));
+            let fed = self.fed.as_mut().expect("federation");
+            fed.forged_accepted.insert(client);
+            if let Some(node) = node {
+                for a in &mut fed.attacks {
+                    if a.spec.node == node {
+                        a.acted_at.get_or_insert(self.now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A client's verifier refused an answer or saw a change: an alarm about the node
+    /// named (a detection if that node misbehaves, a false alarm if not).
+    fn on_transparency(&mut self, client: u32, username: String, outcome: &'static str, detail: String) {
+        let now = self.now;
+        let Some(fed) = self.fed.as_mut() else {
+            self.violations.push(format!("client {client}: transparency {outcome} for {username}: {detail}"));
+            return;
+        };
+        let node = username.split_once('@').and_then(|(_, h)| NodeId::from_hex(h)).and_then(|id| fed.node_of_id(&id));
+        match (outcome, node) {
+            // Transient: the serving node's newest head has too few cosignatures yet.
+            ("not_enough_witnesses" | "absent", Some(n)) if !fed.is_adversary(n) => {}
+            (_, Some(node)) => fed.detected(now, node, format!("client {client}: {outcome} for {username}")),
+            (_, None) => self.violations.push(format!("client {client}: transparency {outcome} for {username}")),
+        }
+    }
+
+    /// Honest nodes that built a fork certificate since their last step raise an alarm
+    /// against the node it convicts.
+    fn notice_forks(&mut self, node: u32) {
+        let Some(fed) = self.fed.as_mut() else { return };
+        let Some(f) = self.nodes[node as usize].core.as_ref().and_then(|c| c.federation()) else { return };
+        let certs: Vec<NodeId> = f.forks().map(|c| c.a.head.node_id).collect();
+        let seen = self.forks_seen.entry(node).or_insert(0);
+        if certs.len() > *seen && !fed.is_adversary(node) {
+            for id in &certs[*seen..] {
+                if let Some(target) = fed.node_of_id(id) {
+                    fed.detected(self.now, target, format!("node {node} holds a fork certificate against {target}"));
+                }
+            }
+        }
+        *seen = certs.len();
+    }
+
+    fn on_adversary_start(&mut self, index: u32) {
+        let now = self.now;
+        let Some(fed) = self.fed.as_mut() else { return };
+        let attack = &mut fed.attacks[index as usize];
+        attack.started_at = Some(now);
+        let kind = attack.spec.kind;
+        let node = attack.spec.node;
+        match kind {
+            AdversaryKind::Sybil => {
+                // The sybils come up and join the federation; they then cosign whatever
+                // the node they vouch for shows (see `fed_intercept`).
+                let sybils = fed.sybils.clone();
+                for s in sybils {
+                    if self.nodes[s as usize].core.is_none() {
+                        self.restart(s);
+                    }
+                }
+            }
+            AdversaryKind::SubstituteKey => {
+                let epoch = fed.scenario.epoch.us();
+                let chosen = attack.spec.user.or_else(|| {
+                    let list = &self.nodes[node as usize].registered;
+                    list.iter().copied().find(|c| self.settled(*c, epoch))
+                });
+                let Some(victim) = chosen else { return };
+                let fed = self.fed.as_mut().expect("federation");
+                let v = &self.clients[victim as usize];
+                let Some(id) = v.core.identity() else { return };
+                let username = v.username.clone();
+                let cert = fed.attacker_cert(&id.cert);
+                let key = fed.attacker.verifying_key().to_bytes();
+                let entry = nymstr_node::federation::DirEntry {
+                    username,
+                    account_key: key,
+                    installations: vec![cert],
+                    status: nymstr_node::federation::EntryStatus::Active,
+                    seq: 0,
+                    epoch: 0,
+                };
+                let attack = &mut fed.attacks[index as usize];
+                attack.victim = Some((victim, key));
+                attack.acted_at = Some(now);
+                if let Some(core) = self.nodes[node as usize].core.as_mut() {
+                    let _ = core.operator_stage_entry(now, entry);
+                }
+                self.after_node_step(node);
+            }
+            AdversaryKind::ReplayHead => {
+                let cfg = self.sc.nodes.core.federation.clone();
+                let Some(core) = self.nodes[node as usize].core.as_ref() else { return };
+                let Some(f) = core.federation() else { return };
+                let quorum = fed.node_config(0).serve_quorum;
+                if let Some((head, entries, cosignatures)) = f.log().served_view(now, quorum, cfg.serve_grace_us) {
+                    let tree = nymstr_node::federation::merkle::DirTree::build(
+                        entries
+                            .iter()
+                            .map(|(k, e)| (k.as_bytes().to_vec(), nymstr_node::federation::merkle::entry_hash(e)))
+                            .collect(),
+                    );
+                    fed.attacks[index as usize].frozen =
+                        Some(Frozen { head: head.clone(), cosignatures, entries: entries.clone(), tree });
+                }
+            }
+            AdversaryKind::Equivocate | AdversaryKind::DropForwarded => {}
+        }
+    }
+
+    /// What a misbehaving node changes in its own outputs: lookup answers.
+    fn fed_intercept(&mut self, node: u32, mut env: Envelope) -> Option<Envelope> {
+        let Some(fed) = self.fed.as_mut() else { return Some(env) };
+        let Body::KtLookupResult { proof, .. } = &mut env.body else { return Some(env) };
+        let now = self.now;
+        if self.traffic_stopped {
+            return Some(env);
+        }
+        // A sybil-backed node equivocates with its sybils' cosignatures.
+        let sybil_backed = fed
+            .attacks
+            .iter()
+            .position(|a| a.spec.kind == AdversaryKind::Sybil && a.spec.node == node && a.started_at.is_some());
+        if let Some(a) = fed.active(node, &[AdversaryKind::Equivocate]).or(sybil_backed) {
+            fed.attacks[a].answers += 1;
+            if fed.attacks[a].answers % 2 == 0 {
+                return Some(env);
+            }
+            let Some(core) = self.nodes[node as usize].core.as_ref() else { return Some(env) };
+            let Some(f) = core.federation() else { return Some(env) };
+            let Some(username) = proof.entry.as_ref().map(|e| e.username.clone()) else { return Some(env) };
+            let cfg = &self.sc.nodes.core.federation;
+            let quorum = fed.node_config(0).serve_quorum;
+            let Some((_, entries, _)) = f.log().served_view(now, quorum, cfg.serve_grace_us) else { return Some(env) };
+            let cosigners =
+                if fed.attacks[a].spec.kind == AdversaryKind::Sybil { fed.sybils.clone() } else { Vec::new() };
+            if let Some(forged) = fed.forge(node, entries, &username, proof, &cosigners) {
+                **proof = forged;
+                fed.attacks[a].acted_at.get_or_insert(now);
+            }
+            return Some(env);
+        }
+        if let Some(a) = fed.active(node, &[AdversaryKind::ReplayHead])
+            && let Some(frozen) = &fed.attacks[a].frozen
+        {
+            // Only worth it once the real log has moved on.
+            if frozen.head.head.epoch < proof.head.head.epoch
+                && let Some(username) = proof.entry.as_ref().map(|e| e.username.clone())
+            {
+                **proof = FedSim::replay(frozen, &username);
+                fed.attacks[a].acted_at.get_or_insert(now);
+            }
+        }
+        Some(env)
+    }
+
+    /// A node's message to another node, over the mixnet (nodes are mixnet clients too).
+    fn node_to_node(&mut self, from: u32, to: u32, env: Envelope) {
+        if self.fed.as_ref().is_some_and(|f| f.partitioned(from, to)) {
+            self.metrics.partition_drops += 1;
+            return;
+        }
+        let bytes = codec::encode_frame(&env).expect("node frames fit the limit");
+        let life = self.nodes[from as usize].incarnation;
+        self.send_message(Endpoint::Node(from), life, Endpoint::Node(to), 0, Payload::NodeFrame { from, bytes }, None);
+    }
+
+    fn node_frame_arrives(&mut self, from: u32, to: u32, bytes: Vec<u8>) {
+        let now = self.now;
+        let Some(core) = self.nodes[to as usize].core.as_mut() else { return };
+        core.handle_frame(now, Peer::Address(Address(node_address(from))), &bytes);
+        self.after_node_step(to);
+    }
+
+    /// After the last partition healed, do the honest nodes agree on every honest node's
+    /// log (no fork certificate against an honest node, each one's newest head known to
+    /// all others at most one epoch behind, and identical where they overlap)?
+    fn partition_converged(&self) -> Option<bool> {
+        let fed = self.fed.as_ref()?;
+        if !fed.partitions_scheduled {
+            return None;
+        }
+        let honest: Vec<u32> = (0..self.sc.nodes.discovery).filter(|n| !fed.is_adversary(*n)).collect();
+        for &x in &honest {
+            let Some(fx) = self.nodes[x as usize].core.as_ref().and_then(|c| c.federation()) else { continue };
+            let Some(latest) = fx.log().latest() else { return Some(false) };
+            for &y in &honest {
+                if x == y {
+                    continue;
+                }
+                let Some(fy) = self.nodes[y as usize].core.as_ref().and_then(|c| c.federation()) else { continue };
+                if fy.forks().any(|c| c.a.head.node_id == fx.id()) {
+                    return Some(false);
+                }
+                let Some((seen, _)) = fy.head_of(&fx.id()) else { return Some(false) };
+                if seen.head.epoch + 1 < latest.head.epoch {
+                    return Some(false);
+                }
+                let stored =
+                    nymstr_node::federation::log::stored_head(fx_store(&self.nodes[x as usize]), seen.head.epoch);
+                if stored.ok().flatten().as_ref() != Some(seen) {
+                    return Some(false);
+                }
+            }
+        }
+        Some(true)
+    }
+
+    fn federation_report(&self) -> Option<report::FederationReport> {
+        let fed = self.fed.as_ref()?;
+        let mut heads = 0;
+        let mut cosigs = 0;
+        let mut forks = 0;
+        for n in &self.nodes {
+            if let Some(f) = n.core.as_ref().and_then(|c| c.federation()) {
+                heads += f.stats.heads_signed;
+                cosigs += f.stats.cosignatures_given;
+                forks += f.stats.fork_certificates;
+            }
+        }
+        let acted: Vec<&Attack> = fed.attacks.iter().filter(|a| a.acted_at.is_some()).collect();
+        let latencies: Vec<f64> =
+            acted.iter().filter_map(|a| Some((a.detected_at? - a.acted_at?) as f64 / 1000.0)).collect();
+        Some(report::FederationReport {
+            trust: fed.scenario.trust.name().to_string(),
+            lookups: fed.lookups,
+            cross_node_dm: fed.cross_node_dm,
+            cross_node_delivered: fed.cross_node_delivered,
+            attacks: acted.len() as u64,
+            attacks_detected: acted.iter().filter(|a| a.detected_at.is_some()).count() as u64,
+            detection_latency_ms: report::DetectionLatency::of(&latencies),
+            false_alarms: fed.false_alarms,
+            forged_key_accepted_share: fed.forged_accepted.len() as f64 / self.clients.len().max(1) as f64,
+            heads_signed: heads,
+            cosignatures: cosigs,
+            fork_certificates: forks,
+            partition_converged: self.partition_converged(),
+        })
     }
 
     // --- group workload ---
@@ -1009,17 +1477,27 @@ impl World {
     }
 
     fn on_client_event(&mut self, client: u32, ev: Event) {
+        if std::env::var_os("NYMSTR_SIM_TRACE_CLIENT").is_some_and(|v| v == client.to_string().as_str()) {
+            eprintln!("t={} client {client} event {ev:?}", self.now - EPOCH_US);
+        }
         match ev {
             Event::Registered { .. } => {
                 let c = &mut self.clients[client as usize];
                 if !c.registered {
                     c.registered = true;
+                    c.registered_at = self.now;
                     let home = c.node;
                     self.metrics.registered += 1;
                     self.nodes[home as usize].registered.push(client);
                     self.on_dm_tick_schedule(client);
                     if self.sc.workload.groups.count > 0 {
                         self.start_group_core(client);
+                    }
+                    if self.fed.is_some() {
+                        // The witness set: the federation as the home node knows it now.
+                        let now = self.now;
+                        self.clients[client as usize].core.fetch_nodes(now);
+                        self.schedule_fed_lookup(client);
                     }
                 }
             }
@@ -1040,11 +1518,25 @@ impl World {
                 d.delivered += 1;
                 if d.delivered == 1 {
                     self.latencies_ms.push((now - d.sent_at) as f64 / 1000.0);
+                    if d.cross
+                        && let Some(fed) = self.fed.as_mut()
+                    {
+                        fed.cross_node_delivered += 1;
+                    }
                 }
             }
             Event::Rejected { from, reason, .. } => {
                 self.metrics.rejected_deliveries += 1;
-                self.violations.push(format!("client {client} rejected an honest message from {from}: {reason}"));
+                // A message from a user of a misbehaving node cannot be verified: refused.
+                let excused = self.fed.as_ref().is_some_and(|f| {
+                    from.split_once('@')
+                        .and_then(|(_, h)| NodeId::from_hex(h))
+                        .and_then(|id| f.node_of_id(&id))
+                        .is_some_and(|n| f.is_adversary(n))
+                });
+                if !excused {
+                    self.violations.push(format!("client {client} rejected an honest message from {from}: {reason}"));
+                }
             }
             Event::Failed { what, code, .. } => {
                 self.metrics.failed_requests += 1;
@@ -1052,15 +1544,25 @@ impl World {
                     && let Some(d) = self.dms.get_mut(&msg_id)
                 {
                     d.failed = true;
-                    self.violations.push(format!("send from client {client} failed with {code:?}"));
+                    // A send to a user of a misbehaving node may fail: that is the point.
+                    let home = self.clients[d.recipient as usize].node;
+                    let excused = self.fed.as_ref().is_some_and(|f| f.is_adversary(home));
+                    if !excused {
+                        self.violations.push(format!("send from client {client} failed with {code:?}"));
+                    }
                 }
             }
             Event::KeyChanged { username, .. } => {
-                self.violations.push(format!("client {client} saw the account key of {username} change"));
+                if self.fed.is_none() {
+                    self.violations.push(format!("client {client} saw the account key of {username} change"));
+                }
             }
+            Event::Transparency { username, outcome, detail } => {
+                self.on_transparency(client, username, outcome, detail)
+            }
+            Event::LookedUp { username } => self.on_looked_up(client, &username),
             // The simulator's clients do not use direct mode.
             Event::LoggedIn { .. }
-            | Event::LookedUp { .. }
             | Event::DirectOffered { .. }
             | Event::DirectReady { .. }
             | Event::DirectWithdrawn { .. }
@@ -1081,6 +1583,7 @@ impl World {
     }
 
     fn after_node_step(&mut self, node: u32) {
+        self.notice_forks(node);
         let n = &mut self.nodes[node as usize];
         let Some(core) = n.core.as_mut() else { return };
         let outputs: Vec<Output> = core.drain_outputs().collect();
@@ -1171,14 +1674,11 @@ impl World {
     }
 
     fn restart(&mut self, node: u32) {
-        let seed = self.sc.seed;
-        let config = self.sc.nodes.core.clone();
         let now = self.now;
         let n = &mut self.nodes[node as usize];
         let store = n.down_store.take().expect("a down node holds its store");
-        let rng = rng::stream(seed, Stream::Node { index: node, incarnation: n.incarnation });
-        match NodeCore::start(now, store, rng, config) {
-            Ok(core) => n.core = Some(core),
+        match start_node(&self.sc, self.fed.as_ref(), node, now, store, n.incarnation) {
+            Ok(core) => self.nodes[node as usize].core = Some(core),
             Err(e) => self.violations.push(format!("node {node} could not restart: {e}")),
         }
         self.after_node_step(node);
@@ -1230,15 +1730,39 @@ impl World {
     }
 
     fn node_transmit(&mut self, node: u32, to: Peer, env: Envelope) {
+        let env = match self.fed_intercept(node, env) {
+            Some(env) => env,
+            None => return,
+        };
         let tag = match to {
             Peer::Tag(tag) => tag,
             Peer::Address(addr) => {
                 if self.clients.iter().any(|c| c.address.as_slice() == addr.0.as_slice()) {
                     self.violations.push(format!("node {node} addressed a client by its mixnet address"));
+                    return;
+                }
+                match node_of_address(&addr.0) {
+                    Some(to) if (to as usize) < self.nodes.len() && self.fed.is_some() => {
+                        self.node_to_node(node, to, env)
+                    }
+                    _ => self.violations.push(format!("node {node} addressed an unknown node")),
                 }
                 return;
             }
         };
+        if let (Body::Error { code: nymstr_node::wire::ErrorCode::Unreachable, .. }, Some(fed)) =
+            (&env.body, self.fed.as_mut())
+        {
+            // A forward that timed out: whoever it went to dropped it (or is cut off).
+            let now = self.now;
+            for a in 0..fed.attacks.len() {
+                let spec = &fed.attacks[a].spec;
+                if spec.kind == AdversaryKind::DropForwarded && fed.attacks[a].acted_at.is_some() {
+                    let target = spec.node;
+                    fed.detected(now, target, format!("forward to node {target} timed out"));
+                }
+            }
+        }
         if let Body::SendAck { msg_id } = &env.body
             && let Some(d) = self.dms.get_mut(msg_id)
         {
@@ -1316,6 +1840,7 @@ impl World {
             Payload::ToClient { bytes, .. } => (bytes.len(), 0),
             Payload::SurbRequest { .. } => (32, 0),
             Payload::SurbTopUp { surbs, .. } => (0, *surbs),
+            Payload::NodeFrame { bytes, .. } => (bytes.len(), 0),
         };
         let frags = mixnet::fragments(p, len, surbs);
         let id = self.next_msg;
@@ -1510,6 +2035,23 @@ impl World {
             (Endpoint::Node(node), Payload::SurbTopUp { tag, owner, session, surbs }) => {
                 self.credit_surbs(node, tag, owner, session, surbs)
             }
+            (Endpoint::Node(node), Payload::NodeFrame { from, bytes }) => {
+                self.metrics.frames_to_nodes += 1;
+                self.trace.update(blake3::hash(&bytes).as_bytes());
+                // A drop_forwarded adversary swallows (or holds back) what peers forward.
+                if let Some(fed) = self.fed.as_mut()
+                    && let Some(a) = fed.active(node, &[AdversaryKind::DropForwarded])
+                    && matches!(codec::decode_frame(&bytes).map(|e| e.body), Ok(Body::ForwardDm { .. }))
+                    && !self.traffic_stopped
+                {
+                    fed.attacks[a].acted_at.get_or_insert(now);
+                    if let Some(delay) = fed.attacks[a].spec.delay {
+                        self.schedule(now + delay.us(), Ev::NodeFrameLate { from, to: node, bytes });
+                    }
+                    return;
+                }
+                self.node_frame_arrives(from, node, bytes);
+            }
             (Endpoint::Client(client), Payload::ToClient { node, bytes }) => {
                 self.metrics.frames_to_clients += 1;
                 self.trace.update(blake3::hash(&bytes).as_bytes());
@@ -1660,7 +2202,7 @@ impl World {
         //    eventually acknowledged to its sender.
         for (id, d) in &self.dms {
             checks += 1;
-            if d.failed {
+            if d.failed || self.involves_adversary(d) {
                 continue;
             }
             if d.node_acked_or_delivered() && d.delivered == 0 {
@@ -1879,6 +2421,7 @@ impl World {
             },
             groups: self.groups_report(),
             invariants: report::Invariants { checked: self.checks, violations: self.violations.clone() },
+            federation: self.federation_report(),
         }
     }
 
@@ -1947,4 +2490,41 @@ fn add_stats(a: &NodeStats, b: &NodeStats) -> NodeStats {
         redeliveries: a.redeliveries + b.redeliveries,
         acks: a.acks + b.acks,
     }
+}
+
+/// Starts (or restarts) node `i`: federated when the scenario has a federation and the
+/// node is a discovery node or a sybil, plain otherwise.
+fn start_node(
+    sc: &Scenario,
+    fed: Option<&FedSim>,
+    i: u32,
+    now: Us,
+    store: MemStore,
+    incarnation: u32,
+) -> Result<NodeCore<MemStore>, nymstr_node::actors::StartError> {
+    let rng = rng::stream(sc.seed, Stream::Node { index: i, incarnation });
+    let mut config = sc.nodes.core.clone();
+    match fed.and_then(|f| f.keys.get(&i).map(|k| (f, k))) {
+        Some((f, key)) => {
+            let peers = sc.nodes.discovery + f.sybils.len() as u32 - 1;
+            config.federation = f.node_config(peers);
+            let bootstrap = [0u32, 1]
+                .into_iter()
+                .filter(|b| *b != i && *b < sc.nodes.discovery)
+                .map(|b| Address(node_address(b)))
+                .collect();
+            let identity = NodeIdentity {
+                key: key.clone(),
+                address: node_address(i),
+                roles: Roles { discovery: true, group: false },
+                bootstrap,
+            };
+            NodeCore::start_federated(now, store, rng, config, identity)
+        }
+        None => NodeCore::start(now, store, rng, config),
+    }
+}
+
+fn fx_store(n: &NodeHost) -> &MemStore {
+    n.core.as_ref().expect("checked up").store()
 }

@@ -125,6 +125,8 @@ pub enum FederationError {
     BadName(String),
     #[error("forwarded message refused: {0}")]
     BadForward(String),
+    #[error("not yet peered with node {0}; try again")]
+    NotYetPeered(String),
     #[error("{0} is not a federation request")]
     Unexpected(&'static str),
     #[error("this node has no transparency log yet")]
@@ -146,16 +148,19 @@ impl CodedError for FederationError {
             FederationError::BadForward(_) => ErrorCode::BadSignature,
             FederationError::Unexpected(_) => ErrorCode::UnexpectedMessage,
             FederationError::NoHead | FederationError::Store(_) => ErrorCode::Internal,
+            FederationError::NotYetPeered(_) => ErrorCode::Unreachable,
         }
     }
 }
 
-#[derive(Clone, Debug)]
-enum Handshake {
+/// Both directions of a peering may run at once (two nodes that say hello to each other
+/// at the same time); each completes on its own and either authenticates the peer.
+#[derive(Clone, Debug, Default)]
+struct Handshake {
     /// We sent `PeerHello` with this nonce.
-    Hello { nonce: Nonce },
-    /// We answered a hello with `PeerWelcome` carrying this nonce.
-    Welcome { nonce: Nonce, descriptor: NodeDescriptor },
+    hello: Option<Nonce>,
+    /// We answered their hello with `PeerWelcome` carrying this nonce.
+    welcome: Option<(Nonce, NodeDescriptor)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -278,6 +283,23 @@ impl Federation {
             next_retry_us: ctx.now + cfg.peer_retry_us,
             stats: FederationStats::default(),
         };
+        // The registry is the source of truth for accounts: a crash between a registry
+        // write and its directory staging must not leave an account out of the log.
+        let mut stale = Vec::new();
+        for (_, v) in ctx.store.scan_prefix(Table::Accounts, &[])? {
+            let Ok(account) = codec::decode::<Account>(&v) else { continue };
+            let current = me.log.newest_entry(&account.username).is_some_and(|e| {
+                e.account_key == account.account_key
+                    && e.installations == account.installations
+                    && e.status == EntryStatus::Active
+            });
+            if !current {
+                stale.push(account);
+            }
+        }
+        for account in stale {
+            me.on_account_changed(ctx, &account)?;
+        }
         if me.log.latest().is_none() {
             me.seal(ctx)?;
         }
@@ -402,7 +424,7 @@ impl Federation {
     fn hello<S: Store>(&mut self, ctx: &mut Ctx<'_, S>, addr: Address) {
         let mut nonce = [0u8; 32];
         ctx.rng.fill_bytes(&mut nonce);
-        self.handshakes.insert(addr.clone(), Handshake::Hello { nonce });
+        self.handshakes.entry(addr.clone()).or_default().hello = Some(nonce);
         ctx.send(Peer::Address(addr), 0, Body::PeerHello { descriptor: self.descriptor.clone(), nonce });
     }
 
@@ -437,7 +459,7 @@ impl Federation {
         let answer = identity::sign(&self.key, &identity::peer_challenge_bytes(&nonce, &descriptor.node_id, &self.id));
         let mut mine = [0u8; 32];
         ctx.rng.fill_bytes(&mut mine);
-        self.handshakes.insert(from.clone(), Handshake::Welcome { nonce: mine, descriptor });
+        self.handshakes.entry(from.clone()).or_default().welcome = Some((mine, descriptor));
         ctx.send(
             Peer::Address(from),
             rid,
@@ -455,7 +477,7 @@ impl Federation {
         answer: crate::wire::Sig,
         nonce: Nonce,
     ) -> Result<(), FederationError> {
-        let Some(Handshake::Hello { nonce: sent }) = self.handshakes.get(&from).cloned() else {
+        let Some(sent) = self.handshakes.get(&from).and_then(|h| h.hello) else {
             return Err(FederationError::NoHandshake);
         };
         self.check_descriptor(&descriptor, &from)?;
@@ -477,7 +499,7 @@ impl Federation {
         from: Address,
         answer: crate::wire::Sig,
     ) -> Result<(), FederationError> {
-        let Some(Handshake::Welcome { nonce, descriptor }) = self.handshakes.get(&from).cloned() else {
+        let Some((nonce, descriptor)) = self.handshakes.get(&from).and_then(|h| h.welcome.clone()) else {
             return Err(FederationError::NoHandshake);
         };
         identity::verify(
@@ -842,8 +864,7 @@ impl Federation {
                     ctx.send(Peer::Tag(tag), rid, Body::Gossip { items: vec![GossipItem::Fork(cert.clone())] });
                     return Ok(());
                 }
-                let addr =
-                    self.peers.get(&q.node).cloned().ok_or_else(|| FederationError::UnknownNode(short(&q.node)))?;
+                let addr = self.peer_address(ctx, &q.node)?;
                 let fwd = self.fresh_rid(ctx);
                 let deadline = ctx.now + ctx.config.federation.forward_timeout_us;
                 self.pending.insert(
@@ -857,6 +878,21 @@ impl Federation {
         }
     }
 
+    /// The address of an authenticated peer. A node known only by its descriptor is
+    /// greeted and the caller told `Unreachable` (transient: the client retries); a node
+    /// not known at all is `UnknownNode`.
+    fn peer_address<S: Store>(&mut self, ctx: &mut Ctx<'_, S>, node: &NodeId) -> Result<Address, FederationError> {
+        if let Some(addr) = self.peers.get(node) {
+            return Ok(addr.clone());
+        }
+        let Some(d) = self.known.get(node) else { return Err(FederationError::UnknownNode(short(node))) };
+        let addr = Address(d.address.clone());
+        if self.handshakes.get(&addr).is_none_or(|h| h.hello.is_none()) {
+            self.hello(ctx, addr);
+        }
+        Err(FederationError::NotYetPeered(short(node)))
+    }
+
     /// `Nodes`: this node's descriptor first, then the others it knows.
     pub fn on_nodes_request<S: Store>(&self, ctx: &mut Ctx<'_, S>, to: Peer, rid: u64) {
         let mut descriptors = vec![self.descriptor.clone()];
@@ -868,6 +904,7 @@ impl Federation {
     // --- direct messages across nodes ---
 
     /// Forwards an authenticated local sender's DM to the recipient's home node.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_dm<S: Store>(
         &mut self,
         ctx: &mut Ctx<'_, S>,
@@ -881,7 +918,7 @@ impl Federation {
         if self.forks.contains_key(&to_node) {
             return Err(FederationError::Distrusted(short(&to_node)));
         }
-        let addr = self.peers.get(&to_node).cloned().ok_or_else(|| FederationError::UnknownNode(short(&to_node)))?;
+        let addr = self.peer_address(ctx, &to_node)?;
         let fwd = self.fresh_rid(ctx);
         let deadline = ctx.now + ctx.config.federation.forward_timeout_us;
         self.pending
@@ -947,6 +984,18 @@ impl Federation {
             return false;
         }
         let p = self.pending.remove(&rid).expect("present");
+        let body = match body {
+            // The peer no longer knows us (it restarted, or a handshake was lost): peer
+            // again; for the client it is a transient failure.
+            Body::Error { code: ErrorCode::NotPeer, .. } => {
+                if let Some(addr) = self.peers.remove(&from) {
+                    self.peer_by_address.remove(&addr);
+                    self.hello(ctx, addr);
+                }
+                Body::Error { code: ErrorCode::Unreachable, detail: format!("re-peering with {}", short(&from)) }
+            }
+            other => other,
+        };
         ctx.send(Peer::Tag(p.client), p.client_rid, body);
         true
     }
@@ -975,6 +1024,17 @@ impl Federation {
             epoch: 0,
         };
         self.log.stage(ctx.store, &self.key, &account.username, entry)
+    }
+
+    /// Stages a directory entry as given (an operator's override; see
+    /// `NodeCore::operator_stage_entry`).
+    pub fn stage_entry<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        username: &str,
+        entry: DirEntry,
+    ) -> Result<crate::federation::Promise, StoreError> {
+        self.log.stage(ctx.store, &self.key, username, entry)
     }
 
     // --- dispatch ---

@@ -497,6 +497,21 @@ impl<S: Store> NodeCore<S> {
         &self.steward.stats
     }
 
+    /// An operator's override of a directory entry (account recovery, a court order, a
+    /// compromise): staged for the next epoch like any change, so the transparency log
+    /// shows it to everyone who looks, the account's owner first. The simulator's
+    /// `substitute_key` adversary is exactly this.
+    pub fn operator_stage_entry(
+        &mut self,
+        now: TimeUs,
+        entry: crate::federation::DirEntry,
+    ) -> Result<Option<crate::federation::Promise>, StoreError> {
+        let Some(fed) = self.federation.as_mut() else { return Ok(None) };
+        let mut ctx = Ctx { now, store: &mut self.store, rng: &mut self.rng, config: &self.config, out: &mut self.out };
+        let username = entry.username.clone();
+        fed.stage_entry(&mut ctx, &username, entry).map(Some)
+    }
+
     /// The federation core, if the node was started with an identity.
     pub fn federation(&self) -> Option<&federation::Federation> {
         self.federation.as_ref()

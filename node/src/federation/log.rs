@@ -223,6 +223,16 @@ impl TransparencyLog {
         self.served(now, quorum, grace_us).map(|s| (s.head.clone(), s.cosignatures.values().cloned().collect()))
     }
 
+    /// The head lookups are answered from now and the directory as of that head.
+    pub fn served_view(
+        &self,
+        now: TimeUs,
+        quorum: usize,
+        grace_us: u64,
+    ) -> Option<(&SignedHead, &BTreeMap<String, DirEntry>, Vec<Cosignature>)> {
+        self.served(now, quorum, grace_us).map(|s| (&s.head, &s.entries, s.cosignatures.values().cloned().collect()))
+    }
+
     /// A lookup proof for `username` (folded) from the served head, with a consistency
     /// proof from `from_log_size` when it is a size this log had (else none).
     pub fn lookup(

@@ -262,21 +262,28 @@ impl Verifier {
         if let Err(e) = evidence::verify_head(signed, &key) {
             return Outcome::Inconsistent(format!("head: {e}"));
         }
+        // A second validly signed head for an epoch already accepted is evidence on its
+        // own signature, whatever cosignatures it carries: checked before the quorum so
+        // an equivocation without witnesses is still caught (and kept).
+        let head_hash = evidence::head_hash(head);
+        if let Some(prev) = self.heads.get(node)
+            && head.epoch == prev.epoch
+            && head_hash != prev.head_hash
+        {
+            if let Some(cert) = evidence::fork_certificate(&prev.signed, signed) {
+                self.distrusted.insert(*node, cert);
+            }
+            return Outcome::Forked;
+        }
         if let TrustPolicy::WitnessQuorum { required } = self.policy {
             let have = self.count_witnesses(node, proof);
             if have < required {
                 return Outcome::NotEnoughWitnesses { have, need: required };
             }
         }
-        let head_hash = evidence::head_hash(head);
         if let Some(prev) = self.heads.get(node) {
             if head.epoch == prev.epoch {
-                if head_hash != prev.head_hash {
-                    if let Some(cert) = evidence::fork_certificate(&prev.signed, signed) {
-                        self.distrusted.insert(*node, cert);
-                    }
-                    return Outcome::Forked;
-                }
+                // The same head again.
             } else if head.epoch < prev.epoch {
                 return Outcome::Rollback;
             } else {
