@@ -278,3 +278,112 @@ fn a_preface_makes_a_node_connection_and_the_challenge_makes_a_peer() {
     assert_eq!(f.peers[0].address, claimed);
     n.terminate();
 }
+
+/// A user: the real client core on a connection to its home node.
+struct User {
+    core: nymstr_client::ClientCore,
+    wire: Wire,
+    events: Vec<nymstr_client::Event>,
+}
+
+impl User {
+    fn new(seed: u64, addr: &str) -> User {
+        use rand_core::SeedableRng;
+        let rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+        User {
+            core: nymstr_client::ClientCore::new(rng, nymstr_client::ClientConfig::default()),
+            wire: Wire::connect(addr),
+            events: Vec::new(),
+        }
+    }
+
+    fn pump(&mut self) {
+        let now = now_us();
+        if self.core.poll_timeout().is_some_and(|t| t <= now) {
+            self.core.handle_timeout(now);
+        }
+        self.flush();
+        let mut buf = [0u8; 16 * 1024];
+        match self.wire.stream.read(&mut buf) {
+            Ok(0) => panic!("the node closed a client connection"),
+            Ok(n) => self.wire.decoder.push(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("client read failed: {e}"),
+        }
+        while let Some(frame) = self.wire.decoder.next_frame().unwrap() {
+            self.core.handle_frame(now_us(), &frame);
+            self.flush();
+        }
+        while let Some(ev) = self.core.poll_event() {
+            self.events.push(ev);
+        }
+    }
+
+    fn flush(&mut self) {
+        let out: Vec<Envelope> = self.core.drain_transmits().collect();
+        for env in out {
+            self.wire.send_raw(&framing::encode(&encode_frame(&env).unwrap()).unwrap());
+        }
+    }
+
+    fn until(&mut self, what: &str, done: impl Fn(&[nymstr_client::Event]) -> bool) {
+        let until = now_us() + PATIENCE_US;
+        while !done(&self.events) {
+            assert!(now_us() < until, "gave up waiting for {what}; events: {:?}", self.events);
+            self.pump();
+        }
+    }
+}
+
+#[test]
+fn a_direct_message_crosses_nodes_by_qualified_name() {
+    use nymstr_client::Event;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (addr_a, addr_b) = (free_addr(), free_addr());
+    init(&a, &addr_a, None);
+    init(&b, &addr_b, Some(&addr_a));
+    let mut na = Running::start(&a);
+    let mut nb = Running::start(&b);
+    let sb = nb.wait_status("a peer", |s| peers(s) == 1);
+    na.wait_status("a peer", |s| peers(s) == 1);
+
+    let mut alice = User::new(1, &addr_a);
+    let mut bob = User::new(2, &addr_b);
+    alice.core.register(now_us(), "alice").unwrap();
+    alice.until("alice registered", |ev| ev.iter().any(|e| matches!(e, Event::Registered { .. })));
+    bob.core.register(now_us(), "bob").unwrap();
+    bob.until("bob registered", |ev| ev.iter().any(|e| matches!(e, Event::Registered { .. })));
+    // Bob's entry is in b's directory once an epoch after his registration is sealed.
+    let epoch = sb.federation.as_ref().unwrap().epoch.unwrap_or(0);
+    nb.wait_status("an epoch with bob in the directory", |s| {
+        s.federation.as_ref().is_some_and(|f| f.epoch.unwrap_or(0) >= epoch + 2 && f.dir_size == Some(1))
+    });
+
+    let to = format!("bob@{}", sb.node_id);
+    let id = alice.core.send_dm(now_us(), &to, b"hello from node a").unwrap();
+    let until = now_us() + PATIENCE_US;
+    loop {
+        alice.pump();
+        bob.pump();
+        let failed: Vec<_> =
+            alice.events.iter().filter(|e| matches!(e, Event::Failed { .. } | Event::Rejected { .. })).collect();
+        assert!(failed.is_empty(), "alice: {failed:?}\nnode a:\n{}\nnode b:\n{}", na.log(), nb.log());
+        let acked = alice.events.iter().any(|e| matches!(e, Event::SendAcked { msg_id, .. } if *msg_id == id));
+        let got = bob.events.iter().find_map(|e| match e {
+            Event::Received { msg_id, body, .. } if *msg_id == id => Some(body.clone()),
+            _ => None,
+        });
+        if acked && let Some(body) = got {
+            assert_eq!(body, b"hello from node a");
+            break;
+        }
+        assert!(now_us() < until, "the message never crossed (acked: {acked}); alice: {:?}", alice.events);
+    }
+    let s = na.wait_status("a forwarded dm counted", |s| {
+        s.federation.as_ref().is_some_and(|f| f.stats["dms_forwarded"].as_u64() >= Some(1))
+    });
+    assert!(s.federation.unwrap().forks.is_empty());
+    na.terminate();
+    nb.terminate();
+}
