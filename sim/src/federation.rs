@@ -136,10 +136,8 @@ impl FedSim {
     }
 
     pub fn is_adversary(&self, node: u32) -> bool {
-        self.attacks
-            .iter()
-            .any(|a| a.spec.node == node && a.started_at.is_some() && a.spec.kind != AdversaryKind::Sybil)
-            || self.sybils.contains(&node)
+        // The node sybils vouch for equivocates with their cosignatures: it misbehaves too.
+        self.attacks.iter().any(|a| a.spec.node == node && a.started_at.is_some()) || self.sybils.contains(&node)
     }
 
     /// Records a detection of misbehaviour by `node`; an alarm about an honest node is

@@ -123,6 +123,10 @@ enum Ev {
         index: u32,
     },
     PartitionEnd,
+    /// A client checks its own directory entry (monitoring, every two epochs).
+    SelfCheck {
+        client: u32,
+    },
 }
 
 impl Ev {
@@ -153,6 +157,7 @@ impl Ev {
             Ev::AdversaryStart { .. } => 23,
             Ev::PartitionStart { .. } => 24,
             Ev::PartitionEnd => 25,
+            Ev::SelfCheck { .. } => 26,
         }
     }
 }
@@ -655,6 +660,7 @@ impl World {
             Ev::GroupLeaveTick => self.on_group_leave_tick(),
             Ev::NodeFrameLate { from, to, bytes } => self.node_frame_arrives(from, to, bytes),
             Ev::FedLookupTick { client } => self.on_fed_lookup_tick(client),
+            Ev::SelfCheck { client } => self.on_self_check(client),
             Ev::AdversaryStart { index } => self.on_adversary_start(index),
             Ev::PartitionStart { index } => {
                 let p = self.sc.partitions().nth(index as usize).cloned();
@@ -873,16 +879,34 @@ impl World {
         }
     }
 
-    /// A verification lookup: of our own entry (monitoring) one time in five, else of a
-    /// user on another node.
+    /// Monitoring: every client looks up its own entry every two epochs (as CONIKS
+    /// clients do each epoch), so a key put under its name is seen by its owner.
+    fn on_self_check(&mut self, client: u32) {
+        let Some(epoch) = self.fed.as_ref().map(|f| f.scenario.epoch.us()) else { return };
+        if !self.traffic_stopped {
+            self.schedule(self.now + 2 * epoch, Ev::SelfCheck { client });
+        }
+        if !self.clients[client as usize].online || !self.settled(client, epoch) {
+            return;
+        }
+        let name = self.qualified(client);
+        let now = self.now;
+        if self.clients[client as usize].core.lookup(now, &name).is_ok()
+            && let Some(fed) = self.fed.as_mut()
+        {
+            fed.lookups += 1;
+        }
+        self.after_client_step(client);
+    }
+
+    /// A verification lookup of a user on another node.
     fn on_fed_lookup_tick(&mut self, client: u32) {
         self.schedule_fed_lookup(client);
         let Some(epoch) = self.fed.as_ref().map(|f| f.scenario.epoch.us()) else { return };
         if !self.clients[client as usize].online || !self.settled(client, epoch) {
             return;
         }
-        let target = if rng::chance(&mut self.fed_rng, 0.2) { Some(client) } else { self.pick_remote(client, epoch) };
-        let Some(target) = target else { return };
+        let Some(target) = self.pick_remote(client, epoch) else { return };
         let name = self.qualified(target);
         let now = self.now;
         if self.clients[client as usize].core.lookup(now, &name).is_ok()
@@ -1020,6 +1044,11 @@ impl World {
     fn fed_intercept(&mut self, node: u32, mut env: Envelope) -> Option<Envelope> {
         let Some(fed) = self.fed.as_mut() else { return Some(env) };
         let Body::KtLookupResult { proof, .. } = &mut env.body else { return Some(env) };
+        // Only its own answers: a remote node's answer it relays carries that node's
+        // signature, which it cannot forge.
+        if fed.ids.get(&node) != Some(&proof.head.head.node_id) {
+            return Some(env);
+        }
         let now = self.now;
         if self.traffic_stopped {
             return Some(env);
@@ -1498,6 +1527,9 @@ impl World {
                         let now = self.now;
                         self.clients[client as usize].core.fetch_nodes(now);
                         self.schedule_fed_lookup(client);
+                        let epoch = self.fed.as_ref().map_or(0, |f| f.scenario.epoch.us());
+                        let at = now + 2 * epoch + rng::below(&mut self.fed_rng, 2 * epoch);
+                        self.schedule(at, Ev::SelfCheck { client });
                     }
                 }
             }
