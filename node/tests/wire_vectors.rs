@@ -22,10 +22,14 @@
 
 use ed25519_dalek::SigningKey;
 use nymstr_node::codec::{self, CodecError};
+use nymstr_node::federation::{
+    Cosignature, DirEntry, EntryStatus, NodeDescriptor, NodeId, Promise, Roles, SignedHead, TreeHead, descriptor,
+    evidence, merkle,
+};
 use nymstr_node::identity;
 use nymstr_node::wire::{
-    Body, Envelope, ErrorCode, GroupAdvert, GroupEntry, GroupId, InstallationCert, InstallationPayload, InviteToken,
-    SendDm,
+    Body, Envelope, ErrorCode, GossipItem, GroupAdvert, GroupEntry, GroupId, InstallationCert, InstallationPayload,
+    InviteToken, SendDm,
 };
 
 const SPEC: &str = include_str!("../../specs/wire.md");
@@ -144,6 +148,86 @@ fn entry(seq: u64, epoch: u64, mls: &[u8]) -> GroupEntry {
     GroupEntry { seq, epoch, mls: mls.to_vec() }
 }
 
+// --- federation inputs (specs/wire.md §8.7) ---
+
+const NODE_ISSUED_AT_US: u64 = 1_700_000_000_000_000;
+const HEAD_ISSUED_AT_US: u64 = 1_700_000_060_000_000;
+
+/// Node A: ed25519 seed `07 07 .. 07`; node B: seed `08 08 .. 08`.
+fn node_a_key() -> SigningKey {
+    ed25519(0x07)
+}
+fn node_b_key() -> SigningKey {
+    ed25519(0x08)
+}
+fn node_a() -> NodeId {
+    descriptor::node_id(&node_a_key().verifying_key().to_bytes())
+}
+fn node_b() -> NodeId {
+    descriptor::node_id(&node_b_key().verifying_key().to_bytes())
+}
+
+/// `NODE_A_DESCRIPTOR`.
+fn node_a_descriptor() -> NodeDescriptor {
+    descriptor::sign(
+        &node_a_key(),
+        b"127.0.0.1:7001".to_vec(),
+        Roles { discovery: true, group: false },
+        "witness-quorum:3".into(),
+        30_000_000,
+        NODE_ISSUED_AT_US,
+    )
+}
+
+/// `HEAD_A5`: node A's head of epoch 5.
+fn head_a5() -> SignedHead {
+    evidence::sign_head(
+        &node_a_key(),
+        TreeHead {
+            node_id: node_a(),
+            epoch: 5,
+            dir_root: [0x01; 32],
+            dir_size: 2,
+            log_root: [0x02; 32],
+            issued_at_us: HEAD_ISSUED_AT_US,
+        },
+    )
+}
+
+/// `COSIG_B`: node B's cosignature of `HEAD_A5`.
+fn cosig_b() -> Cosignature {
+    evidence::cosign(&node_b_key(), &head_a5())
+}
+
+/// `ALICE_ENTRY`: alice's first directory entry, staged for epoch 1.
+fn alice_entry() -> DirEntry {
+    DirEntry {
+        username: "alice".into(),
+        account_key: alice_account().verifying_key().to_bytes(),
+        installations: vec![alice_cert()],
+        status: EntryStatus::Active,
+        seq: 1,
+        epoch: 1,
+    }
+}
+
+/// `PROMISE`: node A promises `ALICE_ENTRY` by epoch 1.
+fn promise() -> Promise {
+    let e = alice_entry();
+    evidence::sign_promise(&node_a_key(), "alice", merkle::entry_hash(&e), e.seq, e.epoch)
+}
+
+/// `FORWARDED_DM`: alice's DM to `bob@<node B>`, as her home node A forwards it.
+fn forwarded_dm() -> SendDm {
+    let from = alice_installation_id();
+    let to = format!("bob@{}", node_b().to_hex());
+    let payloads =
+        vec![InstallationPayload { installation: bob_installation_id(), sealed: b"sealed-for-bob".to_vec() }];
+    let signed = identity::send_dm_fields_bytes(&from, &to, &msg_id(), &payloads);
+    let sig = identity::sign(&alice_installation(), &signed);
+    SendDm { from, to, msg_id: msg_id(), payloads, sig }
+}
+
 fn env(request_id: u64, body: Body) -> Envelope {
     Envelope { request_id, body }
 }
@@ -244,6 +328,31 @@ fn frame(name: &str) -> Option<Envelope> {
         "group_unsubscribe" => env(0, Body::GroupUnsubscribe { group_id: g }),
         "error_wrong_epoch" => env(23, Body::Error { code: ErrorCode::WrongEpoch, detail: "current epoch 3".into() }),
         "error_not_subscribed" => env(24, Body::Error { code: ErrorCode::NotSubscribed, detail: String::new() }),
+        // §8.7 federation messages.
+        "peer_hello" => env(0, Body::PeerHello { descriptor: node_a_descriptor(), nonce: n }),
+        "peer_proof" => env(
+            0,
+            Body::PeerProof {
+                answer: identity::sign(&node_a_key(), &identity::peer_challenge_bytes(&n, &node_b(), &node_a())),
+            },
+        ),
+        "gossip_head" => {
+            env(0, Body::Gossip { items: vec![GossipItem::Head { head: head_a5(), cosignatures: vec![cosig_b()] }] })
+        }
+        "cosign_request" => env(40, Body::CosignRequest { head: head_a5(), from_log_size: 0, consistency: Vec::new() }),
+        "cosigned" => env(40, Body::Cosigned { cosignature: cosig_b() }),
+        "kt_lookup" => env(41, Body::KtLookup { name: format!("bob@{}", node_b().to_hex()), from_log_size: 3 }),
+        "forward_dm" => env(
+            42,
+            Body::ForwardDm {
+                from_username: format!("alice@{}", node_a().to_hex()),
+                cert: alice_cert(),
+                dm: forwarded_dm(),
+            },
+        ),
+        "include_promise" => env(2, Body::IncludePromise { promise: promise() }),
+        "nodes_request" => env(43, Body::NodesRequest),
+        "error_unreachable" => env(41, Body::Error { code: ErrorCode::Unreachable, detail: String::new() }),
         _ => return None,
     })
 }
@@ -270,6 +379,9 @@ fn bytes(name: &str) -> Option<Vec<u8>> {
         "group_subscribe_bytes" => identity::group_subscribe_bytes(&group_id(), &n),
         "invite_token_bytes" => invite_token_bytes(),
         "group_advert_bytes" => identity::group_advert_bytes(&advert()),
+        // §8.7 federation signed bytes.
+        "peer_challenge_bytes" => identity::peer_challenge_bytes(&n, &node_b(), &node_a()),
+        "node_a_descriptor_signing_bytes" => descriptor::signing_bytes(&node_a_descriptor()),
         _ => return None,
     })
 }
@@ -390,6 +502,23 @@ const GROUP_VECTORS: [&str; 20] = [
     "group_advert_bytes",
 ];
 
+/// The federation vectors of §8.7: a frame of most federation messages and the peer
+/// challenge's signed bytes.
+const FEDERATION_VECTORS: [&str; 12] = [
+    "peer_hello",
+    "peer_proof",
+    "gossip_head",
+    "cosign_request",
+    "cosigned",
+    "kt_lookup",
+    "forward_dm",
+    "include_promise",
+    "nodes_request",
+    "error_unreachable",
+    "peer_challenge_bytes",
+    "node_a_descriptor_signing_bytes",
+];
+
 #[test]
 fn spec_vectors_match_the_codec() {
     let vectors = parse_vectors(SPEC);
@@ -424,6 +553,9 @@ fn spec_vectors_match_the_codec() {
     for name in GROUP_VECTORS {
         assert!(names.contains(name), "group vector {name} is not in specs/wire.md");
     }
+    for name in FEDERATION_VECTORS {
+        assert!(names.contains(name), "federation vector {name} is not in specs/wire.md");
+    }
 }
 
 /// Changing any one byte of a `frame` or `bytes` vector (here: every byte of the group
@@ -433,11 +565,8 @@ fn a_changed_byte_fails_its_vector() {
     let vectors = parse_vectors(SPEC);
     let mut checked = 0;
     for v in vectors.iter().filter(|v| v.kind == "frame" || v.kind == "bytes") {
-        let positions: Vec<usize> = if GROUP_VECTORS.contains(&v.name.as_str()) {
-            (0..v.hex.len()).collect()
-        } else {
-            vec![0, v.hex.len() - 1]
-        };
+        let every_byte = GROUP_VECTORS.contains(&v.name.as_str()) || FEDERATION_VECTORS.contains(&v.name.as_str());
+        let positions: Vec<usize> = if every_byte { (0..v.hex.len()).collect() } else { vec![0, v.hex.len() - 1] };
         for i in positions {
             let mut hex = v.hex.clone();
             hex[i] ^= 0x01;
@@ -468,6 +597,16 @@ fn vector_signatures_verify() {
         .unwrap();
     let dm = send_dm();
     identity::verify(&cert.signing_key, &identity::send_dm_signing_bytes(&dm), &dm.sig).unwrap();
+    // §8.7: the federation evidence verifies under the node keys.
+    let (a_key, b_key) = (node_a_key().verifying_key().to_bytes(), node_b_key().verifying_key().to_bytes());
+    descriptor::verify(&node_a_descriptor()).unwrap();
+    evidence::verify_head(&head_a5(), &a_key).unwrap();
+    evidence::verify_cosignature(&cosig_b(), &b_key, &head_a5().head).unwrap();
+    evidence::verify_promise(&promise(), &a_key).unwrap();
+    let Some(Envelope { body: Body::PeerProof { answer }, .. }) = frame("peer_proof") else { panic!("peer_proof") };
+    identity::verify(&a_key, &identity::peer_challenge_bytes(&n, &node_b(), &node_a()), &answer).unwrap();
+    let fwd = forwarded_dm();
+    identity::verify(&cert.signing_key, &identity::send_dm_signing_bytes(&fwd), &fwd.sig).unwrap();
 }
 
 #[test]
