@@ -124,6 +124,10 @@ pub struct ClientConfig {
     /// How much evidence a remote node's signed head needs (`specs/trust.md` §5) before a
     /// lookup of `user@node` is believed.
     pub trust: TrustPolicy,
+    /// A head older than this many of its node's epochs (plus `head_age_slack_us` for
+    /// clock skew) is refused as a rollback: a node replaying an old head looks like this.
+    pub head_max_age_epochs: u64,
+    pub head_age_slack_us: TimeUs,
 }
 
 impl Default for ClientConfig {
@@ -139,6 +143,8 @@ impl Default for ClientConfig {
             direct_backoff_us: 30_000_000,
             direct_backoff_max_us: 3_600_000_000,
             trust: TrustPolicy::Tofu,
+            head_max_age_epochs: 3,
+            head_age_slack_us: 60_000_000,
         }
     }
 }
@@ -449,7 +455,12 @@ pub struct ClientCore {
     direct_transmits: Vec<DirectTransmit>,
     direct_replies: Vec<DirectReply>,
     verifier: Verifier,
+    /// Lookups answered with too few witnesses so far, by name (see `on_kt_result`).
+    witness_waits: BTreeMap<String, u32>,
 }
+
+/// Times a lookup is asked again while its answer lacks witnesses before it fails.
+pub const WITNESS_WAITS_MAX: u32 = 3;
 
 /// A contact name as used for routing: `user` on the home node, or `user@<node id hex>`
 /// (canonical: folded user, lower-case hex).
@@ -500,6 +511,7 @@ impl ClientCore {
             direct_transmits: Vec::new(),
             direct_replies: Vec::new(),
             verifier,
+            witness_waits: BTreeMap::new(),
         }
     }
 
@@ -1220,6 +1232,20 @@ impl ClientCore {
         if self.verifier.node_key(&q.node).is_none() {
             let _ = self.verifier.learn_node(&descriptor);
         }
+        // Freshness: a node keeps signing a head every epoch; one much older than that is a
+        // replay (or a node that stopped), never the current state.
+        let age = now.saturating_sub(proof.head.head.issued_at_us);
+        let max_age = descriptor
+            .epoch_us
+            .saturating_mul(self.config.head_max_age_epochs)
+            .saturating_add(self.config.head_age_slack_us);
+        if nymstr_node::federation::descriptor::verify(&descriptor).is_ok() && age > max_age {
+            self.pending.remove(&rid);
+            self.lookups.remove(&asked);
+            let detail = format!("head of epoch {} is {} s old", proof.head.head.epoch, age / 1_000_000);
+            self.transparency_failed(&asked, "rollback", detail);
+            return;
+        }
         // Report the head we were shown, so nodes can compare what each client saw.
         self.transmits.push(Envelope {
             request_id: 0,
@@ -1239,6 +1265,7 @@ impl ClientCore {
                 self.transparency_failed(&asked, "impersonated", "our own name maps to a key we do not hold".into());
             }
             Outcome::Verified(entry) => {
+                self.witness_waits.remove(&asked);
                 self.on_lookup_result(now, rid, asked.clone(), entry.account_key, entry.installations, &asked)
             }
             Outcome::KeyChanged { old, new, .. } => {
@@ -1247,11 +1274,23 @@ impl ClientCore {
                 self.events.push_back(Event::KeyChanged { username: asked.clone(), pinned: old, offered: new });
                 self.transparency_failed(&asked, "key_changed", "account key differs from the pinned one".into());
             }
-            // Not enough cosignatures yet is transient: the node serves the next head soon.
-            Outcome::NotEnoughWitnesses { have, need } if have > 0 => {
-                let _ = (have, need);
+            // Two lookups of one node crossed: ask again from the head accepted since.
+            Outcome::Stale => {
+                self.pending.remove(&rid);
+                self.lookups.remove(&asked);
+                self.start_lookup(now, asked);
             }
+            // Too few cosignatures from our witnesses may be transient (the head was served
+            // before ours cosigned it): the request stays pending and is asked again at its
+            // deadline, up to `WITNESS_WAITS_MAX` times, then it fails for good.
+            Outcome::NotEnoughWitnesses { .. }
+                if {
+                    let waits = self.witness_waits.entry(asked.clone()).or_insert(0);
+                    *waits += 1;
+                    *waits <= WITNESS_WAITS_MAX
+                } => {}
             other => {
+                self.witness_waits.remove(&asked);
                 self.pending.remove(&rid);
                 self.lookups.remove(&asked);
                 let detail = format!("{other:?}");

@@ -136,6 +136,9 @@ pub enum Outcome {
     NotAllowed,
     /// The node's key is not known (learn its descriptor first).
     UnknownNode,
+    /// The answer proves consistency from a log size other than the one accepted since
+    /// the question was asked (two lookups crossed): ask again. Nothing was learnt.
+    Stale,
 }
 
 impl Outcome {
@@ -153,6 +156,7 @@ impl Outcome {
             Outcome::NotEnoughWitnesses { .. } => "not_enough_witnesses",
             Outcome::NotAllowed => "not_allowed",
             Outcome::UnknownNode => "unknown_node",
+            Outcome::Stale => "stale",
         }
     }
 }
@@ -288,6 +292,11 @@ impl Verifier {
                 return Outcome::Rollback;
             } else {
                 if proof.from_log_size != prev.log_size() {
+                    // Smaller: asked before another answer moved the accepted head on.
+                    // Larger: a size never accepted here, which no honest node answers.
+                    if proof.from_log_size < prev.log_size() {
+                        return Outcome::Stale;
+                    }
                     return Outcome::Inconsistent(format!(
                         "consistency proof from log size {}, accepted size is {}",
                         proof.from_log_size,
