@@ -1230,7 +1230,7 @@ impl ClientCore {
             return;
         }
         if self.verifier.node_key(&q.node).is_none() {
-            let _ = self.verifier.learn_node(&descriptor);
+            let _ = self.verifier.learn_serving_node(&descriptor);
         }
         // Freshness: a node keeps signing a head every epoch; one much older than that is a
         // replay (or a node that stopped), never the current state.

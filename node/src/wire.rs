@@ -368,6 +368,11 @@ pub enum Body {
         #[serde(deserialize_with = "bounded::vec::<_, _, DESCRIPTORS_MAX>")]
         descriptors: Vec<NodeDescriptor>,
     },
+    /// A witness's answer to a `CosignRequest` whose proof starts from another size than
+    /// the last head of the requester it cosigned: send the proof from `log_size`.
+    CosignFrom {
+        log_size: u64,
+    },
 }
 
 /// One gossiped item.
@@ -428,6 +433,7 @@ impl Body {
             Body::IncludePromise { .. } => "include_promise",
             Body::NodesRequest => "nodes_request",
             Body::Nodes { .. } => "nodes",
+            Body::CosignFrom { .. } => "cosign_from",
         }
     }
 }

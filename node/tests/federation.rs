@@ -1085,3 +1085,31 @@ fn a_second_installation_is_promised_and_included_under_the_same_pin() {
         other => panic!("expected Verified, got {other:?}"),
     }
 }
+
+/// A witness's `Cosigned` lost on the way back must not end its witnessing: the node's
+/// next request starts its proof from the size it believes the witness cosigned, the
+/// witness answers `CosignFrom` with the size it really did, and the node asks again.
+#[test]
+fn a_lost_cosignature_does_not_stop_a_witness() {
+    let mut net = settled(2);
+    let witness = net.id(1);
+    let has_cosig = |net: &Net| net.fed(0).log().latest_cosignatures().iter().any(|c| c.witness == witness);
+    assert!(has_cosig(&net), "node 1 witnesses node 0 to begin with");
+    // Node 1 -> node 0 goes dark for one seal of node 0: its Cosigned is lost.
+    net.blocked.insert((1, 0));
+    net.run_for(EPOCH);
+    assert!(!has_cosig(&net), "the cosignature of this epoch was lost");
+    net.heal(0, 1);
+    let mark = net.wire.len();
+    net.run_for(2 * EPOCH);
+    assert!(has_cosig(&net), "node 1 cosigns node 0's heads again");
+    let asked_from = net.sent_since(mark, 1, &Peer::Address(addr(0)));
+    assert!(
+        asked_from.iter().any(|e| matches!(e.body, Body::CosignFrom { .. })),
+        "the witness told the node where its proof must start"
+    );
+    assert!(
+        !asked_from.iter().any(|e| code_of(&e.body) == Some(ErrorCode::Inconsistent)),
+        "and never refused it as inconsistent"
+    );
+}

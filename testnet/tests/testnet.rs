@@ -255,11 +255,9 @@ impl User {
 }
 
 #[test]
-#[ignore = "needs client support for user@node"]
 fn direct_messages_cross_nodes_by_qualified_name() {
-    // `nymstr send` folds the recipient with `normalize_username`, which refuses
-    // `bob@<node id>` ("username must be 3 to 32 characters"); the client core already
-    // accepts qualified names. Remove the ignore once the CLI passes them through.
+    // Clients homed on different nodes write to each other by qualified name
+    // (`bob@<node id>`): resolved through the home node, verified by the client.
     let net = Testnet::up(3);
     let rows = net.wait("every head witnessed", |rows| rows.iter().all(|r| u(r, "witnesses") >= 1));
     let addr = |i: usize| rows[i]["address"].as_str().unwrap().to_string();

@@ -14,7 +14,7 @@ use crate::cli::error::{CliError, describe_code};
 use crate::cli::groups::{resolve, show_group_line, show_invite, show_new_invite};
 use crate::cli::output::{Printer, entry_json, entry_line, fingerprint, hex, via_name};
 use crate::cli::session::{Flow, Goal, Session, now_us, os_rng};
-use crate::core::{BODY_BYTES_MAX, Event, Identity, Operation};
+use crate::core::{BODY_BYTES_MAX, Event, Identity, Operation, contact_name};
 use crate::group::GroupEvent;
 use crate::persist::{Direction, GroupLine, HistoryEntry, Home, Status};
 use crate::seal::DirectAddress;
@@ -108,8 +108,7 @@ pub fn contacts(dir: &Path, out: &Printer) -> Result<(), CliError> {
 
 pub fn history(dir: &Path, out: &Printer, name: Option<String>, limit: usize) -> Result<(), CliError> {
     let home = open_home(dir)?;
-    let name =
-        name.map(|n| identity::normalize_username(&n)).transpose().map_err(|e| CliError::Usage(e.to_string()))?;
+    let name = name.map(|n| contact_name(&n)).transpose().map_err(|e| CliError::Usage(e.to_string()))?;
     let me = home.state().username.unwrap_or_default();
     let entries = home.history(name.as_deref(), limit)?;
     if entries.is_empty() {
@@ -281,7 +280,7 @@ pub async fn lookup(
     node: Option<String>,
     timeout: Duration,
 ) -> Result<(), CliError> {
-    let name = identity::normalize_username(name).map_err(|e| CliError::Usage(e.to_string()))?;
+    let name = contact_name(name).map_err(|e| CliError::Usage(e.to_string()))?;
     let mut s = session(dir, out, node, timeout)?;
     s.connect().await?;
     let first_pin = s.core.pinned(&name).is_none();
@@ -384,7 +383,7 @@ pub async fn send(
     node: Option<String>,
     timeout: Duration,
 ) -> Result<(), CliError> {
-    let to = identity::normalize_username(name).map_err(|e| CliError::Usage(e.to_string()))?;
+    let to = contact_name(name).map_err(|e| CliError::Usage(e.to_string()))?;
     let body = message_text(text, BODY_BYTES_MAX)?;
     let mut s = match session(dir, Printer::new(out.json), node, timeout) {
         Err(CliError::Busy(home)) => return send_through_listen(&home, &out, &to, body, timeout).await,
@@ -688,7 +687,7 @@ pub async fn listen(
     impl ListenGoal {
         fn send(&mut self, s: &mut Session, to: &str, text: &str) -> Result<MsgId, CliError> {
             let now = now_us();
-            let to = identity::normalize_username(to).map_err(|e| CliError::Usage(format!("{to}: {e}")))?;
+            let to = contact_name(to).map_err(|e| CliError::Usage(format!("{to}: {e}")))?;
             if s.core.username() == Some(to.as_str()) {
                 return Err(CliError::Usage("you cannot send a message to yourself".into()));
             }
@@ -945,7 +944,7 @@ pub async fn listen(
             };
             match result {
                 Ok(msg_id) => {
-                    let to = identity::normalize_username(&req.to).unwrap_or_default();
+                    let to = contact_name(&req.to).unwrap_or_default();
                     self.handoffs.insert(msg_id, (to, req.reply));
                 }
                 Err(e) => {

@@ -542,6 +542,14 @@ impl Session {
                 ),
                 json!({ "username": username, "pinned": hex(pinned), "offered": hex(offered) }),
             ),
+            Event::Transparency { username, outcome, detail } => out.notice(
+                "transparency",
+                &format!(
+                    "the transparency check of {username} failed ({outcome}: {detail}); messages to and from \
+                     {username} are refused"
+                ),
+                json!({ "username": username, "outcome": outcome, "detail": detail }),
+            ),
             Event::DirectOffered { peer, addr } => out.notice(
                 "direct_offered",
                 &format!(

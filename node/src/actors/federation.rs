@@ -24,7 +24,9 @@ use crate::federation::{
     Cosignature, DirEntry, EntryStatus, ForkCertificate, Hash, NodeDescriptor, NodeId, Roles, SignedHead, merkle,
 };
 use crate::identity;
-use crate::limits::{DESCRIPTORS_MAX, GOSSIP_ITEMS_MAX};
+use crate::limits::{
+    ADDRESS_BYTES_MAX, DESCRIPTORS_MAX, GOSSIP_ITEMS_MAX, GROUP_DESCRIPTION_BYTES_MAX, GROUP_NAME_BYTES_MAX, PEERS_MAX,
+};
 use crate::store::{Store, StoreError, Table};
 use crate::wire::{Body, ErrorCode, GossipItem, GroupAdvert, GroupId, InstallationCert, Nonce, SendDm};
 
@@ -179,6 +181,8 @@ struct Pending {
 }
 
 const KEY_WITNESS: &[u8] = b"witness-view";
+/// Encoded items per catch-up `Gossip` (the frame limit is 64 KiB).
+const GOSSIP_CHUNK_BYTES_MAX: usize = 48 * 1024;
 const PREFIX_FORK: &[u8] = b"fork/";
 const PREFIX_WSIZE: &[u8] = b"wsize/";
 
@@ -414,7 +418,9 @@ impl Federation {
         }
         targets.remove(&Address(self.descriptor.address.clone()));
         for addr in targets {
-            if self.peer_by_address.contains_key(&addr) || self.peers.len() >= ctx.config.federation.peers_max {
+            if self.peer_by_address.contains_key(&addr)
+                || self.peers.len() >= ctx.config.federation.peers_max.min(PEERS_MAX)
+            {
                 continue;
             }
             self.hello(ctx, addr);
@@ -452,7 +458,7 @@ impl Federation {
     ) -> Result<(), FederationError> {
         self.check_descriptor(&descriptor, &from)?;
         let already = self.peer_by_address.contains_key(&from);
-        if !already && self.peers.len() >= ctx.config.federation.peers_max {
+        if !already && self.peers.len() >= ctx.config.federation.peers_max.min(PEERS_MAX) {
             self.stats.peers_rejected += 1;
             return Err(FederationError::Busy(self.peers.len()));
         }
@@ -539,9 +545,22 @@ impl Federation {
         for (head, cosignatures) in self.heads.values() {
             items.push(GossipItem::Head { head: head.clone(), cosignatures: cosignatures.clone() });
         }
-        for chunk in items.chunks(GOSSIP_ITEMS_MAX) {
+        // Chunks bounded by count and by encoded size, so each fits one frame.
+        let mut chunk: Vec<GossipItem> = Vec::new();
+        let mut bytes = 0usize;
+        for item in items {
+            let len = codec::encode(&item).len();
+            if !chunk.is_empty() && (chunk.len() == GOSSIP_ITEMS_MAX || bytes + len > GOSSIP_CHUNK_BYTES_MAX) {
+                self.stats.gossip_out += 1;
+                ctx.send_durable(Peer::Address(from.clone()), 0, Body::Gossip { items: std::mem::take(&mut chunk) });
+                bytes = 0;
+            }
+            bytes += len;
+            chunk.push(item);
+        }
+        if !chunk.is_empty() {
             self.stats.gossip_out += 1;
-            ctx.send_durable(Peer::Address(from.clone()), 0, Body::Gossip { items: chunk.to_vec() });
+            ctx.send_durable(Peer::Address(from.clone()), 0, Body::Gossip { items: chunk });
         }
         Ok(())
     }
@@ -636,6 +655,9 @@ impl Federation {
                 GossipItem::Fork(cert) => self.on_fork(ctx, cert.clone())?,
                 GossipItem::Advert(a) => {
                     let fresh = from.is_some()
+                        && a.name.len() <= GROUP_NAME_BYTES_MAX
+                        && a.description.len() <= GROUP_DESCRIPTION_BYTES_MAX
+                        && a.group_node.len() <= ADDRESS_BYTES_MAX
                         && identity::verify(&a.admin_key, &identity::group_advert_bytes(a), &a.sig).is_ok()
                         && self.adverts.get(&a.group_id).is_none_or(|held| held.issued_at_us < a.issued_at_us);
                     if fresh {
@@ -649,7 +671,7 @@ impl Federation {
             }
         }
         // New descriptors may be nodes to peer with.
-        if self.peers.len() < ctx.config.federation.peers_max {
+        if self.peers.len() < ctx.config.federation.peers_max.min(PEERS_MAX) {
             let fresh: Vec<Address> = self
                 .known
                 .values()
@@ -745,12 +767,20 @@ impl Federation {
         from: NodeId,
         rid: u64,
         head: SignedHead,
+        from_log_size: u64,
         consistency: Vec<Hash>,
     ) -> Result<(), FederationError> {
         if head.head.node_id != from {
             return Err(FederationError::Inconsistent("a node asks to cosign only its own heads".into()));
         }
         let key = self.known.get(&from).map(|d| d.key).ok_or_else(|| FederationError::UnknownNode(short(&from)))?;
+        // The proof must start where this witness left off; if the requester lost track
+        // (a lost `Cosigned`, a restart), say where.
+        let last = self.witness.last_size(&from);
+        if last > 0 && from_log_size != last && head.head.epoch.saturating_add(1) > last {
+            ctx.send(Peer::Address(self.peers[&from].clone()), rid, Body::CosignFrom { log_size: last });
+            return Ok(());
+        }
         let verdict =
             self.witness.check(&head, &key, &consistency).map_err(|e| FederationError::Inconsistent(e.to_string()))?;
         ctx.save(Table::FedState, KEY_WITNESS, &self.witness)?;
@@ -818,6 +848,27 @@ impl Federation {
                 self.gossip(ctx, GossipItem::Head { head: latest, cosignatures }, None);
             }
         }
+        Ok(())
+    }
+
+    /// A witness asks for the proof from the size it last cosigned: ask again from there.
+    fn on_cosign_from<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        from: NodeId,
+        log_size: u64,
+    ) -> Result<(), FederationError> {
+        let Some(head) = self.log.latest().cloned() else { return Err(FederationError::NoHead) };
+        let size = head.head.epoch + 1;
+        if log_size == 0 || log_size > size {
+            return Err(FederationError::Inconsistent(format!("this log has no size {log_size}")));
+        }
+        ctx.save(Table::FedState, &prefixed(PREFIX_WSIZE, &from), &log_size)?;
+        self.witness_sizes.insert(from, log_size);
+        let consistency = self.log.consistency(log_size, size);
+        let rid = self.fresh_rid(ctx);
+        let addr = self.peers[&from].clone();
+        ctx.send_durable(Peer::Address(addr), rid, Body::CosignRequest { head, from_log_size: log_size, consistency });
         Ok(())
     }
 
@@ -1078,9 +1129,10 @@ impl Federation {
         match body {
             Body::Error { .. } | Body::SendAck { .. } | Body::KtLookupResult { .. } => Ok(()),
             Body::Gossip { items } => self.on_gossip(ctx, Some(peer), items).map_err(|e| fe(e.into())),
-            Body::CosignRequest { head, from_log_size: _, consistency } => {
-                self.on_cosign_request(ctx, peer, rid, head, consistency).map_err(fe)
+            Body::CosignRequest { head, from_log_size, consistency } => {
+                self.on_cosign_request(ctx, peer, rid, head, from_log_size, consistency).map_err(fe)
             }
+            Body::CosignFrom { log_size } => self.on_cosign_from(ctx, peer, log_size).map_err(fe),
             Body::Cosigned { cosignature } => self.on_cosigned(ctx, peer, cosignature).map_err(fe),
             Body::KtLookup { name, from_log_size } => {
                 if name.contains('@') {

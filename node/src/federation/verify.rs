@@ -169,6 +169,11 @@ pub struct Verifier {
     heads: BTreeMap<NodeId, AcceptedHead>,
     pins: BTreeMap<(NodeId, String), Pin>,
     distrusted: BTreeMap<NodeId, ForkCertificate>,
+    /// The nodes whose cosignatures count: learnt at set-up (`learn_node`) or configured,
+    /// never added by merely meeting a node (`learn_serving_node`), so sybils that turn
+    /// up later do not become witnesses.
+    #[serde(default)]
+    witnesses: BTreeSet<NodeId>,
 }
 
 impl Verifier {
@@ -179,6 +184,7 @@ impl Verifier {
             heads: BTreeMap::new(),
             pins: BTreeMap::new(),
             distrusted: BTreeMap::new(),
+            witnesses: BTreeSet::new(),
         }
     }
 
@@ -186,8 +192,18 @@ impl Verifier {
         &self.policy
     }
 
-    /// Learns a node key from a descriptor after verifying it.
+    /// Learns a node key from a descriptor after verifying it, as a witness (set-up:
+    /// the nodes the home node lists, or an operator's configuration).
     pub fn learn_node(&mut self, d: &NodeDescriptor) -> Result<(), DescriptorError> {
+        descriptor::verify(d)?;
+        self.nodes.insert(d.node_id, d.key);
+        self.witnesses.insert(d.node_id);
+        Ok(())
+    }
+
+    /// Learns the key of a node met as the server of a lookup: its heads can be checked,
+    /// but its cosignatures do not count for other nodes.
+    pub fn learn_serving_node(&mut self, d: &NodeDescriptor) -> Result<(), DescriptorError> {
         descriptor::verify(d)?;
         self.nodes.insert(d.node_id, d.key);
         Ok(())
@@ -361,7 +377,11 @@ impl Verifier {
     fn count_witnesses(&self, node: &NodeId, proof: &LookupProof) -> usize {
         let mut seen = BTreeSet::new();
         for c in &proof.cosignatures {
-            if c.witness == *node || seen.contains(&c.witness) || self.distrusted.contains_key(&c.witness) {
+            if c.witness == *node
+                || seen.contains(&c.witness)
+                || self.distrusted.contains_key(&c.witness)
+                || !self.witnesses.contains(&c.witness)
+            {
                 continue;
             }
             let Some(wkey) = self.nodes.get(&c.witness) else { continue };
