@@ -823,6 +823,10 @@ mod tests {
             },
         );
         s.direct.insert("bob".into(), peer);
+        // The transparency verifier is saved whole (the core always exports one).
+        s.transparency = Some(nymstr_node::federation::verify::Verifier::new(
+            nymstr_node::federation::verify::TrustPolicy::WitnessQuorum { required: 2 },
+        ));
         s
     }
 
@@ -848,6 +852,11 @@ mod tests {
         // And the core restores from it.
         let core = ClientCore::restore(ChaCha20Rng::seed_from_u64(2), ClientConfig::default(), home.state()).unwrap();
         assert_eq!(core.export_state(), later);
+        assert_eq!(
+            core.transparency().policy(),
+            &nymstr_node::federation::verify::TrustPolicy::WitnessQuorum { required: 2 },
+            "the saved verifier, not a fresh one from the config"
+        );
     }
 
     #[test]

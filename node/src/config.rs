@@ -498,7 +498,7 @@ groups_max = {groups_max}
 group_proposals_per_epoch_max = {group_proposals_per_epoch_max}
 
 [federation]
-# Take part in a federation (SPECv1.md §6-§9): keep a transparency log, peer with other
+# Take part in a federation (SPECv1.md §9): keep a transparency log, peer with other
 # nodes (node-to-node TCP, specs/tcp.md §6), witness their heads, forward lookups and
 # direct messages to user@<node id>. false: a stand-alone v1 node.
 enabled = true

@@ -298,7 +298,7 @@ pub enum Body {
         group_id: GroupId,
     },
 
-    // --- federation (`SPECv1.md` §6–§9) ---
+    // --- federation (`SPECv1.md` §9) ---
     /// Node to node: the first message on a peering. Carries the sender's descriptor and a
     /// fresh challenge the receiver must sign (`identity::peer_challenge_bytes`).
     PeerHello {

@@ -1,4 +1,4 @@
-//! Federation core (`SPECv1.md` §6–§9): the node's identity and descriptor, peering with
+//! Federation core (`SPECv1.md` §9): the node's identity and descriptor, peering with
 //! a mutual challenge, gossip of descriptors, signed heads, fork certificates and public
 //! group adverts (bounded fan-out, de-duplicated), the node's transparency log (epochs,
 //! promises, lookups with proofs), witnessing peers' heads, and cross-node forwarding of

@@ -1,4 +1,4 @@
-//! Federation, pure part (`SPECv1.md` §6–§9, `specs/transparency.md`): node identity and
+//! Federation, pure part (`SPECv1.md` §9, `specs/transparency.md`): node identity and
 //! descriptors, the per-node transparency log (a sorted Merkle tree of the directory and a
 //! Merkle log of epoch heads), signed tree heads, witness cosignatures, fork certificates,
 //! and the client-side verifier with its pins and trust policies.
