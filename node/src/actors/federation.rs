@@ -60,6 +60,12 @@ pub struct FederationConfig {
     pub policy: String,
 }
 
+impl FederationConfig {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 impl Default for FederationConfig {
     fn default() -> Self {
         Self {
@@ -119,7 +125,7 @@ pub enum FederationError {
     BadAnswer,
     #[error("no challenge outstanding for this peer")]
     NoHandshake,
-    #[error("peer table is full ({0} peers)")]
+    #[error("too many at once ({0}); try again")]
     Busy(usize),
     #[error("head refused: {0}")]
     Inconsistent(String),
@@ -181,6 +187,8 @@ struct Pending {
 }
 
 const KEY_WITNESS: &[u8] = b"witness-view";
+/// Lookups and DMs forwarded to peers and not yet answered, at most.
+pub const FORWARDS_PENDING_MAX: usize = 10_000;
 /// Encoded items per catch-up `Gossip` (the frame limit is 64 KiB).
 const GOSSIP_CHUNK_BYTES_MAX: usize = 48 * 1024;
 const PREFIX_FORK: &[u8] = b"fork/";
@@ -915,6 +923,7 @@ impl Federation {
                     ctx.send(Peer::Tag(tag), rid, Body::Gossip { items: vec![GossipItem::Fork(cert.clone())] });
                     return Ok(());
                 }
+                self.forward_slot()?;
                 let addr = self.peer_address(ctx, &q.node)?;
                 let fwd = self.fresh_rid(ctx);
                 let deadline = ctx.now + ctx.config.federation.forward_timeout_us;
@@ -927,6 +936,15 @@ impl Federation {
                 Ok(())
             }
         }
+    }
+
+    /// Refuses a new forward while `FORWARDS_PENDING_MAX` wait for their peers (a client
+    /// flooding remote lookups gets `Busy`, nothing else is affected).
+    fn forward_slot(&self) -> Result<(), FederationError> {
+        if self.pending.len() >= FORWARDS_PENDING_MAX {
+            return Err(FederationError::Busy(self.pending.len()));
+        }
+        Ok(())
     }
 
     /// The address of an authenticated peer. A node known only by its descriptor is
@@ -969,6 +987,7 @@ impl Federation {
         if self.forks.contains_key(&to_node) {
             return Err(FederationError::Distrusted(short(&to_node)));
         }
+        self.forward_slot()?;
         let addr = self.peer_address(ctx, &to_node)?;
         let fwd = self.fresh_rid(ctx);
         let deadline = ctx.now + ctx.config.federation.forward_timeout_us;

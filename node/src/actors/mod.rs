@@ -77,7 +77,9 @@ pub struct NodeConfig {
     /// Proposals accepted per group and epoch; beyond this uploads get `Busy`.
     pub group_proposals_per_epoch_max: usize,
     /// Federation: epochs, gossip, witnessing, forwarding (used when the node is started
-    /// with an identity, [`NodeCore::start_federated`]).
+    /// with an identity, [`NodeCore::start_federated`]). Not serialised when default, so
+    /// configurations (and the simulator's scenario hashes) from before it are unchanged.
+    #[serde(skip_serializing_if = "federation::FederationConfig::is_default")]
     pub federation: federation::FederationConfig,
 }
 
