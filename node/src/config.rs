@@ -775,11 +775,7 @@ impl DescriptorJson {
 
     /// Writes `path` atomically (temporary file, then rename).
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("json.tmp");
-        let mut bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        bytes.push(b'\n');
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, path)
+        write_json_atomic(self, path)
     }
 
     /// Reads and verifies a descriptor file.
@@ -811,6 +807,16 @@ pub fn sign_descriptor(
 /// The address a node advertises: `[federation] advertise`, else `bound`.
 pub fn advertised_address(config: &Config, bound: &str) -> String {
     config.federation.advertise.clone().unwrap_or_else(|| bound.to_string())
+}
+
+/// Writes `value` as pretty JSON to `path` atomically: a temporary file beside it, then a
+/// rename, so a reader never sees half a file (descriptor and status files).
+pub fn write_json_atomic<T: serde::Serialize>(value: &T, path: &Path) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

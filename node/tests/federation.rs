@@ -781,11 +781,9 @@ fn a_restarted_node_keeps_its_log_repeers_and_stays_consistent() {
     assert!(matches!(v.check_lookup(&id2, "alice", proof_of(&r).1), Outcome::Verified(_)));
 }
 
-// ---------------------------------------------------------------------------------------
-// 10. Crash during a seal, at every cut point
-
-#[test]
-fn a_crash_at_any_point_of_a_seal_recovers_to_a_consistent_log() {
+/// One node past its first seal with alice, bob and carol registered and pending (the
+/// crash tests of §10 start here).
+fn one_node_with_three_registrations() -> (Net, NodeConfig, Vec<User>) {
     let config = NodeConfig {
         federation: FederationConfig { epoch_us: EPOCH, serve_quorum: 0, ..Default::default() },
         ..Default::default()
@@ -797,6 +795,15 @@ fn a_crash_at_any_point_of_a_seal_recovers_to_a_consistent_log() {
     for u in &users {
         net.register(0, u);
     }
+    (net, config, users)
+}
+
+// ---------------------------------------------------------------------------------------
+// 10. Crash during a seal, at every cut point
+
+#[test]
+fn a_crash_at_any_point_of_a_seal_recovers_to_a_consistent_log() {
+    let (mut net, config, users) = one_node_with_three_registrations();
     assert_eq!(net.fed(0).log().pending_len(), 3);
     let old_epoch = net.fed(0).log().latest().unwrap().head.epoch;
     let seal_at = net.node(0).federation().unwrap().next_timeout();
@@ -967,17 +974,7 @@ fn a_crash_inside_a_registration_never_leaves_an_account_out_of_the_directory() 
 /// recovers too.
 #[test]
 fn a_crash_during_recovery_of_a_cut_seal_recovers_again() {
-    let config = NodeConfig {
-        federation: FederationConfig { epoch_us: EPOCH, serve_quorum: 0, ..Default::default() },
-        ..Default::default()
-    };
-    let mut net = Net::with_config(1, config.clone());
-    net.run_until(T0 + EPOCH + EPOCH / 2);
-    let users: Vec<User> =
-        ["alice", "bob", "carol"].iter().enumerate().map(|(k, n)| User::new(n, 20 + k as u64)).collect();
-    for u in &users {
-        net.register(0, u);
-    }
+    let (mut net, config, _users) = one_node_with_three_registrations();
     let seal_at = net.fed(0).next_timeout();
     let mut node = net.nodes[0].take().unwrap();
     let s0 = node.store().durable_seq();

@@ -74,11 +74,7 @@ pub const STOPPED: &str = "stopped";
 impl Status {
     /// Writes the snapshot to `path` atomically.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("json.tmp");
-        let mut bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        bytes.push(b'\n');
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, path)
+        crate::config::write_json_atomic(self, path)
     }
 
     pub fn read(path: &Path) -> std::io::Result<Self> {
