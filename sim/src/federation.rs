@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ed25519_dalek::SigningKey;
 use nymstr_node::actors::federation::FederationConfig;
-use nymstr_node::federation::merkle::{self, DirTree};
+use nymstr_node::federation::merkle::DirTree;
 use nymstr_node::federation::verify::TrustPolicy;
 use nymstr_node::federation::{Cosignature, DirEntry, LookupProof, NodeId, SignedHead, TreeHead, descriptor, evidence};
 use nymstr_node::identity;
@@ -187,7 +187,7 @@ impl FedSim {
         let e = forged.get_mut(username)?;
         e.account_key = self.attacker.verifying_key().to_bytes();
         e.installations = vec![self.attacker_cert(e.installations.first()?)];
-        let tree = DirTree::build(forged.iter().map(|(k, e)| (k.as_bytes().to_vec(), merkle::entry_hash(e))).collect());
+        let tree = nymstr_node::federation::log::tree_of(&forged);
         let head = TreeHead { dir_root: tree.root(), dir_size: tree.len(), ..proof.head.head.clone() };
         let signed = evidence::sign_head(key, head);
         let cosignatures =

@@ -889,7 +889,12 @@ impl World {
         if !self.clients[client as usize].online || !self.settled(client, epoch) {
             return;
         }
-        let name = self.qualified(client);
+        self.fed_lookup(client, client);
+    }
+
+    /// `client` looks up `target` by qualified name (a counted transparency lookup).
+    fn fed_lookup(&mut self, client: u32, target: u32) {
+        let name = self.qualified(target);
         let now = self.now;
         if self.clients[client as usize].core.lookup(now, &name).is_ok()
             && let Some(fed) = self.fed.as_mut()
@@ -907,14 +912,7 @@ impl World {
             return;
         }
         let Some(target) = self.pick_remote(client, epoch) else { return };
-        let name = self.qualified(target);
-        let now = self.now;
-        if self.clients[client as usize].core.lookup(now, &name).is_ok()
-            && let Some(fed) = self.fed.as_mut()
-        {
-            fed.lookups += 1;
-        }
-        self.after_client_step(client);
+        self.fed_lookup(client, target);
     }
 
     /// A verified lookup: did the client just accept a key that is not the user's?
@@ -1026,12 +1024,7 @@ impl World {
                 let Some(f) = core.federation() else { return };
                 let quorum = fed.node_config(0).serve_quorum;
                 if let Some((head, entries, cosignatures)) = f.log().served_view(now, quorum, cfg.serve_grace_us) {
-                    let tree = nymstr_node::federation::merkle::DirTree::build(
-                        entries
-                            .iter()
-                            .map(|(k, e)| (k.as_bytes().to_vec(), nymstr_node::federation::merkle::entry_hash(e)))
-                            .collect(),
-                    );
+                    let tree = nymstr_node::federation::log::tree_of(entries);
                     fed.attacks[index as usize].frozen =
                         Some(Frozen { head: head.clone(), cosignatures, entries: entries.clone(), tree });
                 }
@@ -2257,19 +2250,10 @@ impl World {
         }
         // 2. No node holds a client's mixnet address.
         let addresses: BTreeSet<[u8; 32]> = self.clients.iter().map(|c| c.address).collect();
-        for (i, n) in self.nodes.iter().enumerate() {
-            let store = n.core.as_ref().map(|c| c.store()).or(n.down_store.as_ref());
-            let Some(store) = store else { continue };
-            for (table, k, v) in store.all_values() {
-                checks += 1;
-                for bytes in [k, v] {
-                    if bytes.len() >= 32
-                        && bytes.windows(32).any(|w| addresses.contains(<&[u8; 32]>::try_from(w).expect("32")))
-                    {
-                        self.violations.push(format!("node {i} stores a client address in table {}", table.name()));
-                    }
-                }
-            }
+        let (scanned, found) = self.stores_holding(&addresses);
+        checks += scanned;
+        for (i, table) in found {
+            self.violations.push(format!("node {i} stores a client address in table {table}"));
         }
         // Groups: members agree, every message reached its audience or was reported, no
         // epoch forked, no node holds a plaintext.
@@ -2306,6 +2290,27 @@ impl World {
             }
         }
         self.checks = checks;
+    }
+
+    /// Scans every node's store (up or down) for any of `needles` inside a key or value:
+    /// records scanned, and (node, table) for each key or value that holds one.
+    fn stores_holding<const N: usize>(&self, needles: &BTreeSet<[u8; N]>) -> (u64, Vec<(usize, &'static str)>) {
+        let (mut scanned, mut found) = (0, Vec::new());
+        for (i, n) in self.nodes.iter().enumerate() {
+            let store = n.core.as_ref().map(|c| c.store()).or(n.down_store.as_ref());
+            let Some(store) = store else { continue };
+            for (table, k, v) in store.all_values() {
+                scanned += 1;
+                for bytes in [k, v] {
+                    if bytes.len() >= N
+                        && bytes.windows(N).any(|w| needles.contains(<&[u8; N]>::try_from(w).expect("N bytes")))
+                    {
+                        found.push((i, table.name()));
+                    }
+                }
+            }
+        }
+        (scanned, found)
     }
 
     fn judge_groups(&mut self) -> u64 {
@@ -2376,19 +2381,10 @@ impl World {
         checks += self.groups.judge(&final_members);
         // No node holds a group message's plaintext.
         let markers: BTreeSet<[u8; 16]> = self.groups.messages.values().map(|m| m.marker).collect();
-        for (i, n) in self.nodes.iter().enumerate() {
-            let store = n.core.as_ref().map(|c| c.store()).or(n.down_store.as_ref());
-            let Some(store) = store else { continue };
-            for (table, k, v) in store.all_values() {
-                checks += 1;
-                for bytes in [k, v] {
-                    if bytes.len() >= 16
-                        && bytes.windows(16).any(|w| markers.contains(<&[u8; 16]>::try_from(w).expect("16")))
-                    {
-                        self.violations.push(format!("node {i} stores a group plaintext in table {}", table.name()));
-                    }
-                }
-            }
+        let (scanned, found) = self.stores_holding(&markers);
+        checks += scanned;
+        for (i, table) in found {
+            self.violations.push(format!("node {i} stores a group plaintext in table {table}"));
         }
         self.violations.append(&mut self.groups.violations);
         checks

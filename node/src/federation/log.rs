@@ -275,7 +275,8 @@ fn leaf_of(h: &TreeHead) -> EpochLeaf {
     EpochLeaf { epoch: h.epoch, dir_root: h.dir_root, dir_size: h.dir_size }
 }
 
-fn tree_of(entries: &BTreeMap<String, DirEntry>) -> DirTree {
+/// The directory tree of `entries` (keys: folded usernames; values: entry hashes).
+pub fn tree_of(entries: &BTreeMap<String, DirEntry>) -> DirTree {
     DirTree::build(entries.iter().map(|(k, e)| (k.as_bytes().to_vec(), merkle::entry_hash(e))).collect())
 }
 
