@@ -48,11 +48,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::{BatchSize, Criterion, SamplingMode, criterion_group, criterion_main};
 use ed25519_dalek::SigningKey;
-use nymstr_node::identity;
-use nymstr_node::mls::{
+use nymstr_mls::{
     DEFAULT_CIPHERSUITE, GroupPolicy, InstallationSigner, MemberIdentity, NymstrProvider, POLICY_EXTENSION_TYPE,
     SUPPORTED_CIPHERSUITES, lifetime_from,
 };
+use nymstr_proto::identity;
 use openmls::ciphersuite::signable::Verifiable as _;
 use openmls::prelude::group_info::VerifiableGroupInfo;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};

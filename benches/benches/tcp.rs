@@ -21,12 +21,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nymstr_benches::Bench;
-use nymstr_client::{ClientConfig, ClientCore, Event};
-use nymstr_node::codec::{decode_frame, encode_frame};
+use nymstr_client_core::{ClientConfig, ClientCore, Event};
 use nymstr_node::config::{self, Config, DataDir};
-use nymstr_node::framing;
 use nymstr_node::runtime::{self, RunOptions, StopHandle, os::now_us};
-use nymstr_node::wire::{Body, Envelope};
+use nymstr_proto::codec::{decode_frame, encode_frame};
+use nymstr_proto::framing;
+use nymstr_proto::wire::{Body, Envelope};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -228,7 +228,7 @@ fn relay_round(pairs: &mut [Pair], counts: &[usize]) -> Duration {
                         if let Ok(Envelope { body: Body::Deliver { delivery_id, .. }, .. }) = decode_frame(&f) {
                             ids.push(delivery_id);
                         }
-                        if ids.len() == nymstr_node::limits::ACK_IDS_MAX || recipient.decoder.buffered() == 0 {
+                        if ids.len() == nymstr_proto::limits::ACK_IDS_MAX || recipient.decoder.buffered() == 0 {
                             break;
                         }
                     }

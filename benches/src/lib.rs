@@ -1,11 +1,11 @@
 //! Shared set-up for the benches: a node core with two registered, logged-in users,
 //! driven through the real client core (no shortcuts into the store).
 
-use nymstr_client::{ClientConfig, ClientCore};
-use nymstr_node::actors::{Output, Peer, SenderTag};
-use nymstr_node::codec;
-use nymstr_node::store::{MemStore, Store};
-use nymstr_node::{NodeConfig, NodeCore};
+use nymstr_client_core::{ClientConfig, ClientCore};
+use nymstr_node_core::actors::{Output, Peer, SenderTag};
+use nymstr_node_core::store::{MemStore, Store};
+use nymstr_node_core::{NodeConfig, NodeCore};
+use nymstr_proto::codec;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -78,7 +78,7 @@ impl Bench {
     /// One relay cycle in the core alone: alice's `SendDm` frame is handled (decode, verify,
     /// queue, ack, deliver), the store flushed, and bob's `AckDelivery` handled (delete).
     pub fn relay_cycle(&mut self, send_dm_frame: &[u8]) {
-        use nymstr_node::wire::{Body, Envelope};
+        use nymstr_proto::wire::{Body, Envelope};
         self.node.handle_frame(self.now, Peer::Tag(self.alice_tag), send_dm_frame);
         let mut ids = Vec::new();
         for Output::Send { envelope, .. } in self.node.drain_outputs() {

@@ -1,15 +1,15 @@
 //! TCP for the CLI client: the connection to the home node, one-frame direct exchanges
 //! with a contact, and the listener that receives direct frames. Frames are
-//! `nymstr_node::framing` (u32 big-endian length prefix); decoding them is the core's job.
+//! `nymstr_proto::framing` (u32 big-endian length prefix); decoding them is the core's job.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use nymstr_node::codec::{self, CodecError};
-use nymstr_node::framing::{self, Decoder, FramingError};
-use nymstr_node::wire::Envelope;
+use nymstr_proto::codec::{self, CodecError};
+use nymstr_proto::framing::{self, Decoder, FramingError};
+use nymstr_proto::wire::Envelope;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};

@@ -8,7 +8,7 @@
 //!   (pin seq → `(username, key)`), `seen` (seq → `(installation, msg id)`), `outgoing`
 //!   (msg id → `OutgoingDm`), `direct` (username → `DirectPeer`), `history` (seq →
 //!   `HistoryEntry`), `history_ids` (direction · peer · 0 · msg id → seq); for groups
-//!   (`crate::group::GroupCore`): `group_storage` (openmls storage key → record, raw: the
+//!   (`nymstr_client_core::group::GroupCore`): `group_storage` (openmls storage key → record, raw: the
 //!   MLS secrets of every group), `group_state` (`records` → every `GroupRecord`, `stats`),
 //!   `group_invites` (group id → `InviteRecord`: invitations received, not yet accepted),
 //!   `group_log` (seq → `GroupLine`: group messages and notices shown by `inbox`),
@@ -16,7 +16,7 @@
 //!
 //! The database holds group secrets: its directory is `0700` and its files `0600`.
 //!
-//! Every record is encoded with `nymstr_node::codec`, except the group records, which grow
+//! Every record is encoded with `nymstr_proto::codec`, except the group records, which grow
 //! past the codec's 64 KiB decode limit (they remember up to 10,000 message ids per
 //! group) and are encoded with bincode 2 directly (standard configuration, a 256 MiB
 //! decode budget). The client state is stored record by
@@ -28,14 +28,14 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use nymstr_node::codec;
-use nymstr_node::wire::MsgId;
+use nymstr_proto::codec;
+use nymstr_proto::wire::MsgId;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::core::{ClientState, Contact, DirectPeer, IdentityState, OutgoingDm, SeenLog, Via};
-use crate::group::{GroupRecord, GroupState, GroupStateDelta, GroupStats};
-use crate::seal::GroupInvite;
-use nymstr_node::wire::{GroupId, PublicKey};
+use nymstr_client_core::core::{ClientState, Contact, DirectPeer, IdentityState, OutgoingDm, SeenLog, Via};
+use nymstr_client_core::group::{GroupRecord, GroupState, GroupStateDelta, GroupStats};
+use nymstr_client_core::seal::GroupInvite;
+use nymstr_proto::wire::{GroupId, PublicKey};
 
 const IDENTITY_FILE: &str = "identity";
 const DB_DIR: &str = "db";
@@ -778,8 +778,8 @@ fn open_db(dir: &Path, db_path: &Path) -> Result<sled::Db> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{ClientConfig, ClientCore, Identity};
-    use crate::seal::{DirectAddress, DmContent};
+    use nymstr_client_core::core::{ClientConfig, ClientCore, Identity};
+    use nymstr_client_core::seal::{DirectAddress, DmContent};
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
     use std::collections::BTreeSet;
@@ -815,7 +815,7 @@ mod tests {
         let mut peer = DirectPeer { enabled: true, ..DirectPeer::default() };
         peer.routes.insert(
             [3; 32],
-            crate::core::DirectRoute {
+            nymstr_client_core::core::DirectRoute {
                 addr: DirectAddress::Tcp("127.0.0.1:9".into()),
                 announced_at_us: 1,
                 failures: 0,
@@ -824,8 +824,8 @@ mod tests {
         );
         s.direct.insert("bob".into(), peer);
         // The transparency verifier is saved whole (the core always exports one).
-        s.transparency = Some(nymstr_node::federation::verify::Verifier::new(
-            nymstr_node::federation::verify::TrustPolicy::WitnessQuorum { required: 2 },
+        s.transparency = Some(nymstr_proto::federation::verify::Verifier::new(
+            nymstr_proto::federation::verify::TrustPolicy::WitnessQuorum { required: 2 },
         ));
         s
     }
@@ -854,7 +854,7 @@ mod tests {
         assert_eq!(core.export_state(), later);
         assert_eq!(
             core.transparency().policy(),
-            &nymstr_node::federation::verify::TrustPolicy::WitnessQuorum { required: 2 },
+            &nymstr_proto::federation::verify::TrustPolicy::WitnessQuorum { required: 2 },
             "the saved verifier, not a fresh one from the config"
         );
     }

@@ -4,16 +4,15 @@
 //! and its own client homes, and drives the CLI as a user or a script would: commands,
 //! exit codes, `--json` output, and `listen` fed through standard input. Waits poll
 //! with generous timeouts; no test asserts a duration.
-#![cfg(feature = "cli")]
 // The test is a host, not a core: threads read child processes' output.
 #![allow(clippy::disallowed_methods)]
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 
-use nymstr_node::codec;
-use nymstr_node::framing::Decoder;
-use nymstr_node::wire::Body;
+use nymstr_proto::codec;
+use nymstr_proto::framing::Decoder;
+use nymstr_proto::wire::Body;
 use serde_json::Value;
 
 mod cli_common;

@@ -3,14 +3,13 @@
 //! person or a script would run them. Commands that change a group wait until the change
 //! is in the group's log; `inbox` waits until every group caught up with its log; so the
 //! assertions need no sleeps. No test asserts a duration.
-#![cfg(feature = "cli")]
 // The test is a host, not a core: threads read child processes' output.
 #![allow(clippy::disallowed_methods)]
 
 use std::net::TcpListener;
 
-use nymstr_client::seal::GroupInvite;
-use nymstr_node::codec;
+use nymstr_client_core::seal::GroupInvite;
+use nymstr_proto::codec;
 use serde_json::Value;
 
 mod cli_common;

@@ -23,9 +23,9 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
-use crate::actors::NodeConfig;
 use crate::sled_store::SledOptions;
 use crate::transport::tcp::TcpConfig;
+use nymstr_node_core::actors::NodeConfig;
 
 pub const CONFIG_FILE: &str = "config.toml";
 pub const KEY_FILE: &str = "node.key";
@@ -108,8 +108,8 @@ impl Default for FederationSection {
 }
 
 impl FederationSection {
-    pub fn roles(&self) -> crate::federation::Roles {
-        crate::federation::Roles {
+    pub fn roles(&self) -> nymstr_proto::federation::Roles {
+        nymstr_proto::federation::Roles {
             discovery: self.roles.contains(&Role::Discovery),
             group: self.roles.contains(&Role::Group),
         }
@@ -300,10 +300,10 @@ impl Config {
         if f.peers_max == 0 {
             return fed("peers_max", "must be at least 1");
         }
-        if f.policy.len() > crate::federation::descriptor::POLICY_BYTES_MAX {
+        if f.policy.len() > nymstr_proto::federation::descriptor::POLICY_BYTES_MAX {
             return fed("policy", "is longer than 64 bytes");
         }
-        let max = crate::federation::descriptor::ADDRESS_BYTES_MAX;
+        let max = nymstr_proto::federation::descriptor::ADDRESS_BYTES_MAX;
         for b in &self.federation.bootstrap {
             if b.is_empty() || b.len() > max {
                 return Err(("federation", "bootstrap", format!("entries must be 1 to {max} bytes")));
@@ -642,7 +642,7 @@ impl NodeKey {
 
 /// `hex(blake3::derive_key("nymstr/v1/node-id", public key))`, the one node id.
 pub fn node_id(public_key: &[u8; 32]) -> String {
-    crate::federation::descriptor::node_id(public_key).to_hex()
+    nymstr_proto::federation::descriptor::node_id(public_key).to_hex()
 }
 
 /// What `init` did.
@@ -729,7 +729,7 @@ pub struct DescriptorJson {
 }
 
 impl DescriptorJson {
-    pub fn from_descriptor(d: &crate::federation::NodeDescriptor) -> Self {
+    pub fn from_descriptor(d: &nymstr_proto::federation::NodeDescriptor) -> Self {
         let mut roles = Vec::new();
         if d.roles.discovery {
             roles.push(Role::Discovery);
@@ -750,26 +750,26 @@ impl DescriptorJson {
     }
 
     /// The descriptor, verified (derived id, bounds, signature).
-    pub fn to_descriptor(&self) -> Result<crate::federation::NodeDescriptor, String> {
+    pub fn to_descriptor(&self) -> Result<nymstr_proto::federation::NodeDescriptor, String> {
         let mut key = [0u8; 32];
         hex::decode_to_slice(&self.key, &mut key).map_err(|e| format!("key: {e}"))?;
         let mut sig = [0u8; 64];
         hex::decode_to_slice(&self.sig, &mut sig).map_err(|e| format!("sig: {e}"))?;
-        let node_id = crate::federation::NodeId::from_hex(&self.node_id).ok_or("node_id: not 64 hex digits")?;
-        let d = crate::federation::NodeDescriptor {
+        let node_id = nymstr_proto::federation::NodeId::from_hex(&self.node_id).ok_or("node_id: not 64 hex digits")?;
+        let d = nymstr_proto::federation::NodeDescriptor {
             node_id,
             key,
             address: self.address.as_bytes().to_vec(),
-            roles: crate::federation::Roles {
+            roles: nymstr_proto::federation::Roles {
                 discovery: self.roles.contains(&Role::Discovery),
                 group: self.roles.contains(&Role::Group),
             },
             policy: self.policy.clone(),
             epoch_us: self.epoch_us,
             issued_at_us: self.issued_at_us,
-            sig: crate::wire::Sig(sig),
+            sig: nymstr_proto::wire::Sig(sig),
         };
-        crate::federation::descriptor::verify(&d).map_err(|e| e.to_string())?;
+        nymstr_proto::federation::descriptor::verify(&d).map_err(|e| e.to_string())?;
         Ok(d)
     }
 
@@ -779,7 +779,7 @@ impl DescriptorJson {
     }
 
     /// Reads and verifies a descriptor file.
-    pub fn read(path: &Path) -> Result<crate::federation::NodeDescriptor, String> {
+    pub fn read(path: &Path) -> Result<nymstr_proto::federation::NodeDescriptor, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let json: Self = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         json.to_descriptor().map_err(|e| format!("{}: {e}", path.display()))
@@ -792,9 +792,9 @@ pub fn sign_descriptor(
     config: &Config,
     address: &str,
     now_us: u64,
-) -> crate::federation::NodeDescriptor {
+) -> nymstr_proto::federation::NodeDescriptor {
     let f = &config.core.federation;
-    crate::federation::descriptor::sign(
+    nymstr_proto::federation::descriptor::sign(
         key.signing_key(),
         address.as_bytes().to_vec(),
         config.federation.roles(),
@@ -858,7 +858,8 @@ mod tests {
         keys("", &as_table(&Config::default()), &mut want);
         // `[core.federation]` is left out of serialisation at its defaults (so scenario
         // hashes of the simulator do not change); the template writes it all out.
-        let federation = toml::Table::try_from(crate::actors::federation::FederationConfig::default()).unwrap();
+        let federation =
+            toml::Table::try_from(nymstr_node_core::actors::federation::FederationConfig::default()).unwrap();
         keys("core.federation", &federation, &mut want);
         keys("", &written, &mut have);
         for k in &want {

@@ -16,7 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::store::{KvPairs, Store, StoreError, Table};
+use nymstr_node_core::store::{KvPairs, Store, StoreError, Table};
 
 /// How to open the database.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -12,16 +12,16 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use nymstr_node::codec::{decode_frame, encode_frame};
 use nymstr_node::config::DescriptorJson;
-use nymstr_node::federation::descriptor;
-use nymstr_node::federation::{NodeDescriptor, Roles};
-use nymstr_node::framing;
-use nymstr_node::identity;
 use nymstr_node::runtime::os::now_us;
 use nymstr_node::runtime::status::Status;
 use nymstr_node::transport::tcp::preface_frame;
-use nymstr_node::wire::{Body, Envelope, ErrorCode};
+use nymstr_proto::codec::{decode_frame, encode_frame};
+use nymstr_proto::federation::descriptor;
+use nymstr_proto::federation::{NodeDescriptor, Roles};
+use nymstr_proto::framing;
+use nymstr_proto::identity;
+use nymstr_proto::wire::{Body, Envelope, ErrorCode};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nymstr-node");
 const PATIENCE_US: u64 = 120_000_000;
@@ -236,7 +236,7 @@ fn a_preface_makes_a_node_connection_and_the_challenge_makes_a_peer() {
     init(&dir, &addr, None);
     let mut n = Running::start(&dir);
     let s = n.wait_status("running", |_| true);
-    let node_id = nymstr_node::federation::NodeId::from_hex(&s.node_id).unwrap();
+    let node_id = nymstr_proto::federation::NodeId::from_hex(&s.node_id).unwrap();
 
     // Without a preface a connection is a client, as before.
     let mut client = Wire::connect(&addr);
@@ -281,9 +281,9 @@ fn a_preface_makes_a_node_connection_and_the_challenge_makes_a_peer() {
 
 /// A user: the real client core on a connection to its home node.
 struct User {
-    core: nymstr_client::ClientCore,
+    core: nymstr_client_core::ClientCore,
     wire: Wire,
-    events: Vec<nymstr_client::Event>,
+    events: Vec<nymstr_client_core::Event>,
 }
 
 impl User {
@@ -291,7 +291,7 @@ impl User {
         use rand_core::SeedableRng;
         let rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
         User {
-            core: nymstr_client::ClientCore::new(rng, nymstr_client::ClientConfig::default()),
+            core: nymstr_client_core::ClientCore::new(rng, nymstr_client_core::ClientConfig::default()),
             wire: Wire::connect(addr),
             events: Vec::new(),
         }
@@ -326,7 +326,7 @@ impl User {
         }
     }
 
-    fn until(&mut self, what: &str, done: impl Fn(&[nymstr_client::Event]) -> bool) {
+    fn until(&mut self, what: &str, done: impl Fn(&[nymstr_client_core::Event]) -> bool) {
         let until = now_us() + PATIENCE_US;
         while !done(&self.events) {
             assert!(now_us() < until, "gave up waiting for {what}; events: {:?}", self.events);
@@ -337,7 +337,7 @@ impl User {
 
 #[test]
 fn a_direct_message_crosses_nodes_by_qualified_name() {
-    use nymstr_client::Event;
+    use nymstr_client_core::Event;
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     let (addr_a, addr_b) = (free_addr(), free_addr());

@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
-use nymstr_client::{ClientConfig, ClientCore, Event};
-use nymstr_node::codec::{decode_frame, encode_frame};
-use nymstr_node::framing;
+use nymstr_client_core::{ClientConfig, ClientCore, Event};
 use nymstr_node::runtime::os::now_us;
-use nymstr_node::wire::{Body, Envelope, ErrorCode, MsgId};
+use nymstr_proto::codec::{decode_frame, encode_frame};
+use nymstr_proto::framing;
+use nymstr_proto::wire::{Body, Envelope, ErrorCode, MsgId};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
@@ -463,7 +463,7 @@ fn garbage_on_the_port_is_answered_and_closed_while_a_client_keeps_working() {
     // Random bytes (this seed's first four announce more than FRAME_BYTES_MAX).
     let mut noise = vec![0u8; 8192];
     ChaCha20Rng::seed_from_u64(99).fill_bytes(&mut noise);
-    assert!(u32::from_be_bytes(noise[..4].try_into().unwrap()) as usize > nymstr_node::limits::FRAME_BYTES_MAX);
+    assert!(u32::from_be_bytes(noise[..4].try_into().unwrap()) as usize > nymstr_proto::limits::FRAME_BYTES_MAX);
     let mut random = Wire::connect(node.addr);
     random.send_raw(&noise);
     // Well-framed bytes that do not decode: the core answers, the connection stays.

@@ -11,12 +11,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ed25519_dalek::SigningKey;
-use nymstr_node::actors::federation::FederationConfig;
-use nymstr_node::federation::merkle::DirTree;
-use nymstr_node::federation::verify::TrustPolicy;
-use nymstr_node::federation::{Cosignature, DirEntry, LookupProof, NodeId, SignedHead, TreeHead, descriptor, evidence};
-use nymstr_node::identity;
-use nymstr_node::wire::{Body, InstallationCert};
+use nymstr_node_core::actors::federation::FederationConfig;
+use nymstr_proto::federation::merkle::DirTree;
+use nymstr_proto::federation::verify::TrustPolicy;
+use nymstr_proto::federation::{
+    Cosignature, DirEntry, LookupProof, NodeId, SignedHead, TreeHead, descriptor, evidence,
+};
+use nymstr_proto::identity;
+use nymstr_proto::wire::{Body, InstallationCert};
 use rand_chacha::ChaCha20Rng;
 
 use crate::mixnet::Us;
@@ -187,7 +189,7 @@ impl FedSim {
         let e = forged.get_mut(username)?;
         e.account_key = self.attacker.verifying_key().to_bytes();
         e.installations = vec![self.attacker_cert(e.installations.first()?)];
-        let tree = nymstr_node::federation::log::tree_of(&forged);
+        let tree = nymstr_node_core::transparency_log::tree_of(&forged);
         let head = TreeHead { dir_root: tree.root(), dir_size: tree.len(), ..proof.head.head.clone() };
         let signed = evidence::sign_head(key, head);
         let cosignatures =

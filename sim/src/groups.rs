@@ -7,8 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use nymstr_client::group::GroupEvent;
-use nymstr_node::wire::{GroupId, MsgId, PublicKey};
+use nymstr_client_core::group::GroupEvent;
+use nymstr_proto::wire::{GroupId, MsgId, PublicKey};
 use openmls::prelude::{ContentType, MlsMessageBodyIn, MlsMessageIn, Sender};
 use serde::Serialize;
 use tls_codec::Deserialize as _;

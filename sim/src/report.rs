@@ -1,6 +1,6 @@
 //! The run report: a human summary by default, one JSON object with `--json`.
 
-use nymstr_node::actors::NodeStats;
+use nymstr_node_core::actors::NodeStats;
 use serde::Serialize;
 
 #[derive(Clone, Debug, Serialize)]

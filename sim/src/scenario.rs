@@ -185,7 +185,7 @@ pub struct Nodes {
     /// Background flush period (sled's `flush_every_ms`, default 500).
     pub background_flush_ms: f64,
     /// Node core settings; every key of `NodeConfig` (durations in microseconds).
-    pub core: nymstr_node::NodeConfig,
+    pub core: nymstr_node_core::NodeConfig,
     /// Fault injection (FoundationDB's "buggify"): the host sends acknowledgements
     /// before the write they acknowledge is durable. A known-bad node; the oracles must
     /// catch what it loses in a crash.
@@ -199,7 +199,7 @@ impl Default for Nodes {
             group: 0,
             flush_ms: 5.0,
             background_flush_ms: 500.0,
-            core: nymstr_node::NodeConfig::default(),
+            core: nymstr_node_core::NodeConfig::default(),
             buggify_ack_before_flush: false,
         }
     }

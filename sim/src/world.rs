@@ -8,20 +8,20 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 
-use nymstr_client::group::{GroupConfig, GroupCore, GroupEvent, GroupMeta, LifetimeMode, MemberKeys};
-use nymstr_client::{ClientConfig, ClientCore, Event};
-use nymstr_node::actors::steward::StewardStats;
-use nymstr_node::actors::{Output, Peer, SenderTag};
-use nymstr_node::codec;
-use nymstr_node::store::{MemStore, Store};
-use nymstr_node::wire::{Body, Envelope, GroupId, MsgId};
-use nymstr_node::{NodeCore, actors::NodeStats};
+use nymstr_client_core::group::{GroupConfig, GroupCore, GroupEvent, GroupMeta, LifetimeMode, MemberKeys};
+use nymstr_client_core::{ClientConfig, ClientCore, Event};
+use nymstr_node_core::actors::steward::StewardStats;
+use nymstr_node_core::actors::{Output, Peer, SenderTag};
+use nymstr_node_core::store::{MemStore, Store};
+use nymstr_node_core::{NodeCore, actors::NodeStats};
+use nymstr_proto::codec;
+use nymstr_proto::wire::{Body, Envelope, GroupId, MsgId};
 use rand_chacha::ChaCha20Rng;
 use rand_core::Rng;
 
-use nymstr_node::actors::Address;
-use nymstr_node::actors::federation::NodeIdentity;
-use nymstr_node::federation::{NodeId, Roles};
+use nymstr_node_core::actors::Address;
+use nymstr_node_core::actors::federation::NodeIdentity;
+use nymstr_proto::federation::{NodeId, Roles};
 
 use crate::federation::{Attack, FedSim, Frozen};
 use crate::groups::{self, Groups, SentMessage, SimGroup, UploadClass};
@@ -369,7 +369,7 @@ impl World {
             .map(|a| a.get_ref().sybil_count())
             .sum();
         let fed = sc.federation.clone().map(|f| {
-            let attacker = nymstr_node::identity::generate_signing_key(&mut fed_rng);
+            let attacker = nymstr_proto::identity::generate_signing_key(&mut fed_rng);
             let mut fs = FedSim::new(f, attacker);
             for i in 0..sc.nodes.discovery {
                 fs.add_node(i, &mut rng::stream(seed, Stream::NodeKey { index: i }));
@@ -1002,11 +1002,11 @@ impl World {
                 let username = v.username.clone();
                 let cert = fed.attacker_cert(&id.cert);
                 let key = fed.attacker.verifying_key().to_bytes();
-                let entry = nymstr_node::federation::DirEntry {
+                let entry = nymstr_proto::federation::DirEntry {
                     username,
                     account_key: key,
                     installations: vec![cert],
-                    status: nymstr_node::federation::EntryStatus::Active,
+                    status: nymstr_proto::federation::EntryStatus::Active,
                     seq: 0,
                     epoch: 0,
                 };
@@ -1024,7 +1024,7 @@ impl World {
                 let Some(f) = core.federation() else { return };
                 let quorum = fed.node_config(0).serve_quorum;
                 if let Some((head, entries, cosignatures)) = f.log().served_view(now, quorum, cfg.serve_grace_us) {
-                    let tree = nymstr_node::federation::log::tree_of(entries);
+                    let tree = nymstr_node_core::transparency_log::tree_of(entries);
                     fed.attacks[index as usize].frozen =
                         Some(Frozen { head: head.clone(), cosignatures, entries: entries.clone(), tree });
                 }
@@ -1127,7 +1127,7 @@ impl World {
                     return Some(false);
                 }
                 let stored =
-                    nymstr_node::federation::log::stored_head(fx_store(&self.nodes[x as usize]), seen.head.epoch);
+                    nymstr_node_core::transparency_log::stored_head(fx_store(&self.nodes[x as usize]), seen.head.epoch);
                 if stored.ok().flatten().as_ref() != Some(seen) {
                     return Some(false);
                 }
@@ -1435,7 +1435,7 @@ impl World {
         }
     }
 
-    fn observe_entry(&mut self, group: &GroupId, entry: &nymstr_node::wire::GroupEntry) {
+    fn observe_entry(&mut self, group: &GroupId, entry: &nymstr_proto::wire::GroupEntry) {
         self.groups.on_log_entry(self.now, *group, entry.seq, entry.epoch, &entry.mls);
     }
 
@@ -1565,7 +1565,7 @@ impl World {
             }
             Event::Failed { what, code, .. } => {
                 self.metrics.failed_requests += 1;
-                if let nymstr_client::Operation::Send { msg_id, .. } = what
+                if let nymstr_client_core::Operation::Send { msg_id, .. } = what
                     && let Some(d) = self.dms.get_mut(&msg_id)
                 {
                     d.failed = true;
@@ -1775,7 +1775,7 @@ impl World {
                 return;
             }
         };
-        if let (Body::Error { code: nymstr_node::wire::ErrorCode::Unreachable, .. }, Some(fed)) =
+        if let (Body::Error { code: nymstr_proto::wire::ErrorCode::Unreachable, .. }, Some(fed)) =
             (&env.body, self.fed.as_mut())
         {
             // A forward that timed out: whoever it went to dropped it (or is cut off).
@@ -2529,7 +2529,7 @@ fn start_node(
     now: Us,
     store: MemStore,
     incarnation: u32,
-) -> Result<NodeCore<MemStore>, nymstr_node::actors::StartError> {
+) -> Result<NodeCore<MemStore>, nymstr_node_core::actors::StartError> {
     let rng = rng::stream(sc.seed, Stream::Node { index: i, incarnation });
     let mut config = sc.nodes.core.clone();
     match fed.and_then(|f| f.keys.get(&i).map(|k| (f, k))) {

@@ -5,8 +5,8 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
-use nymstr_node::identity;
-use nymstr_node::wire::MsgId;
+use nymstr_proto::identity;
+use nymstr_proto::wire::MsgId;
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -14,10 +14,10 @@ use crate::cli::error::{CliError, describe_code};
 use crate::cli::groups::{resolve, show_group_line, show_invite, show_new_invite};
 use crate::cli::output::{Printer, entry_json, entry_line, fingerprint, hex, via_name};
 use crate::cli::session::{Flow, Goal, Session, now_us, os_rng};
-use crate::core::{BODY_BYTES_MAX, Event, Identity, Operation, contact_name};
-use crate::group::GroupEvent;
 use crate::persist::{Direction, GroupLine, HistoryEntry, Home, Status};
-use crate::seal::DirectAddress;
+use nymstr_client_core::core::{BODY_BYTES_MAX, Event, Identity, Operation, contact_name};
+use nymstr_client_core::group::GroupEvent;
+use nymstr_client_core::seal::DirectAddress;
 
 // --- offline commands ---
 
@@ -148,7 +148,11 @@ pub fn status(dir: &Path, out: &Printer) -> Result<(), CliError> {
     let id = state.identity.as_ref().ok_or_else(|| CliError::NotInitialised(dir.to_path_buf()))?;
     let node = home.node_addr()?;
     let unread = home.unread()?.len();
-    let pending = state.outgoing.values().filter(|d| matches!(d.content, crate::seal::DmContent::Text { .. })).count();
+    let pending = state
+        .outgoing
+        .values()
+        .filter(|d| matches!(d.content, nymstr_client_core::seal::DmContent::Text { .. }))
+        .count();
     let username = if state.registered { state.username.clone() } else { None };
     out.data(
         || {
@@ -418,7 +422,7 @@ pub async fn send(
                     let (to, id) = (self.to.clone(), hex(msg_id));
                     s.out.data(
                         || match via {
-                            Some(crate::core::Via::Direct) => format!("delivered to {to} directly"),
+                            Some(nymstr_client_core::core::Via::Direct) => format!("delivered to {to} directly"),
                             _ => format!("sent to {to} (the node holds it for them)"),
                         },
                         || json!({ "type": "sent", "to": to, "msg_id": id, "via": via_name(via).to_string() }),

@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use nymstr_node::wire::ErrorCode;
+use nymstr_proto::wire::ErrorCode;
 
-use crate::core::ClientError;
-use crate::group::GroupError;
 use crate::net::NetError;
 use crate::persist::PersistError;
+use nymstr_client_core::core::ClientError;
+use nymstr_client_core::group::GroupError;
 
 /// Exit codes: part of the CLI's interface, never renumbered.
 pub mod exit {

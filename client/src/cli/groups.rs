@@ -11,8 +11,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use nymstr_node::identity;
-use nymstr_node::wire::{Body, Envelope, GroupAdvert, GroupId, MsgId, PublicKey};
+use nymstr_proto::identity;
+use nymstr_proto::wire::{Body, Envelope, GroupAdvert, GroupId, MsgId, PublicKey};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -20,11 +20,11 @@ use crate::cli::commands::{check_node_addr, key_changed, login_failed, message_t
 use crate::cli::error::{CliError, describe_code};
 use crate::cli::output::{Printer, fingerprint, group_line_json, group_line_text, hex, invite_json, invite_text};
 use crate::cli::session::{Flow, Goal, Session, now_us, short_id};
-use crate::core::{Event, Operation};
-use crate::group::{GroupError, GroupEvent, GroupMeta};
 use crate::net::{self, Connection};
 use crate::persist::{GroupLine, HistoryEntry, InviteRecord};
-use crate::seal::GroupInvite;
+use nymstr_client_core::core::{Event, Operation};
+use nymstr_client_core::group::{GroupError, GroupEvent, GroupMeta};
+use nymstr_client_core::seal::GroupInvite;
 
 // --- shared helpers ---
 
@@ -136,7 +136,7 @@ fn note_unread_lines(s: &Session, count: usize) {
 
 /// The group text of a command line (words joined; "-" reads standard input).
 fn group_text(text: Vec<String>) -> Result<String, CliError> {
-    let body = message_text(text, crate::sync::TEXT_BYTES_MAX)?;
+    let body = message_text(text, nymstr_client_core::sync::TEXT_BYTES_MAX)?;
     String::from_utf8(body).map_err(|_| CliError::Usage("the message is not UTF-8 text".into()))
 }
 
@@ -251,7 +251,7 @@ impl Goal for GroupGoal {
         match ev {
             GroupEvent::Error { group, code, detail } if *group == g => {
                 // A member without a valid certificate is news, not a failure of ours.
-                if *code == nymstr_node::wire::ErrorCode::BadCertificate && !matches!(self.op, Op::Join { .. }) {
+                if *code == nymstr_proto::wire::ErrorCode::BadCertificate && !matches!(self.op, Op::Join { .. }) {
                     s.out.notice(
                         "group_error",
                         &format!("[{}] {detail}", s.group_name(&g)),
@@ -494,7 +494,7 @@ fn parse_invite_code(code: &str) -> Result<GroupInvite, CliError> {
     let malformed = |why: &str| CliError::Usage(format!("malformed invitation code: {why}"));
     let hex_part = code.trim().strip_prefix(INVITE_CODE_PREFIX).ok_or_else(|| malformed("no prefix"))?;
     let bytes = hex::decode(hex_part).map_err(|_| malformed("not hex"))?;
-    let invite: GroupInvite = nymstr_node::codec::decode(&bytes).map_err(|e| malformed(&e.to_string()))?;
+    let invite: GroupInvite = nymstr_proto::codec::decode(&bytes).map_err(|e| malformed(&e.to_string()))?;
     if !invite_is_valid(&invite) {
         return Err(CliError::Usage(
             "the invitation code is not valid: its signature does not verify or its group node is not HOST:PORT".into(),
@@ -543,7 +543,7 @@ pub async fn invite(
     };
     let Some(user) = user.filter(|_| !code) else {
         // Whoever holds the code can join (once): it is the user's to pass on privately.
-        let text = format!("{INVITE_CODE_PREFIX}{}", hex(&nymstr_node::codec::encode(&invite)));
+        let text = format!("{INVITE_CODE_PREFIX}{}", hex(&nymstr_proto::codec::encode(&invite)));
         let name = s.group_name(&g);
         s.out.data(
             || text.clone(),
@@ -829,7 +829,7 @@ async fn fetch_directory(node: &str, timeout: Duration) -> Result<Vec<GroupAdver
     let work = async {
         loop {
             let bytes = conn.recv().await.map_err(CliError::Node)?;
-            let Ok(env) = nymstr_node::codec::decode_frame(&bytes) else { continue };
+            let Ok(env) = nymstr_proto::codec::decode_frame(&bytes) else { continue };
             if env.request_id != 1 {
                 continue;
             }

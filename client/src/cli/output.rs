@@ -6,8 +6,8 @@ use std::io::Write;
 
 use serde_json::{Value, json};
 
-use crate::core::Via;
 use crate::persist::{Direction, GroupLine, GroupLineKind, HistoryEntry, InviteRecord, Status};
+use nymstr_client_core::core::Via;
 
 pub struct Printer {
     pub json: bool,

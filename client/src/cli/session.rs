@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use nymstr_node::wire::{Body, Envelope, GroupId};
+use nymstr_proto::wire::{Body, Envelope, GroupId};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use serde_json::json;
@@ -21,11 +21,11 @@ use tokio::time::Instant;
 
 use crate::cli::error::{CliError, describe_code};
 use crate::cli::output::{Printer, hex};
-use crate::core::{ClientConfig, ClientCore, Event, Operation, TimeUs, Via};
-use crate::group::{GroupConfig, GroupCore, GroupEvent, GroupTransmit, MemberInfo, MemberKeys};
 use crate::net::{self, Connection, DirectListener, GroupLinks, LinkEvent, NetError};
 use crate::persist::{Direction, GroupLine, GroupLineKind, HistoryEntry, Home, InviteRecord, Status};
-use crate::seal::DirectAddress;
+use nymstr_client_core::core::{ClientConfig, ClientCore, Event, Operation, TimeUs, Via};
+use nymstr_client_core::group::{GroupConfig, GroupCore, GroupEvent, GroupTransmit, MemberInfo, MemberKeys};
+use nymstr_client_core::seal::DirectAddress;
 
 /// Microseconds since the Unix epoch: the core's `now`.
 // The client crate bans `SystemTime::now` (cores take time from their host). This is the
@@ -649,7 +649,7 @@ impl Session {
                 }
             }
             LinkEvent::Frame { addr, bytes, .. } => {
-                let Ok(env) = nymstr_node::codec::decode_frame(&bytes) else { return None };
+                let Ok(env) = nymstr_proto::codec::decode_frame(&bytes) else { return None };
                 match &env.body {
                     Body::GroupSubscribed { group_id, next_seq, .. } => {
                         self.subscribed.insert(*group_id, *next_seq);
@@ -818,7 +818,7 @@ impl Session {
             GroupEvent::Joined { .. } | GroupEvent::Created { .. } => {
                 self.members.insert(group, core.members(&group));
             }
-            GroupEvent::Error { code: nymstr_node::wire::ErrorCode::UnknownGroup, .. } => {
+            GroupEvent::Error { code: nymstr_proto::wire::ErrorCode::UnknownGroup, .. } => {
                 self.unhosted.insert(group);
             }
             GroupEvent::EpochChanged { .. } | GroupEvent::Error { .. } => {}

@@ -25,7 +25,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use nymstr_node::config::{self, Config, DataDir, LogFormat, NodeKey};
 use nymstr_node::runtime::{self, RunOptions, logging, os, status::Status};
 use nymstr_node::sled_store::{SledOpenError, SledStore};
-use nymstr_node::store::Table;
+use nymstr_node_core::store::Table;
 
 #[derive(Parser)]
 #[command(name = "nymstr-node", version, about = "A nymstr discovery node: registry and relay for anonymous messaging")]

@@ -23,11 +23,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::os::now_us;
 use super::status::{self, Status};
-use crate::actors::{NodeCore, Output, TimeUs};
-use crate::codec;
 use crate::sled_store::SledStore;
-use crate::store::{Store, StoreError, Table};
 use crate::transport::{Inbound, Outbound};
+use nymstr_node_core::actors::{NodeCore, Output, TimeUs};
+use nymstr_node_core::store::{Store, StoreError, Table};
+use nymstr_proto::codec;
 
 /// Replies kept in the actor when the transport's outbound queue is full, before new ones
 /// are dropped (the cores retry: clients resend requests, the relay redelivers).
@@ -311,10 +311,10 @@ impl NodeActor {
 }
 
 /// The federation view written to `status.json`.
-fn federation_status(fed: &crate::actors::federation::Federation) -> status::FederationStatus {
+fn federation_status(fed: &nymstr_node_core::actors::federation::Federation) -> status::FederationStatus {
     let text = |a: &[u8]| String::from_utf8_lossy(a).into_owned();
     let latest = fed.log().latest();
-    let peer = |id: &crate::federation::NodeId, address: String| {
+    let peer = |id: &nymstr_proto::federation::NodeId, address: String| {
         let head = fed.head_of(id);
         status::PeerStatus {
             node_id: id.to_hex(),

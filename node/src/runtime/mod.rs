@@ -28,12 +28,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use actor::{Frames, Identity, NodeActor, Shutdown};
 
-use crate::actors::federation::NodeIdentity;
-use crate::actors::{Address, NodeCore, StartError};
 use crate::config::{self, Config, ConfigError, DataDir, NodeKey, TransportKind};
 use crate::sled_store::{SledOpenError, SledStore};
-use crate::store::StoreError;
 use crate::transport::{INBOUND_QUEUE_MAX, Inbound, TransportHandle, tcp};
+use nymstr_node_core::actors::federation::NodeIdentity;
+use nymstr_node_core::actors::{Address, NodeCore, StartError};
+use nymstr_node_core::store::StoreError;
 
 /// Frames handed to the actor in one message at most.
 const FRAMES_PER_BATCH: usize = 256;

@@ -27,7 +27,7 @@ pub mod tcp;
 
 use tokio::sync::mpsc;
 
-use crate::actors::Peer;
+use nymstr_node_core::actors::Peer;
 
 /// One frame received by a transport.
 #[derive(Debug)]

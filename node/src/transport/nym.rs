@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::{Inbound, OUTBOUND_QUEUE_MAX, Outbound, TransportHandle};
-use crate::actors::{Address, Peer, SenderTag};
+use nymstr_node_core::actors::{Address, Peer, SenderTag};
 
 /// Subdirectory of the node's data directory that holds the Nym client's state.
 const STORAGE_SUBDIR: &str = "nym";

@@ -1,4 +1,4 @@
-//! The TCP transport: length-prefixed frames (`crate::framing`) on a stream, one fresh
+//! The TCP transport: length-prefixed frames (`nymstr_proto::framing`) on a stream, one fresh
 //! random [`SenderTag`] per accepted client connection, and node-to-node connections
 //! (federation) opened by a [`PREFACE_MAGIC`] preface. Normative text: `specs/tcp.md`.
 //!
@@ -48,10 +48,10 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 use super::{Inbound, OUTBOUND_QUEUE_MAX, Outbound, TransportHandle};
-use crate::actors::{Address, Peer, SenderTag};
-use crate::codec;
-use crate::framing::{self, FramingError};
-use crate::wire::{Body, Envelope, ErrorCode};
+use nymstr_node_core::actors::{Address, Peer, SenderTag};
+use nymstr_proto::codec;
+use nymstr_proto::framing::{self, FramingError};
+use nymstr_proto::wire::{Body, Envelope, ErrorCode};
 
 /// Settings of the TCP transport (`[transport.tcp]` in `config.toml`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -772,7 +772,7 @@ fn register_dialed(
 /// A length-prefixed `Error` frame with `request_id`.
 fn error_frame(request_id: u64, code: ErrorCode, detail: &str) -> Vec<u8> {
     let mut detail = detail.to_string();
-    let max = crate::limits::ERROR_DETAIL_BYTES_MAX;
+    let max = nymstr_proto::limits::ERROR_DETAIL_BYTES_MAX;
     if detail.len() > max {
         let mut cut = max;
         while !detail.is_char_boundary(cut) {
@@ -846,7 +846,7 @@ mod tests {
         match env.body {
             Body::Error { code, detail } => {
                 assert_eq!(code, ErrorCode::Busy);
-                assert_eq!(detail.len(), crate::limits::ERROR_DETAIL_BYTES_MAX);
+                assert_eq!(detail.len(), nymstr_proto::limits::ERROR_DETAIL_BYTES_MAX);
             }
             other => panic!("{other:?}"),
         }
@@ -860,7 +860,7 @@ mod tests {
         d.push(&framed);
         let frame = d.next_frame().unwrap().unwrap();
         assert_eq!(parse_preface(&frame), Some(Address(b"127.0.0.1:7001".to_vec())));
-        assert_ne!(frame[0], crate::wire::WIRE_VERSION);
+        assert_ne!(frame[0], nymstr_proto::wire::WIRE_VERSION);
         assert_eq!(parse_preface(PREFACE_MAGIC), None, "an empty address");
         let long = [PREFACE_MAGIC.as_slice(), &[b'a'; PREFACE_ADDRESS_MAX + 1]].concat();
         assert_eq!(parse_preface(&long), None);

@@ -1,0 +1,580 @@
+//! Sans-IO actor cores. Each core is a deterministic state machine: the host feeds it
+//! `(now, input)` and takes [`Output`]s; time, randomness and storage come from the host.
+//!
+//! `NodeCore` is the shape a host sees (quinn-proto style): `handle_frame`,
+//! `handle_timeout`, `poll_timeout`, `drain_outputs`. It routes each message to the core
+//! that owns it: [`registry`] (accounts, challenges, tag bindings), [`relay`] (direct
+//! messages, offline queues, deliveries) and [`steward`] (MLS groups: logs, commits,
+//! subscriptions, pushes, directory).
+
+pub mod federation;
+pub mod registry;
+pub mod relay;
+pub mod steward;
+
+use rand_chacha::ChaCha20Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Store, StoreError};
+use nymstr_proto::codec::{self, CodecError};
+use nymstr_proto::wire::{Body, Envelope, ErrorCode};
+
+pub use nymstr_proto::time::TimeUs;
+
+/// A 16-byte single-use-reply-block tag (Nym's `AnonymousSenderTag`): an anonymous peer
+/// the node can reply to without learning its address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SenderTag(pub [u8; 16]);
+
+/// A transport address of a known node. Never a client's: clients only appear as tags.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Address(pub Vec<u8>);
+
+/// Who a message came from or goes to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Peer {
+    Address(Address),
+    Tag(SenderTag),
+}
+
+/// What a core asks its host to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send `envelope` to `to` once the store's durable sequence reaches
+    /// `durable_after` (0: send now). This is how "ack only after the write is durable"
+    /// is expressed without the core doing I/O.
+    Send { to: Peer, envelope: Envelope, durable_after: u64 },
+}
+
+/// Every tunable of a node core, with defaults a researcher would start from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// How long a registration or login challenge stays valid.
+    pub challenge_ttl_us: u64,
+    /// Pending challenges held at once; beyond this new requests get `Busy`.
+    pub challenges_pending_max: usize,
+    /// Messages queued for one installation; beyond this sends get `QueueFull`.
+    pub queue_depth_max: u32,
+    /// Deliveries sent and not yet acknowledged, per installation.
+    pub deliveries_inflight_max: usize,
+    /// First redelivery of an unacknowledged delivery; doubles up to the max.
+    pub redeliver_after_us: u64,
+    pub redeliver_after_max_us: u64,
+    /// How long a (sender, msg id) pair is remembered so a retried send is not queued twice.
+    pub seen_send_ttl_us: u64,
+    /// Period of the housekeeping sweep (expired challenges and dedupe entries).
+    pub sweep_every_us: u64,
+    /// How long the designated steward of an epoch has to commit before the next admin in
+    /// steward order may (one retry round).
+    pub group_commit_timeout_us: u64,
+    /// Application messages kept per group log; older ones are pruned (handshake
+    /// messages are kept).
+    pub group_history_max: usize,
+    /// Groups one node hosts; beyond this `GroupCreate` gets `Busy`.
+    pub groups_max: usize,
+    /// Proposals accepted per group and epoch; beyond this uploads get `Busy`.
+    pub group_proposals_per_epoch_max: usize,
+    /// Federation: epochs, gossip, witnessing, forwarding (used when the node is started
+    /// with an identity, [`NodeCore::start_federated`]). Not serialised when default, so
+    /// configurations (and the simulator's scenario hashes) from before it are unchanged.
+    #[serde(skip_serializing_if = "federation::FederationConfig::is_default")]
+    pub federation: federation::FederationConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            challenge_ttl_us: 60_000_000,
+            challenges_pending_max: 10_000,
+            queue_depth_max: 1_000,
+            deliveries_inflight_max: 32,
+            redeliver_after_us: 30_000_000,
+            redeliver_after_max_us: 300_000_000,
+            seen_send_ttl_us: 24 * 3_600_000_000,
+            sweep_every_us: 10_000_000,
+            group_commit_timeout_us: 30_000_000,
+            group_history_max: 10_000,
+            groups_max: 10_000,
+            group_proposals_per_epoch_max: 256,
+            federation: federation::FederationConfig::default(),
+        }
+    }
+}
+
+/// What a core reads and writes during one step.
+pub struct Ctx<'a, S: Store> {
+    pub now: TimeUs,
+    pub store: &'a mut S,
+    pub rng: &'a mut ChaCha20Rng,
+    pub config: &'a NodeConfig,
+    pub out: &'a mut Vec<Output>,
+}
+
+impl<S: Store> Ctx<'_, S> {
+    /// Queues a reply that waits for nothing.
+    pub fn send(&mut self, to: Peer, request_id: u64, body: Body) {
+        self.out.push(Output::Send { to, envelope: Envelope { request_id, body }, durable_after: 0 });
+    }
+
+    /// Queues a reply that waits until every write made so far is durable.
+    pub fn send_durable(&mut self, to: Peer, request_id: u64, body: Body) {
+        let durable_after = self.store.write_seq();
+        self.out.push(Output::Send { to, envelope: Envelope { request_id, body }, durable_after });
+    }
+
+    pub fn send_error(&mut self, to: Peer, request_id: u64, code: ErrorCode, detail: impl Into<String>) {
+        let mut detail = detail.into();
+        truncate_utf8(&mut detail, nymstr_proto::limits::ERROR_DETAIL_BYTES_MAX);
+        self.send(to, request_id, Body::Error { code, detail });
+    }
+
+    pub fn load<T: serde::de::DeserializeOwned>(
+        &self,
+        table: crate::store::Table,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        load(&*self.store, table, key)
+    }
+
+    pub fn save<T: Serialize>(&mut self, table: crate::store::Table, key: &[u8], value: &T) -> Result<(), StoreError> {
+        self.store.put(table, key, &codec::encode(value))
+    }
+}
+
+/// Reads and decodes one record.
+pub fn load<T: serde::de::DeserializeOwned, S: Store + ?Sized>(
+    store: &S,
+    table: crate::store::Table,
+    key: &[u8],
+) -> Result<Option<T>, StoreError> {
+    match store.get(table, key)? {
+        None => Ok(None),
+        Some(bytes) => codec::decode(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt { table: table.name(), detail: e.to_string() }),
+    }
+}
+
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+}
+
+/// Statistics a host can print (node `info`, simulator report).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NodeStats {
+    pub frames_in: u64,
+    pub frames_rejected: u64,
+    pub registrations: u64,
+    pub logins: u64,
+    pub lookups: u64,
+    pub dms_accepted: u64,
+    pub dms_rejected: u64,
+    pub deliveries: u64,
+    pub redeliveries: u64,
+    pub acks: u64,
+}
+
+/// One node: the registry, relay and steward cores over one store.
+pub struct NodeCore<S: Store> {
+    store: S,
+    rng: ChaCha20Rng,
+    config: NodeConfig,
+    registry: registry::Registry,
+    relay: relay::Relay,
+    steward: steward::Steward,
+    federation: Option<federation::Federation>,
+    out: Vec<Output>,
+    next_sweep_us: TimeUs,
+    pub stats: NodeStats,
+}
+
+/// Why a node could not start from its store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl<S: Store> NodeCore<S> {
+    /// Starts (or restarts) a node over `store`, recovering in-memory indexes from it and
+    /// re-sending every queued message to installations whose tag binding survived.
+    pub fn start(now: TimeUs, store: S, rng: ChaCha20Rng, config: NodeConfig) -> Result<Self, StartError> {
+        Self::start_inner(now, store, rng, config, None)
+    }
+
+    /// Starts a node that takes part in a federation under `identity`: it keeps a
+    /// transparency log, peers with other nodes, witnesses their heads and forwards
+    /// lookups and direct messages across nodes.
+    pub fn start_federated(
+        now: TimeUs,
+        store: S,
+        rng: ChaCha20Rng,
+        config: NodeConfig,
+        identity: federation::NodeIdentity,
+    ) -> Result<Self, StartError> {
+        Self::start_inner(now, store, rng, config, Some(identity))
+    }
+
+    fn start_inner(
+        now: TimeUs,
+        store: S,
+        mut rng: ChaCha20Rng,
+        config: NodeConfig,
+        identity: Option<federation::NodeIdentity>,
+    ) -> Result<Self, StartError> {
+        let registry = registry::Registry::recover(&store)?;
+        let relay = relay::Relay::recover(&store)?;
+        let steward = steward::Steward::recover(&store, &mut rng)?;
+        let mut node = Self {
+            store,
+            rng,
+            config,
+            registry,
+            relay,
+            steward,
+            federation: None,
+            out: Vec::new(),
+            next_sweep_us: now,
+            stats: NodeStats::default(),
+        };
+        let bound: Vec<_> = node.registry.bound_installations().collect();
+        let mut ctx = Ctx { now, store: &mut node.store, rng: &mut node.rng, config: &node.config, out: &mut node.out };
+        if let Some(identity) = identity {
+            node.federation = Some(federation::Federation::start(&mut ctx, identity)?);
+        }
+        for (installation, tag) in bound {
+            node.relay.deliver_pending(&mut ctx, &installation, tag, &mut node.stats)?;
+        }
+        Ok(node)
+    }
+
+    /// Feeds one inbound frame from `from`. Never panics on any bytes.
+    pub fn handle_frame(&mut self, now: TimeUs, from: Peer, bytes: &[u8]) {
+        self.stats.frames_in += 1;
+        let mut ctx = Ctx { now, store: &mut self.store, rng: &mut self.rng, config: &self.config, out: &mut self.out };
+        let envelope = match codec::decode_frame(bytes) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                self.stats.frames_rejected += 1;
+                let code = match e {
+                    CodecError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+                    CodecError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
+                    _ => ErrorCode::Malformed,
+                };
+                ctx.send_error(from, codec::peek_request_id(bytes), code, e.to_string());
+                return;
+            }
+        };
+        let rid = envelope.request_id;
+        let is_error = matches!(envelope.body, Body::Error { .. });
+        let tag = match (from, self.federation.as_mut()) {
+            (Peer::Tag(tag), _) => tag,
+            (Peer::Address(addr), Some(fed)) => {
+                // Errors from peers may answer something forwarded for a client.
+                let r = fed.on_peer_frame(
+                    &mut ctx,
+                    addr.clone(),
+                    rid,
+                    envelope.body,
+                    &mut self.relay,
+                    &self.registry,
+                    &mut self.stats,
+                );
+                if let Err((code, detail)) = r {
+                    self.stats.frames_rejected += 1;
+                    // An error is never answered, or two peers could bounce errors forever.
+                    if !is_error {
+                        ctx.send_error(Peer::Address(addr), rid, code, detail);
+                    }
+                }
+                return;
+            }
+            (Peer::Address(addr), None) => {
+                self.stats.frames_rejected += 1;
+                if !is_error {
+                    ctx.send_error(
+                        Peer::Address(addr),
+                        rid,
+                        ErrorCode::UnexpectedMessage,
+                        "this node does not federate",
+                    );
+                }
+                return;
+            }
+        };
+        // An error is never answered, or two peers could bounce errors forever.
+        if is_error {
+            self.stats.frames_rejected += 1;
+            return;
+        }
+        let result: Result<(), (ErrorCode, String)> = match envelope.body {
+            Body::RegisterRequest { username, cert } => {
+                self.registry.on_register_request(&mut ctx, tag, rid, &username, cert).map_err(err)
+            }
+            Body::RegisterResponse { nonce, account_sig, installation_sig } => {
+                match self.registry.on_register_response(&mut ctx, tag, rid, nonce, account_sig, installation_sig) {
+                    Ok(installation) => {
+                        self.stats.registrations += 1;
+                        // The registration bound `tag`: what waits for the installation
+                        // (a re-registration from a fresh tag) goes there, as on login.
+                        let r = self.relay.on_bound(&mut ctx, &installation, tag, &mut self.stats).map_err(err);
+                        match (r, self.federation.as_mut()) {
+                            (Ok(()), Some(fed)) => {
+                                promise_inclusion(&mut ctx, fed, &self.registry, tag, rid, &installation)
+                            }
+                            (r, _) => r,
+                        }
+                    }
+                    Err(e) => Err(err(e)),
+                }
+            }
+            Body::LoginRequest { installation } => {
+                self.registry.on_login_request(&mut ctx, tag, rid, installation).map_err(err)
+            }
+            Body::LoginResponse { nonce, installation_sig } => {
+                match self.registry.on_login_response(&mut ctx, rid, tag, nonce, installation_sig) {
+                    Ok(installation) => {
+                        self.stats.logins += 1;
+                        self.relay.on_bound(&mut ctx, &installation, tag, &mut self.stats).map_err(err)
+                    }
+                    Err(e) => Err(err(e)),
+                }
+            }
+            Body::Lookup { username } => {
+                self.stats.lookups += 1;
+                self.registry.on_lookup(&mut ctx, tag, rid, &username).map_err(err)
+            }
+            Body::SendDm(dm) if dm.to.contains('@') => {
+                let r = send_qualified(
+                    &mut ctx,
+                    self.federation.as_mut(),
+                    &mut self.relay,
+                    &self.registry,
+                    tag,
+                    rid,
+                    dm,
+                    &mut self.stats,
+                );
+                match &r {
+                    Ok(()) => self.stats.dms_accepted += 1,
+                    Err(_) => self.stats.dms_rejected += 1,
+                }
+                r
+            }
+            Body::SendDm(dm) => {
+                let r = self.relay.on_send(&mut ctx, &self.registry, tag, rid, dm, &mut self.stats);
+                match &r {
+                    Ok(()) => self.stats.dms_accepted += 1,
+                    Err(_) => self.stats.dms_rejected += 1,
+                }
+                r.map_err(err)
+            }
+            Body::AckDelivery { delivery_ids } => {
+                self.stats.acks += 1;
+                self.relay.on_ack(&mut ctx, &self.registry, tag, rid, &delivery_ids, &mut self.stats).map_err(err)
+            }
+            Body::GroupCreate { group_id, group_info, advert } => {
+                let r = self.steward.on_create(&mut ctx, tag, rid, group_id, group_info, advert.clone()).map_err(err);
+                if let (Ok(()), Some(fed), Some(advert)) = (&r, self.federation.as_mut(), advert) {
+                    fed.announce_advert(&mut ctx, advert);
+                }
+                r
+            }
+            Body::GroupSubscribe { group_id, member_key, from_seq } => {
+                self.steward.on_subscribe(&mut ctx, tag, rid, group_id, member_key, from_seq).map_err(err)
+            }
+            Body::GroupSubscribeProof { group_id, nonce, sig } => {
+                self.steward.on_subscribe_proof(&mut ctx, tag, rid, group_id, nonce, sig).map_err(err)
+            }
+            Body::GroupUpload { group_id, upload_id, mls, group_info, invite } => {
+                self.steward.on_upload(&mut ctx, tag, rid, group_id, upload_id, mls, group_info, invite).map_err(err)
+            }
+            Body::GroupFetch { group_id, from_seq, max } => {
+                self.steward.on_fetch(&mut ctx, tag, rid, group_id, from_seq, max).map_err(err)
+            }
+            Body::GroupInfoRequest { group_id } => {
+                self.steward.on_group_info_request(&mut ctx, tag, rid, group_id).map_err(err)
+            }
+            Body::DirectoryRequest => {
+                let remote: Vec<_> =
+                    self.federation.as_ref().map(|f| f.remote_adverts().cloned().collect()).unwrap_or_default();
+                self.steward.on_directory_request(&mut ctx, tag, rid, &remote);
+                Ok(())
+            }
+            Body::KtLookup { name, from_log_size } => match self.federation.as_mut() {
+                Some(fed) => {
+                    self.stats.lookups += 1;
+                    fed.on_client_lookup(&mut ctx, tag, rid, &name, from_log_size).map_err(err)
+                }
+                None => Err((ErrorCode::UnexpectedMessage, "this node does not federate".to_string())),
+            },
+            Body::NodesRequest => match self.federation.as_ref() {
+                Some(fed) => {
+                    fed.on_nodes_request(&mut ctx, Peer::Tag(tag), rid);
+                    Ok(())
+                }
+                None => Err((ErrorCode::UnexpectedMessage, "this node does not federate".to_string())),
+            },
+            // Clients report the heads (and fork certificates) they were shown.
+            Body::Gossip { items } => match self.federation.as_mut() {
+                Some(fed) => {
+                    let items = items
+                        .into_iter()
+                        .filter(|i| {
+                            matches!(
+                                i,
+                                nymstr_proto::wire::GossipItem::Head { .. } | nymstr_proto::wire::GossipItem::Fork(_)
+                            )
+                        })
+                        .collect();
+                    fed.on_gossip(&mut ctx, None, items).map_err(|e| (ErrorCode::Internal, e.to_string()))
+                }
+                None => Err((ErrorCode::UnexpectedMessage, "this node does not federate".to_string())),
+            },
+            Body::GroupUnsubscribe { group_id } => self.steward.on_unsubscribe(&mut ctx, tag, group_id).map_err(err),
+            other => Err((ErrorCode::UnexpectedMessage, format!("{} is not a request", other.kind()))),
+        };
+        if let Err((code, detail)) = result {
+            self.stats.frames_rejected += 1;
+            ctx.send_error(Peer::Tag(tag), rid, code, detail);
+        }
+    }
+
+    /// The next instant `handle_timeout` wants to run.
+    pub fn poll_timeout(&self) -> Option<TimeUs> {
+        let sweep = Some(self.next_sweep_us);
+        let fed = self.federation.as_ref().map(|f| f.next_timeout());
+        [sweep, self.relay.next_timeout(), fed].into_iter().flatten().min()
+    }
+
+    pub fn handle_timeout(&mut self, now: TimeUs) {
+        let mut ctx = Ctx { now, store: &mut self.store, rng: &mut self.rng, config: &self.config, out: &mut self.out };
+        // Storage failures here are retried at the next timeout; nothing is acknowledged.
+        let _ = self.relay.on_timeout(&mut ctx, &self.registry, &mut self.stats);
+        if let Some(fed) = self.federation.as_mut() {
+            let _ = fed.on_timeout(&mut ctx);
+        }
+        if now >= self.next_sweep_us {
+            let _ = self.registry.sweep(&mut ctx);
+            let _ = self.relay.sweep(&mut ctx);
+            let _ = self.steward.sweep(&mut ctx);
+            self.next_sweep_us = now + self.config.sweep_every_us;
+        }
+    }
+
+    /// Takes every output produced so far.
+    pub fn drain_outputs(&mut self) -> std::vec::Drain<'_, Output> {
+        self.out.drain(..)
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Stops the core, handing back its store (a crash or a shutdown).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The steward core (read-only: hosted groups, epochs, subscriptions).
+    pub fn steward(&self) -> &steward::Steward {
+        &self.steward
+    }
+
+    /// The steward's counters (kept apart from [`NodeStats`], which hosts sum field by field).
+    pub fn group_stats(&self) -> &steward::StewardStats {
+        &self.steward.stats
+    }
+
+    /// An operator's override of a directory entry (account recovery, a court order, a
+    /// compromise): staged for the next epoch like any change, so the transparency log
+    /// shows it to everyone who looks, the account's owner first. The simulator's
+    /// `substitute_key` adversary is exactly this.
+    pub fn operator_stage_entry(
+        &mut self,
+        now: TimeUs,
+        entry: nymstr_proto::federation::DirEntry,
+    ) -> Result<Option<nymstr_proto::federation::Promise>, StoreError> {
+        let Some(fed) = self.federation.as_mut() else { return Ok(None) };
+        let mut ctx = Ctx { now, store: &mut self.store, rng: &mut self.rng, config: &self.config, out: &mut self.out };
+        let username = entry.username.clone();
+        fed.stage_entry(&mut ctx, &username, entry).map(Some)
+    }
+
+    /// The federation core, if the node was started with an identity.
+    pub fn federation(&self) -> Option<&federation::Federation> {
+        self.federation.as_ref()
+    }
+
+    /// Messages currently queued across all installations.
+    pub fn queued_total(&self) -> u64 {
+        self.relay.queued_total()
+    }
+}
+
+/// After a registration: stage the account's directory entry and send the signed promise
+/// to include it (after the `Registered` answer, once durable).
+fn promise_inclusion<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    fed: &mut federation::Federation,
+    registry: &registry::Registry,
+    tag: SenderTag,
+    rid: u64,
+    installation: &nymstr_proto::wire::InstallationId,
+) -> Result<(), (ErrorCode, String)> {
+    let store_err = |e: StoreError| (ErrorCode::Internal, e.to_string());
+    let Some((account, _)) = registry.installation(&*ctx.store, installation).map_err(store_err)? else {
+        return Ok(());
+    };
+    let promise = fed.on_account_changed(ctx, &account).map_err(store_err)?;
+    ctx.send_durable(Peer::Tag(tag), rid, Body::IncludePromise { promise });
+    Ok(())
+}
+
+/// A DM to `user@nodeid`: local if the id is this node's, else forwarded to that node.
+#[allow(clippy::too_many_arguments)]
+fn send_qualified<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    fed: Option<&mut federation::Federation>,
+    relay: &mut relay::Relay,
+    registry: &registry::Registry,
+    tag: SenderTag,
+    rid: u64,
+    dm: nymstr_proto::wire::SendDm,
+    stats: &mut NodeStats,
+) -> Result<(), (ErrorCode, String)> {
+    let q = nymstr_proto::federation::descriptor::QualifiedName::parse(&dm.to)
+        .map_err(|e| (ErrorCode::UnknownUser, e.to_string()))?;
+    let (sender, cert) = relay.authenticate(ctx, registry, tag, &dm).map_err(err)?;
+    match fed {
+        Some(fed) if q.node != fed.id() => fed.forward_dm(ctx, tag, rid, q.node, &sender, cert, dm).map_err(err),
+        Some(_) => {
+            relay.enqueue(ctx, registry, Peer::Tag(tag), rid, sender.username, &q.username, dm, stats).map_err(err)
+        }
+        None => Err((ErrorCode::UnknownNode, "this node does not federate".to_string())),
+    }
+}
+
+fn err<E: CodedError>(e: E) -> (ErrorCode, String) {
+    (e.code(), e.to_string())
+}
+
+/// An error that maps to a wire error code.
+pub trait CodedError: std::fmt::Display {
+    fn code(&self) -> ErrorCode;
+}
