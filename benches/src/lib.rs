@@ -3,9 +3,11 @@
 
 use nymstr_client_core::{ClientConfig, ClientCore};
 use nymstr_node_core::actors::{Output, Peer, SenderTag};
+use nymstr_node_core::outbox::Outbox;
 use nymstr_node_core::store::{MemStore, Store};
 use nymstr_node_core::{NodeConfig, NodeCore};
 use nymstr_proto::codec;
+use nymstr_proto::wire::Envelope;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -18,6 +20,7 @@ pub struct Bench {
     pub alice_tag: SenderTag,
     pub bob_tag: SenderTag,
     pub now: u64,
+    outbox: Outbox<(Peer, Envelope)>,
 }
 
 impl Bench {
@@ -31,6 +34,7 @@ impl Bench {
             alice_tag: SenderTag([1; 16]),
             bob_tag: SenderTag([2; 16]),
             now: T0,
+            outbox: Outbox::new(),
         };
         b.alice.register(b.now, "alice").expect("valid");
         b.bob.register(b.now, "bob").expect("valid");
@@ -56,11 +60,18 @@ impl Bench {
                     moved = true;
                 }
             }
+            // The shared outbox holds what waits for durability; the bench's "disk" completes
+            // each flush at once.
+            let durable = self.node.store().durable_seq();
             let outs: Vec<Output> = self.node.drain_outputs().collect();
-            if outs.iter().any(|Output::Send { durable_after, .. }| *durable_after > self.node.store().durable_seq()) {
-                self.node.store_mut().flush().expect("memory flush");
+            let mut ready: Vec<(Peer, Envelope)> = Vec::new();
+            for Output::Send { to, envelope, durable_after } in outs {
+                ready.extend(self.outbox.submit(durable_after, durable, (to, envelope)));
             }
-            for Output::Send { to, envelope, .. } in outs {
+            while let Some(mark) = self.outbox.flush_to_start(self.node.store()) {
+                ready.extend(self.outbox.flush_completed(self.node.store_mut(), mark));
+            }
+            for (to, envelope) in ready {
                 let bytes = codec::encode_frame(&envelope).expect("fits");
                 match to {
                     Peer::Tag(t) if t == self.alice_tag => self.alice.handle_frame(self.now, &bytes),

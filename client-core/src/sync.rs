@@ -62,7 +62,7 @@ pub struct SyncMessage {
     /// Must equal the signature key of the MLS sender's leaf (else the message is dropped).
     pub sender: PublicKey,
     pub msg_id: MsgId,
-    #[serde(deserialize_with = "nymstr_proto::wire::bounded::vec::<_, _, HISTORY_MAX>")]
+    #[serde(deserialize_with = "nymstr_proto::bounded::vec::<_, _, HISTORY_MAX>")]
     pub history: Vec<CausalRef>,
     /// Exactly [`BLOOM_BYTES`] bytes, or empty (no filter).
     #[serde(with = "serde_bytes")]

@@ -8,6 +8,7 @@
 //! (`scripts/check-core-deps`).
 
 pub mod actors;
+pub mod outbox;
 pub mod store;
 pub mod transparency_log;
 

@@ -124,14 +124,25 @@ pub trait Store {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
     fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError>;
-    /// All pairs whose key starts with `prefix`, in key order.
+    /// All pairs whose key starts with `prefix`, in key order. For start-up recovery and
+    /// tables whose size is bounded by a limit; a hot path pages with [`Store::scan_page`].
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<KvPairs, StoreError>;
+    /// At most `limit` pairs whose key starts with `prefix` and sorts after `after` (from
+    /// the first when `None`), in key order: one page of a bounded scan.
+    fn scan_page(&self, table: Table, prefix: &[u8], after: Option<&[u8]>, limit: usize)
+    -> Result<KvPairs, StoreError>;
     /// Number of writes (puts and deletes) issued so far.
     fn write_seq(&self) -> u64;
     /// Number of writes known durable.
     fn durable_seq(&self) -> u64;
-    /// Makes every write issued so far durable.
+    /// Makes every write issued so far durable, blocking the caller (shutdown, tests).
     fn flush(&mut self) -> Result<(), StoreError>;
+    /// Records that a flush which started when `write_seq()` was `mark` has completed:
+    /// every write numbered up to `mark` is durable. This is the non-blocking half of the
+    /// contract: the host starts the flush its own way (sled's `flush_async`, a modelled
+    /// latency) and reports here when it is done; [`crate::outbox::Outbox`] calls it.
+    /// Never moves `durable_seq` backwards or past `write_seq`.
+    fn complete_flush(&mut self, mark: u64);
 }
 
 #[derive(Clone, Debug)]
@@ -233,6 +244,27 @@ impl Store for MemStore {
             .collect())
     }
 
+    fn scan_page(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<KvPairs, StoreError> {
+        use std::ops::Bound;
+        let Some(m) = self.live.get(&table) else { return Ok(Vec::new()) };
+        let start = match after {
+            Some(a) => Bound::Excluded(a.to_vec()),
+            None => Bound::Included(prefix.to_vec()),
+        };
+        Ok(m.range((start, Bound::Unbounded))
+            .skip_while(|(k, _)| k.as_slice() < prefix)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
     fn write_seq(&self) -> u64 {
         self.write_seq
     }
@@ -244,6 +276,10 @@ impl Store for MemStore {
     fn flush(&mut self) -> Result<(), StoreError> {
         self.flush_upto(self.write_seq);
         Ok(())
+    }
+
+    fn complete_flush(&mut self, mark: u64) {
+        self.flush_upto(mark);
     }
 }
 
@@ -274,5 +310,21 @@ mod tests {
         }
         let keys: Vec<_> = s.scan_prefix(Table::Queues, b"ab").unwrap().into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, vec![b"ab1".to_vec(), b"ab2".to_vec()]);
+    }
+
+    #[test]
+    fn scan_page_pages_in_key_order_within_the_prefix() {
+        let mut s = MemStore::new();
+        for k in [b"ab3", b"ab2", b"ab1", b"ac0", b"aa9"] {
+            s.put(Table::Queues, k, b"").unwrap();
+        }
+        let keys = |pairs: KvPairs| pairs.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(keys(s.scan_page(Table::Queues, b"ab", None, 2).unwrap()), vec![b"ab1".to_vec(), b"ab2".to_vec()]);
+        assert_eq!(keys(s.scan_page(Table::Queues, b"ab", Some(b"ab2"), 2).unwrap()), vec![b"ab3".to_vec()]);
+        assert!(s.scan_page(Table::Queues, b"ab", Some(b"ab3"), 2).unwrap().is_empty());
+        // A cursor before the prefix starts at the prefix; one past it yields nothing.
+        assert_eq!(keys(s.scan_page(Table::Queues, b"ab", Some(b"a"), 1).unwrap()), vec![b"ab1".to_vec()]);
+        assert!(s.scan_page(Table::Queues, b"ab", Some(b"b"), 9).unwrap().is_empty());
+        assert!(s.scan_page(Table::Queues, b"ab", None, 0).unwrap().is_empty());
     }
 }

@@ -7,7 +7,7 @@
 //! * [`Store::flush`] blocks the calling thread (shutdown, tests);
 //! * the host's group commit, which never blocks its thread: record
 //!   `mark = store.write_seq()`, await [`SledFlusher::flush`] (sled runs the fsync on its
-//!   own thread pool), then call [`SledStore::mark_durable`]`(mark)`. Writes issued while
+//!   own thread pool), then call [`Store::complete_flush`]`(mark)` (the `Outbox` does). Writes issued while
 //!   the flush was in flight are not claimed: they wait for the next flush.
 //!
 //! The store also keeps an exact record count per table (sled reports whether an insert
@@ -115,12 +115,6 @@ impl SledStore {
         SledFlusher { db: self.db.clone() }
     }
 
-    /// Records that a flush which started when `write_seq()` was `mark` has completed.
-    /// Never moves `durable_seq` backwards or past `write_seq`.
-    pub fn mark_durable(&mut self, mark: u64) {
-        self.durable_seq = self.durable_seq.max(mark.min(self.write_seq));
-    }
-
     /// Records currently held in `table`.
     pub fn count(&self, table: Table) -> u64 {
         self.counts[index(table)]
@@ -164,6 +158,26 @@ impl Store for SledStore {
         self.tree(table).scan_prefix(prefix).map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io)).collect()
     }
 
+    fn scan_page(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<KvPairs, StoreError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a.to_vec()),
+            _ => Bound::Included(prefix.to_vec()),
+        };
+        self.tree(table)
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .take_while(|kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
+            .take(limit)
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io))
+            .collect()
+    }
+
     fn write_seq(&self) -> u64 {
         self.write_seq
     }
@@ -175,8 +189,12 @@ impl Store for SledStore {
     fn flush(&mut self) -> Result<(), StoreError> {
         let mark = self.write_seq;
         self.db.flush().map_err(io)?;
-        self.mark_durable(mark);
+        self.complete_flush(mark);
         Ok(())
+    }
+
+    fn complete_flush(&mut self, mark: u64) {
+        self.durable_seq = self.durable_seq.max(mark.min(self.write_seq));
     }
 }
 
@@ -223,6 +241,12 @@ mod tests {
         let keys: Vec<_> = s.scan_prefix(Table::Queues, b"ab").unwrap().into_iter().map(|(k, _)| k).collect();
         assert_eq!(keys, vec![b"ab1".to_vec(), b"ab2".to_vec()]);
         assert_eq!(s.scan_prefix(Table::Queues, b"").unwrap().len(), 4);
+        let page: Vec<_> =
+            s.scan_page(Table::Queues, b"ab", Some(b"a"), 1).unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(page, vec![b"ab1".to_vec()]);
+        let rest: Vec<_> =
+            s.scan_page(Table::Queues, b"ab", Some(b"ab1"), 9).unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(rest, vec![b"ab2".to_vec()]);
         assert_eq!(s.get(Table::Queues, b"ab0").unwrap(), None);
         let names: Vec<_> = s.db.tree_names().into_iter().map(|n| String::from_utf8(n.to_vec()).unwrap()).collect();
         for t in Table::ALL {
@@ -255,12 +279,12 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(flusher.flush()).unwrap();
         s.put(Table::Meta, b"b", b"2").unwrap();
-        s.mark_durable(mark);
+        s.complete_flush(mark);
         assert_eq!(s.durable_seq(), 1);
         assert_eq!(s.write_seq(), 2);
-        s.mark_durable(0);
+        s.complete_flush(0);
         assert_eq!(s.durable_seq(), 1, "never backwards");
-        s.mark_durable(99);
+        s.complete_flush(99);
         assert_eq!(s.durable_seq(), 2, "never past write_seq");
     }
 

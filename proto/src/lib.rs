@@ -8,10 +8,12 @@
 //! Architecture invariant: no clock, OS randomness, socket, file, async runtime or
 //! storage engine, in this crate or its dependency tree (`scripts/check-core-deps`).
 
+pub mod bounded;
 pub mod codec;
 pub mod federation;
 pub mod framing;
 pub mod identity;
+pub mod ids;
 pub mod limits;
 pub mod time;
 pub mod wire;

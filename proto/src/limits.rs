@@ -1,4 +1,6 @@
-//! Every bound a node enforces, in one place (TigerBeetle style: units in names).
+//! Every bound of the protocol and of its cores, in one place (TigerBeetle style: units in
+//! names). A bound both ends must agree on is normative (`specs/wire.md` §7, `SPECv1.md`);
+//! the others bound a node's or a client's own tables and queues.
 
 /// Largest frame accepted on any transport, in bytes (version byte included).
 pub const FRAME_BYTES_MAX: usize = 64 * 1024;
@@ -13,8 +15,11 @@ pub const ERROR_DETAIL_BYTES_MAX: usize = 256;
 /// Username length after case folding, in bytes.
 pub const USERNAME_BYTES_MIN: usize = 3;
 pub const USERNAME_BYTES_MAX: usize = 32;
-/// Transport address length (nym `Recipient` is 96 bytes).
-pub const ADDRESS_BYTES_MAX: usize = 128;
+/// Transport address length, in bytes: a node descriptor's address, a group node's
+/// address in an advert, a direct-mode address, a TCP preface. One bound for all of
+/// them: a Nym address as text is 134 bytes, so the former 128 for group nodes and
+/// direct mode would have refused a Nym group node that descriptors (256) accepted.
+pub const ADDRESS_BYTES_MAX: usize = 256;
 /// Log entries one `GroupEntries` reply may carry (the reply must also fit one frame).
 pub const GROUP_FETCH_MAX: usize = 64;
 /// Adverts one `Directory` reply may carry.
@@ -32,3 +37,16 @@ pub const GOSSIP_ITEMS_MAX: usize = 32;
 pub const DESCRIPTORS_MAX: usize = 128;
 /// Authenticated peers one node keeps.
 pub const PEERS_MAX: usize = 256;
+
+// Federation (SPECv1, `specs/transparency.md`, `specs/trust.md`).
+/// Longest policy text a node descriptor may carry, in bytes.
+pub const POLICY_BYTES_MAX: usize = 64;
+/// Most cosignatures carried with one head.
+pub const COSIGNATURES_MAX: usize = 32;
+/// Most hashes in one Merkle proof (a tree of 2^64 leaves needs 64; consistency ≤ 2·64).
+pub const PROOF_HASHES_MAX: usize = 130;
+/// Longest directory key the leaf encoding admits (the key length is a `u16`).
+pub const DIR_KEY_MAX: usize = u16::MAX as usize;
+/// How many recent heads a witness view keeps per node to recognise a fork of an epoch
+/// older than the last one it cosigned.
+pub const WITNESS_RECENT_HEADS: usize = 64;

@@ -4,7 +4,6 @@
 //! [`crate::codec`]. Variant order is part of the wire format: append, never reorder.
 
 use serde::{Deserialize, Serialize};
-use serde_big_array::BigArray;
 
 use crate::federation::{
     COSIGNATURES_MAX, Cosignature, ForkCertificate, Hash, LookupProof, NodeDescriptor, PROOF_HASHES_MAX, Promise,
@@ -18,42 +17,7 @@ use crate::limits::{
 /// Wire protocol version carried as the first byte of every frame.
 pub const WIRE_VERSION: u8 = 1;
 
-/// An ed25519 public key (account or installation signing key).
-pub type PublicKey = [u8; 32];
-/// An X25519 public key used to encrypt direct messages to an installation.
-pub type DhPublicKey = [u8; 32];
-/// `blake3` derived identifier of an installation (see `identity::installation_id`).
-pub type InstallationId = [u8; 32];
-/// Sender-chosen random message identifier.
-pub type MsgId = [u8; 16];
-/// Single-use registration / login challenge.
-pub type Nonce = [u8; 32];
-/// Creator-chosen random group identifier (also the MLS `GroupId`).
-pub type GroupId = [u8; 16];
-/// Creator-chosen random identifier of one upload to a group (dedupe of retries).
-pub type UploadId = [u8; 16];
-
-/// An ed25519 signature.
-#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sig(#[serde(with = "BigArray")] pub [u8; 64]);
-
-impl std::fmt::Debug for Sig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Sig({:02x}{:02x}..)", self.0[0], self.0[1])
-    }
-}
-
-/// An installation (device) key pair's public half, endorsed by the account key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstallationCert {
-    pub account_key: PublicKey,
-    pub signing_key: PublicKey,
-    pub dh_key: DhPublicKey,
-    /// Microseconds since the Unix epoch, as claimed by the creating client.
-    pub created_at_us: u64,
-    /// Signature by `account_key` over `identity::cert_signing_bytes`.
-    pub sig: Sig,
-}
+pub use crate::ids::{DhPublicKey, GroupId, InstallationCert, InstallationId, MsgId, Nonce, PublicKey, Sig, UploadId};
 
 /// One frame: `version byte || bincode(Envelope)`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -571,40 +535,4 @@ impl<'de> Deserialize<'de> for ErrorCode {
     }
 }
 
-/// Sequences with a protocol bound, decoded without trusting the declared length: at most
-/// `MAX` elements, and never more capacity reserved than that. (serde's own `Vec` reserves
-/// up to 1 MiB from the declared length before it finds the bytes missing.)
-pub mod bounded {
-    use std::marker::PhantomData;
-
-    use serde::de::{Deserialize, Deserializer, Error, SeqAccess, Visitor};
-
-    pub fn vec<'de, D, T, const MAX: usize>(d: D) -> Result<Vec<T>, D::Error>
-    where
-        D: Deserializer<'de>,
-        T: Deserialize<'de>,
-    {
-        struct V<T, const MAX: usize>(PhantomData<T>);
-        impl<'de, T: Deserialize<'de>, const MAX: usize> Visitor<'de> for V<T, MAX> {
-            type Value = Vec<T>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                write!(f, "a sequence of at most {MAX} elements")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-                let declared = seq.size_hint().unwrap_or(0);
-                if declared > MAX {
-                    return Err(A::Error::custom(format_args!("{declared} elements exceed the limit of {MAX}")));
-                }
-                let mut out = Vec::with_capacity(declared);
-                while let Some(item) = seq.next_element()? {
-                    if out.len() == MAX {
-                        return Err(A::Error::custom(format_args!("more than {MAX} elements")));
-                    }
-                    out.push(item);
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_seq(V::<T, MAX>(PhantomData))
-    }
-}
+pub use crate::bounded;

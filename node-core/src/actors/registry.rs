@@ -18,7 +18,7 @@ use nymstr_proto::wire::{Body, ErrorCode, InstallationCert, InstallationId, Nonc
 pub struct Account {
     pub username: String,
     pub account_key: PublicKey,
-    #[serde(deserialize_with = "nymstr_proto::wire::bounded::vec::<_, _, INSTALLATIONS_PER_ACCOUNT_MAX>")]
+    #[serde(deserialize_with = "nymstr_proto::bounded::vec::<_, _, INSTALLATIONS_PER_ACCOUNT_MAX>")]
     pub installations: Vec<InstallationCert>,
     pub registered_at_us: TimeUs,
 }

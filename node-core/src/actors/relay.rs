@@ -334,21 +334,33 @@ impl Relay {
             return Ok(());
         }
         let mut room = window - inflight_now;
-        for (k, v) in ctx.store.scan_prefix(Table::Queues, installation)? {
-            if room == 0 {
+        // Pages of the queue, oldest first: never more than a window's worth copied at once
+        // (a queue holds up to `queue_depth_max` messages of up to 32 KiB).
+        let page_len = window.max(1);
+        let mut cursor: Option<Vec<u8>> = None;
+        while room > 0 {
+            let page = ctx.store.scan_page(Table::Queues, installation, cursor.as_deref(), page_len)?;
+            let exhausted = page.len() < page_len;
+            for (k, v) in page {
+                if room == 0 {
+                    break;
+                }
+                let id = u64::from_be_bytes(k[32..40].try_into().expect("queue key is 40 bytes"));
+                cursor = Some(k);
+                if self.inflight.get(installation).is_some_and(|m| m.contains_key(&id)) {
+                    continue;
+                }
+                let queued: QueuedDm = nymstr_proto::codec::decode(&v)
+                    .map_err(|e| StoreError::Corrupt { table: "queues", detail: e.to_string() })?;
+                self.send_delivery(ctx, tag, id, queued);
+                let backoff_us = ctx.config.redeliver_after_us;
+                self.track(installation, id, Inflight { due_us: ctx.now + backoff_us, backoff_us });
+                stats.deliveries += 1;
+                room -= 1;
+            }
+            if exhausted {
                 break;
             }
-            let id = u64::from_be_bytes(k[32..40].try_into().expect("queue key is 40 bytes"));
-            if self.inflight.get(installation).is_some_and(|m| m.contains_key(&id)) {
-                continue;
-            }
-            let queued: QueuedDm = nymstr_proto::codec::decode(&v)
-                .map_err(|e| StoreError::Corrupt { table: "queues", detail: e.to_string() })?;
-            self.send_delivery(ctx, tag, id, queued);
-            let backoff_us = ctx.config.redeliver_after_us;
-            self.track(installation, id, Inflight { due_us: ctx.now + backoff_us, backoff_us });
-            stats.deliveries += 1;
-            room -= 1;
         }
         Ok(())
     }

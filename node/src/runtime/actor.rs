@@ -1,13 +1,10 @@
 //! `NodeActor`: the actix host of one `NodeCore<SledStore>`.
 //!
-//! It does for the real node what `sim/src/world.rs` (`after_node_step`, `start_flush`,
-//! `on_flush_done`) does for the simulator:
-//!
 //! * feeds inbound frames to `handle_frame` with the wall clock;
-//! * sends each output whose `durable_after <= durable_seq` at once, holds the others;
-//! * runs group-commit flushes, one in flight at a time (sled's `flush_async` runs the
-//!   fsync on sled's thread pool, so the actor keeps serving while it runs), and releases
-//!   what each completed flush covers;
+//! * hands every output to the shared [`Outbox`] (`nymstr-node-core`), which sends what is
+//!   durable and holds the rest, and runs the group-commit flushes it asks for, one in
+//!   flight at a time (sled's `flush_async` runs the fsync on sled's thread pool, so the
+//!   actor keeps serving while it runs), releasing what each completed flush covers;
 //! * calls `handle_timeout` at `poll_timeout()`;
 //! * rewrites `status.json` periodically;
 //! * on [`Shutdown`]: a final blocking flush, releases everything, drops its outbound
@@ -26,6 +23,7 @@ use super::status::{self, Status};
 use crate::sled_store::SledStore;
 use crate::transport::{Inbound, Outbound};
 use nymstr_node_core::actors::{NodeCore, Output, TimeUs};
+use nymstr_node_core::outbox::Outbox;
 use nymstr_node_core::store::{Store, StoreError, Table};
 use nymstr_proto::codec;
 
@@ -59,11 +57,9 @@ pub struct Identity {
 pub struct NodeActor {
     core: NodeCore<SledStore>,
     outbound: Option<mpsc::Sender<Outbound>>,
-    /// Replies waiting for a flush, in production order (so `durable_after` ascends).
-    held: VecDeque<(u64, Outbound)>,
-    flushing: bool,
+    /// Replies waiting for a flush.
+    outbox: Outbox<Outbound>,
     flush_retry: Duration,
-    flushes: u64,
     /// Replies waiting for room in the transport's queue, in order.
     backlog: VecDeque<Outbound>,
     draining: Option<SpawnHandle>,
@@ -89,10 +85,8 @@ impl NodeActor {
         Self {
             core,
             outbound: Some(outbound),
-            held: VecDeque::new(),
-            flushing: false,
+            outbox: Outbox::new(),
             flush_retry: FLUSH_RETRY_FIRST,
-            flushes: 0,
             backlog: VecDeque::new(),
             draining: None,
             dropped_replies: 0,
@@ -119,22 +113,17 @@ impl NodeActor {
                     continue;
                 }
             };
-            let out = Outbound { to, bytes };
-            if durable_after <= durable {
+            if let Some(out) = self.outbox.submit(durable_after, durable, Outbound { to, bytes }) {
                 self.transmit(out, ctx);
-            } else {
-                self.held.push_back((durable_after, out));
             }
         }
-        if !self.held.is_empty() && !self.flushing {
-            self.start_flush(ctx);
-        }
+        self.start_flush(ctx);
         self.arm_timer(ctx);
     }
 
+    /// Starts the flush the outbox asks for, if any.
     fn start_flush(&mut self, ctx: &mut Context<Self>) {
-        self.flushing = true;
-        let mark = self.core.store().write_seq();
+        let Some(mark) = self.outbox.flush_to_start(self.core.store()) else { return };
         let flusher = self.core.store().flusher();
         ctx.spawn(
             async move { flusher.flush().await }
@@ -144,33 +133,28 @@ impl NodeActor {
     }
 
     fn on_flush_done(&mut self, mark: u64, result: Result<(), StoreError>, ctx: &mut Context<Self>) {
-        self.flushing = false;
         if self.stopping {
+            self.outbox.flush_failed();
             return;
         }
         if let Err(e) = result {
             // Nothing is released: the replies wait for a flush that succeeds.
-            tracing::error!(error = %e, held = self.held.len(), retry_in = ?self.flush_retry, "store flush failed");
+            self.outbox.flush_failed();
+            tracing::error!(error = %e, held = self.outbox.held(), retry_in = ?self.flush_retry, "store flush failed");
             let delay = self.flush_retry;
             self.flush_retry = (self.flush_retry * 2).min(FLUSH_RETRY_MAX);
             ctx.run_later(delay, |act, ctx| {
-                if !act.stopping && !act.flushing && !act.held.is_empty() {
+                if !act.stopping {
                     act.start_flush(ctx);
                 }
             });
             return;
         }
         self.flush_retry = FLUSH_RETRY_FIRST;
-        self.flushes += 1;
-        self.core.store_mut().mark_durable(mark);
-        let durable = self.core.store().durable_seq();
-        while self.held.front().is_some_and(|(after, _)| *after <= durable) {
-            let (_, out) = self.held.pop_front().expect("front exists");
+        for out in self.outbox.flush_completed(self.core.store_mut(), mark) {
             self.transmit(out, ctx);
         }
-        if !self.held.is_empty() {
-            self.start_flush(ctx);
-        }
+        self.start_flush(ctx);
     }
 
     fn arm_timer(&mut self, ctx: &mut Context<Self>) {
@@ -278,8 +262,8 @@ impl NodeActor {
             accounts: store.count(Table::Accounts),
             installations: store.count(Table::Installations),
             queued_messages: self.core.queued_total(),
-            replies_held: self.held.len() as u64,
-            flushes: self.flushes,
+            replies_held: self.outbox.held() as u64,
+            flushes: self.outbox.flushes_completed(),
             stats: serde_json::to_value(&self.core.stats).unwrap_or_default(),
             federation: self.core.federation().map(federation_status),
         }
@@ -356,7 +340,7 @@ impl Actor for NodeActor {
         ctx.run_interval(self.identity.status_every, |act, _ctx| {
             if !act.stopping {
                 act.write_status(status::RUNNING, false);
-                tracing::debug!(stats = ?act.core.stats, held = act.held.len(), "status");
+                tracing::debug!(stats = ?act.core.stats, held = act.outbox.held(), "status");
             }
         });
         // `start` may have produced deliveries (queued messages for surviving bindings).
@@ -393,10 +377,10 @@ impl Handler<Shutdown> for NodeActor {
         let flushed = self.core.store_mut().flush();
         let mut pending: Vec<Outbound> = self.backlog.drain(..).collect();
         match &flushed {
-            Ok(()) => pending.extend(self.held.drain(..).map(|(_, out)| out)),
+            Ok(()) => pending.extend(self.outbox.release_all()),
             Err(e) => {
-                tracing::error!(error = %e, withheld = self.held.len(), "final flush failed; unacknowledged replies withheld");
-                self.held.clear();
+                let withheld = self.outbox.discard();
+                tracing::error!(error = %e, withheld, "final flush failed; unacknowledged replies withheld");
             }
         }
         self.write_status(status::STOPPED, true);

@@ -10,15 +10,12 @@ use ed25519_dalek::SigningKey;
 
 use super::{NodeDescriptor, NodeId, Roles};
 use crate::identity::{self, UsernameError};
-use crate::wire::PublicKey;
+use crate::ids::PublicKey;
 
 pub const LABEL_NODE_ID: &str = "nymstr/v1/node-id";
 pub const LABEL_DESCRIPTOR: &str = "nymstr/v1/node-descriptor";
 
-/// Longest transport address a descriptor may carry, bytes.
-pub const ADDRESS_BYTES_MAX: usize = 256;
-/// Longest policy text a descriptor may carry, bytes.
-pub const POLICY_BYTES_MAX: usize = 64;
+pub use crate::limits::{ADDRESS_BYTES_MAX, POLICY_BYTES_MAX};
 
 /// `blake3::derive_key(LABEL_NODE_ID, key)`.
 pub fn node_id(key: &PublicKey) -> NodeId {

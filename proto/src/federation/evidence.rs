@@ -11,7 +11,7 @@ use super::merkle;
 use super::{Cosignature, ForkCertificate, Hash, NodeId, Promise, SignedHead, TreeHead};
 use crate::codec;
 use crate::identity::{self, VerifyError};
-use crate::wire::{PublicKey, Sig};
+use crate::ids::{PublicKey, Sig};
 
 /// Hash label of a tree head.
 pub const LABEL_HEAD: &str = "nymstr/v1/kt/head";
@@ -22,9 +22,7 @@ pub const LABEL_COSIGN: &str = "nymstr/v1/kt/cosign";
 /// Signature label of an inclusion promise.
 pub const LABEL_PROMISE: &str = "nymstr/v1/kt/promise";
 
-/// How many recent heads a [`WitnessView`] keeps per node to recognise a fork of an
-/// epoch older than the last one it cosigned.
-pub const WITNESS_RECENT_HEADS: usize = 64;
+pub use crate::limits::WITNESS_RECENT_HEADS;
 
 /// Why a piece of evidence is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

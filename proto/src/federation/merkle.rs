@@ -19,8 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{DirEntry, EpochLeaf, Hash, PROOF_HASHES_MAX};
 
-/// Longest directory key the leaf encoding admits (the key length is a `u16`).
-pub const DIR_KEY_MAX: usize = u16::MAX as usize;
+pub use crate::limits::DIR_KEY_MAX;
 
 pub const LABEL_DIR_ENTRY: &str = "nymstr/v1/kt/dir-entry";
 pub const LABEL_DIR_LEAF: &str = "nymstr/v1/kt/dir-leaf";
@@ -67,7 +66,7 @@ pub struct Neighbour {
     #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub value_hash: Hash,
-    #[serde(deserialize_with = "crate::wire::bounded::vec::<_, _, PROOF_HASHES_MAX>")]
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, PROOF_HASHES_MAX>")]
     pub path: Vec<Hash>,
 }
 
@@ -77,7 +76,7 @@ pub enum DirProof {
     /// The key's leaf is at `index`; `path` is its audit path (leaf to root).
     Present {
         index: u64,
-        #[serde(deserialize_with = "crate::wire::bounded::vec::<_, _, PROOF_HASHES_MAX>")]
+        #[serde(deserialize_with = "crate::bounded::vec::<_, _, PROOF_HASHES_MAX>")]
         path: Vec<Hash>,
     },
     /// The tree is empty.

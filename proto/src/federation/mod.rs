@@ -18,8 +18,8 @@ pub mod verify;
 use serde::{Deserialize, Serialize};
 use serde_big_array::BigArray;
 
+use crate::ids::{InstallationCert, PublicKey, Sig};
 use crate::limits::INSTALLATIONS_PER_ACCOUNT_MAX;
-use crate::wire::{InstallationCert, PublicKey, Sig};
 
 /// A 32-byte blake3 output.
 pub type Hash = [u8; 32];
@@ -104,7 +104,7 @@ pub enum EntryStatus {
 pub struct DirEntry {
     pub username: String,
     pub account_key: PublicKey,
-    #[serde(deserialize_with = "crate::wire::bounded::vec::<_, _, INSTALLATIONS_PER_ACCOUNT_MAX>")]
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, INSTALLATIONS_PER_ACCOUNT_MAX>")]
     pub installations: Vec<InstallationCert>,
     pub status: EntryStatus,
     /// Version of this entry: 1 at registration, +1 on every mutation. Never goes down.
@@ -184,18 +184,15 @@ pub struct Promise {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LookupProof {
     pub head: SignedHead,
-    #[serde(deserialize_with = "crate::wire::bounded::vec::<_, _, COSIGNATURES_MAX>")]
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, COSIGNATURES_MAX>")]
     pub cosignatures: Vec<Cosignature>,
     /// `Some` with a presence proof, or `None` with an absence proof in `dir_proof`.
     pub entry: Option<DirEntry>,
     pub dir_proof: merkle::DirProof,
     /// Log size the consistency proof starts from (0: none asked or none possible).
     pub from_log_size: u64,
-    #[serde(deserialize_with = "crate::wire::bounded::vec::<_, _, PROOF_HASHES_MAX>")]
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, PROOF_HASHES_MAX>")]
     pub consistency: Vec<Hash>,
 }
 
-/// Most cosignatures carried with one head.
-pub const COSIGNATURES_MAX: usize = 32;
-/// Most hashes in one Merkle proof (a tree of 2^64 leaves needs 64; consistency ≤ 2·64).
-pub const PROOF_HASHES_MAX: usize = 130;
+pub use crate::limits::{COSIGNATURES_MAX, PROOF_HASHES_MAX};

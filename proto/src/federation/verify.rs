@@ -14,7 +14,7 @@ use super::evidence;
 use super::merkle;
 use super::{DirEntry, EntryStatus, ForkCertificate, Hash, LookupProof, NodeDescriptor, NodeId, SignedHead};
 use crate::identity;
-use crate::wire::PublicKey;
+use crate::ids::PublicKey;
 
 /// How much evidence a head needs before the client believes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
