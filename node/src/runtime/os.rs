@@ -1,8 +1,9 @@
-//! The only places the real node reads the wall clock and the OS random generator.
+//! The only places the real node reads a clock or the OS random generator.
 //!
 //! The actor cores are sans-IO (see `ARCHITECTURE.md`): the host hands them time and a
-//! seeded generator. These two functions are that host's sources; `node/clippy.toml`
-//! bans the underlying calls everywhere else in the crate.
+//! seeded generator. `now_us` and `os_random` are that host's sources; `monotonic` is the
+//! transports' clock for deadlines, rate buckets and back-off (never handed to a core).
+//! `node/clippy.toml` bans the underlying calls everywhere else in the crate.
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -15,6 +16,13 @@ pub fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// The monotonic clock of the runtime (tokio's, so paused test time applies), for the
+/// transports' deadlines, rate buckets and back-off.
+#[allow(clippy::disallowed_methods)]
+pub fn monotonic() -> tokio::time::Instant {
+    tokio::time::Instant::now()
 }
 
 /// Fills `buf` from the operating system's random generator.

@@ -470,9 +470,9 @@ const FLUSH_POLL: Duration = Duration::from_millis(100);
 /// Replies still waiting for SURBs are not in the lanes and are not waited for.
 async fn flush(client: &MixnetClient) {
     let lanes = client.shared_lane_queue_lengths();
-    let deadline = tokio::time::Instant::now() + FLUSH_WAIT_MAX;
+    let deadline = crate::runtime::os::monotonic() + FLUSH_WAIT_MAX;
     let mut empty_looks = 0;
-    while empty_looks < 2 && tokio::time::Instant::now() < deadline {
+    while empty_looks < 2 && crate::runtime::os::monotonic() < deadline {
         tokio::time::sleep(FLUSH_POLL).await;
         empty_looks = if lanes.total() == 0 { empty_looks + 1 } else { 0 };
     }

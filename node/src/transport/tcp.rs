@@ -47,6 +47,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
+use crate::runtime::os::monotonic;
+
 use super::{Inbound, OUTBOUND_QUEUE_MAX, Outbound, TransportHandle};
 use nymstr_node_core::actors::{Address, Peer, SenderTag};
 use nymstr_proto::codec;
@@ -304,7 +306,7 @@ async fn accept_loop(
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             shared.count(|c| &c.refused_at_limit);
-            let now = Instant::now();
+            let now = monotonic();
             if last_limit_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
                 last_limit_warning = Some(now);
                 tracing::warn!(
@@ -533,7 +535,7 @@ async fn read_loop(
                 bucket = node_bucket();
                 continue;
             }
-            if !bucket.take(Instant::now()) {
+            if !bucket.take(monotonic()) {
                 shared.count(|c| &c.rate_limited);
                 let detail =
                     format!("rate limit of {} frames/s exceeded; frame dropped", config.rate_limit_frames_per_sec);
@@ -613,7 +615,7 @@ async fn dispatch(
                 }
                 drop(conns);
                 shared.count(|c| &c.slow_consumers);
-                let now = Instant::now();
+                let now = monotonic();
                 if last_slow_warning.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10)) {
                     last_slow_warning = Some(now);
                     tracing::warn!(
@@ -698,7 +700,7 @@ fn send_after_close(
         }
         return;
     }
-    if nodes.backoff.get(&address).is_some_and(|b| Instant::now() < b.next) {
+    if nodes.backoff.get(&address).is_some_and(|b| monotonic() < b.next) {
         tracing::trace!(node = %String::from_utf8_lossy(&address.0), "frame dropped: peer unreachable (back-off)");
         return;
     }
@@ -745,7 +747,7 @@ fn register_dialed(
         Ok(_) => return None,
         Err(e) => {
             let delay = nodes.backoff.get(address).map_or(BACKOFF_FIRST, |b| (b.delay * 2).min(BACKOFF_MAX));
-            nodes.backoff.insert(address.clone(), Backoff { next: Instant::now() + delay, delay });
+            nodes.backoff.insert(address.clone(), Backoff { next: monotonic() + delay, delay });
             tracing::debug!(
                 node = %String::from_utf8_lossy(&address.0),
                 error = %e,
@@ -823,7 +825,7 @@ mod tests {
     #[test]
     fn bucket_allows_the_burst_then_the_rate() {
         let mut b = TokenBucket::new(10, 3);
-        let t0 = Instant::now();
+        let t0 = monotonic();
         assert!(b.take(t0) && b.take(t0) && b.take(t0));
         assert!(!b.take(t0), "burst exhausted");
         assert!(!b.take(t0 + Duration::from_millis(50)), "half a token");
