@@ -1,7 +1,7 @@
 //! Relay core throughput beside its physical limit on this machine: one strict ed25519
 //! verification per message. Run: `cargo bench -p nymstr-benches --bench relay`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
@@ -24,17 +24,7 @@ fn relay(c: &mut Criterion) {
     // on the recipient's ack. Frames are prepared outside the timed section.
     let mut bench = Bench::new();
     g.bench_function("send_deliver_ack_cycle", |b| {
-        b.iter_custom(|iters| {
-            let frames = bench.send_frames(iters as usize, 200);
-            let start = Instant::now();
-            for f in &frames {
-                bench.relay_cycle(f);
-            }
-            let elapsed = start.elapsed();
-            // Keep the client's bookkeeping bounded across criterion's many calls.
-            while bench.alice.poll_event().is_some() {}
-            elapsed
-        })
+        b.iter_custom(|iters| bench.timed_relay_cycles(iters as usize, 200))
     });
     g.finish();
 }

@@ -261,16 +261,7 @@ fn tcp(c: &mut Criterion) {
     // The core alone, same work per message (decode, verify, queue, ack, deliver, ack).
     let mut bench = Bench::new();
     g.bench_function("relay_core_cycle", |b| {
-        b.iter_custom(|iters| {
-            let frames = bench.send_frames(iters as usize, BODY_BYTES);
-            let start = Instant::now();
-            for f in &frames {
-                bench.relay_cycle(f);
-            }
-            let elapsed = start.elapsed();
-            while bench.alice.poll_event().is_some() {}
-            elapsed
-        })
+        b.iter_custom(|iters| bench.timed_relay_cycles(iters as usize, BODY_BYTES))
     });
 
     // The real node over loopback TCP.

@@ -103,6 +103,20 @@ impl Bench {
         self.node.drain_outputs().for_each(drop);
     }
 
+    /// Times `n` relay cycles of `body_bytes` each (frames built beforehand, outside the
+    /// timing), for criterion's `iter_custom`.
+    pub fn timed_relay_cycles(&mut self, n: usize, body_bytes: usize) -> std::time::Duration {
+        let frames = self.send_frames(n, body_bytes);
+        let start = std::time::Instant::now();
+        for f in &frames {
+            self.relay_cycle(f);
+        }
+        let elapsed = start.elapsed();
+        // Keep the client's bookkeeping bounded across criterion's many calls.
+        while self.alice.poll_event().is_some() {}
+        elapsed
+    }
+
     /// `n` distinct signed `SendDm` frames from alice to bob, ready for the node.
     pub fn send_frames(&mut self, n: usize, body_bytes: usize) -> Vec<Vec<u8>> {
         let body = vec![7u8; body_bytes];

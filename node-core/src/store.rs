@@ -120,6 +120,15 @@ pub enum StoreError {
 
 pub type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Where a page of [`Store::scan_page`] starts: just after the cursor, or at the prefix
+/// when there is no cursor or it sorts before the prefix.
+pub fn page_start(prefix: &[u8], after: Option<&[u8]>) -> std::ops::Bound<Vec<u8>> {
+    match after {
+        Some(a) if a >= prefix => std::ops::Bound::Excluded(a.to_vec()),
+        _ => std::ops::Bound::Included(prefix.to_vec()),
+    }
+}
+
 pub trait Store {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
@@ -251,14 +260,8 @@ impl Store for MemStore {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<KvPairs, StoreError> {
-        use std::ops::Bound;
         let Some(m) = self.live.get(&table) else { return Ok(Vec::new()) };
-        let start = match after {
-            Some(a) => Bound::Excluded(a.to_vec()),
-            None => Bound::Included(prefix.to_vec()),
-        };
-        Ok(m.range((start, Bound::Unbounded))
-            .skip_while(|(k, _)| k.as_slice() < prefix)
+        Ok(m.range((page_start(prefix, after), std::ops::Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
             .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))

@@ -16,7 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
-use nymstr_node_core::store::{KvPairs, Store, StoreError, Table};
+use nymstr_node_core::store::{KvPairs, Store, StoreError, Table, page_start};
 
 /// How to open the database.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -165,13 +165,8 @@ impl Store for SledStore {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<KvPairs, StoreError> {
-        use std::ops::Bound;
-        let start = match after {
-            Some(a) if a >= prefix => Bound::Excluded(a.to_vec()),
-            _ => Bound::Included(prefix.to_vec()),
-        };
         self.tree(table)
-            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .range::<Vec<u8>, _>((page_start(prefix, after), std::ops::Bound::Unbounded))
             .take_while(|kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
             .take(limit)
             .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io))
