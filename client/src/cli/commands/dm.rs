@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use nymstr_proto::wire::MsgId;
 use serde_json::json;
+use tokio::time::Instant;
 
 use crate::cli::clock::{deadline_after, monotonic, now_us};
 use crate::cli::common::{
@@ -19,7 +20,6 @@ use crate::cli::session::{Flow, Goal, Session};
 use crate::persist::{Direction, GroupLine, HistoryEntry};
 use nymstr_client_core::core::{BODY_BYTES_MAX, Event, Operation, contact_name};
 use nymstr_client_core::group::GroupEvent;
-use tokio::time::Instant;
 
 pub fn history(dir: &Path, out: &Printer, name: Option<String>, limit: usize) -> Result<(), CliError> {
     let home = open_home(dir)?;

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use nymstr_proto::identity;
+use serde_json::json;
 
 use crate::cli::clock::now_us;
 use crate::cli::common::resolve;
@@ -17,7 +18,6 @@ use crate::cli::input::check_node_addr;
 use crate::cli::output::{Printer, group_line_json, group_line_text, hex, invite_json, invite_text, short_id};
 use crate::persist::InviteRecord;
 use nymstr_client_core::group::{GroupError, GroupMeta};
-use serde_json::json;
 
 #[allow(clippy::too_many_arguments)]
 pub async fn create(

@@ -15,9 +15,8 @@ mod groups;
 mod record;
 mod wake;
 
-use std::time::Duration;
-
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use nymstr_proto::wire::{Envelope, GroupId};
 use serde_json::json;
