@@ -4,11 +4,14 @@
 //! connection a fresh sender tag), does its work through the sans-IO `ClientCore`, and
 //! persists the client in sled under the home directory (`crate::persist`).
 
+mod clock;
 mod commands;
+mod common;
 #[cfg(unix)]
 mod control;
 pub mod error;
 mod groups;
+mod input;
 mod output;
 mod session;
 

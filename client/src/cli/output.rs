@@ -6,8 +6,11 @@ use std::io::Write;
 
 use serde_json::{Value, json};
 
+use nymstr_proto::wire::GroupId;
+
 use crate::persist::{Direction, GroupLine, GroupLineKind, HistoryEntry, InviteRecord, Status};
 use nymstr_client_core::core::Via;
+use nymstr_client_core::group::GroupCore;
 
 pub struct Printer {
     pub json: bool,
@@ -209,6 +212,18 @@ pub fn invite_json(r: &InviteRecord) -> Value {
         "received_at_us": r.received_at_us,
         "accept": accept_command(r),
     })
+}
+
+/// A group's name, else `#` and the start of its id.
+pub fn display_name(core: &GroupCore, group: &GroupId) -> String {
+    match core.name(group) {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => short_id(group),
+    }
+}
+
+pub fn short_id(group: &GroupId) -> String {
+    format!("#{}", hex(&group[..4]))
 }
 
 #[cfg(test)]
