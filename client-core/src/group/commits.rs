@@ -1,7 +1,7 @@
 //! Commit timing: when the steward rounds of the current epoch make this admin a committer
 //! (`nymstr_mls::designated_steward`, holds after a refusal), and the commit itself.
 
-use nymstr_mls::{self as nmls};
+use nymstr_mls as nmls;
 use nymstr_proto::time::TimeUs;
 use nymstr_proto::wire::{ErrorCode, GroupId};
 use openmls::prelude::{MlsGroup, Proposal, QueuedProposal};

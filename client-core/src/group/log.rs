@@ -3,7 +3,7 @@
 //! entries run through MLS (proposals stored, commits merged), the new epoch (roster,
 //! intents, meta re-sent to joiners), and late entries wanted for a repair.
 
-use nymstr_mls::{self as nmls};
+use nymstr_mls as nmls;
 use nymstr_proto::time::TimeUs;
 use nymstr_proto::wire::{ErrorCode, GroupEntry, GroupId, MsgId};
 use openmls::prelude::{MlsMessageIn, ProcessedMessageContent, Sender, StagedCommit};
