@@ -10,11 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use nymstr_client_core::group::GroupEvent;
 use nymstr_proto::wire::{GroupId, MsgId, PublicKey};
 use openmls::prelude::{ContentType, MlsMessageBodyIn, MlsMessageIn, Sender};
-use serde::Serialize;
 use tls_codec::Deserialize as _;
 
 use crate::mixnet::Us;
-use crate::report;
+use crate::report::GroupsReport;
 
 /// One group the workload created.
 #[derive(Clone, Debug)]
@@ -50,43 +49,6 @@ pub struct SentMessage {
     /// Members that reported it missing (with the right sender) / lost.
     pub missing_reported: BTreeSet<u32>,
     pub lost_reported: BTreeSet<u32>,
-}
-
-/// What the report shows about groups (`--json` key `groups`).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct GroupsReport {
-    pub created: u64,
-    pub joins: u64,
-    pub leaves: u64,
-    pub removals: u64,
-    pub messages: u64,
-    /// Receptions of group messages by members (each member counted once per message).
-    pub deliveries: u64,
-    /// Application messages written by members: the workload's texts plus the admins'
-    /// automatic `SetMeta` after a join (so a joiner learns the name).
-    pub app_messages_written: u64,
-    /// Copies encrypted again (after `WrongEpoch`, or overtaken by a commit).
-    pub app_reencryptions: u64,
-    /// Network messages (application uploads) senders transmitted per message written,
-    /// whatever the group size (P1): 1 plus retries of unanswered uploads and
-    /// re-encryptions; the fan-out to members is the node's.
-    pub sender_msgs_per_group_msg: f64,
-    /// Application uploads the stewards accepted per message written (1 plus accepted
-    /// re-encrypted copies).
-    pub accepted_per_group_msg: f64,
-    pub missing_detected: u64,
-    pub missing_wrong_sender: u64,
-    /// Missing reports by members who were not in the message's epoch (they could never
-    /// have decrypted it): false alarms, not losses.
-    pub missing_not_in_audience: u64,
-    pub repaired: u64,
-    pub lost: u64,
-    pub history_gaps: u64,
-    pub epoch_forks: u64,
-    pub commits: u64,
-    pub commit_latency_ms: report::Quantiles,
-    pub join_latency_ms: report::Quantiles,
-    pub errors: u64,
 }
 
 /// Recorded from MLS bytes seen on the network: what kind of handshake an upload is.

@@ -4,7 +4,7 @@
 //! Architecture invariant: everything that influences a run comes from the scenario and
 //! its seed; the only wall clock read is the report's `wall_time_ms`.
 
-pub mod federation;
+pub mod fed_model;
 pub mod groups;
 pub mod mixnet;
 pub mod report;

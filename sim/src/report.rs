@@ -23,7 +23,7 @@ pub struct Report {
     pub mixnet: MixnetStats,
     pub node: NodeStats,
     pub faults: Faults,
-    pub groups: crate::groups::GroupsReport,
+    pub groups: GroupsReport,
     pub invariants: Invariants,
     /// Present only when the scenario has a `[federation]`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -162,6 +162,43 @@ impl FederationReport {
             converged
         )
     }
+}
+
+/// What the report shows about groups (`--json` key `groups`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GroupsReport {
+    pub created: u64,
+    pub joins: u64,
+    pub leaves: u64,
+    pub removals: u64,
+    pub messages: u64,
+    /// Receptions of group messages by members (each member counted once per message).
+    pub deliveries: u64,
+    /// Application messages written by members: the workload's texts plus the admins'
+    /// automatic `SetMeta` after a join (so a joiner learns the name).
+    pub app_messages_written: u64,
+    /// Copies encrypted again (after `WrongEpoch`, or overtaken by a commit).
+    pub app_reencryptions: u64,
+    /// Network messages (application uploads) senders transmitted per message written,
+    /// whatever the group size (P1): 1 plus retries of unanswered uploads and
+    /// re-encryptions; the fan-out to members is the node's.
+    pub sender_msgs_per_group_msg: f64,
+    /// Application uploads the stewards accepted per message written (1 plus accepted
+    /// re-encrypted copies).
+    pub accepted_per_group_msg: f64,
+    pub missing_detected: u64,
+    pub missing_wrong_sender: u64,
+    /// Missing reports by members who were not in the message's epoch (they could never
+    /// have decrypted it): false alarms, not losses.
+    pub missing_not_in_audience: u64,
+    pub repaired: u64,
+    pub lost: u64,
+    pub history_gaps: u64,
+    pub epoch_forks: u64,
+    pub commits: u64,
+    pub commit_latency_ms: Quantiles,
+    pub join_latency_ms: Quantiles,
+    pub errors: u64,
 }
 
 /// Two quantiles and the sample count.
@@ -319,7 +356,7 @@ mod tests {
             mixnet: MixnetStats::default(),
             node: NodeStats::default(),
             faults: Faults { crashes: 0, offline_periods: 0, store_flushes: 0 },
-            groups: crate::groups::GroupsReport::default(),
+            groups: GroupsReport::default(),
             invariants: Invariants { checked: 0, violations: vec![] },
             federation: None,
         }

@@ -1,4 +1,4 @@
-//! The simulator's federation: node identities, the partition fault, the adversaries
+//! The simulated federation (`FedSim`): node identities, the partition fault, the adversaries
 //! (`specs/sim.md` §10) and the bookkeeping behind the `federation.*` report.
 //!
 //! Adversaries are the honest node code plus the few things a malicious operator holding
