@@ -4,181 +4,32 @@
 //! `NodeCore` is the shape a host sees (quinn-proto style): `handle_frame`,
 //! `handle_timeout`, `poll_timeout`, `drain_outputs`. It routes each message to the core
 //! that owns it: [`registry`] (accounts, challenges, tag bindings), [`relay`] (direct
-//! messages, offline queues, deliveries) and [`steward`] (MLS groups: logs, commits,
-//! subscriptions, pushes, directory).
+//! messages, offline queues, deliveries), [`steward`] (MLS groups: logs, commits,
+//! subscriptions, pushes, directory) and, on a node started with an identity,
+//! [`federation`] (peering, gossip, the transparency log, forwarding). This file holds
+//! `NodeCore` and its router; the values the cores share (peers, outputs, configuration,
+//! the step context) are in `types`, re-exported here.
 
 pub mod federation;
 pub mod registry;
 pub mod relay;
 pub mod steward;
+mod types;
 
 use rand_chacha::ChaCha20Rng;
-use serde::{Deserialize, Serialize};
 
 use crate::store::{Store, StoreError};
 use nymstr_proto::codec::{self, CodecError};
-use nymstr_proto::wire::{Body, Envelope, ErrorCode};
+use nymstr_proto::wire::{Body, Envelope, ErrorCode, GossipItem};
 
 pub use nymstr_proto::time::TimeUs;
+pub use types::{Address, CodedError, Ctx, NodeConfig, NodeStats, Output, Peer, SenderTag, load};
 
-/// A 16-byte single-use-reply-block tag (Nym's `AnonymousSenderTag`): an anonymous peer
-/// the node can reply to without learning its address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct SenderTag(pub [u8; 16]);
-
-/// A transport address of a known node. Never a client's: clients only appear as tags.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Address(pub Vec<u8>);
-
-/// Who a message came from or goes to.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Peer {
-    Address(Address),
-    Tag(SenderTag),
-}
-
-/// What a core asks its host to do.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Output {
-    /// Send `envelope` to `to` once the store's durable sequence reaches
-    /// `durable_after` (0: send now). This is how "ack only after the write is durable"
-    /// is expressed without the core doing I/O.
-    Send { to: Peer, envelope: Envelope, durable_after: u64 },
-}
-
-/// Every tunable of a node core, with defaults a researcher would start from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NodeConfig {
-    /// How long a registration or login challenge stays valid.
-    pub challenge_ttl_us: u64,
-    /// Pending challenges held at once; beyond this new requests get `Busy`.
-    pub challenges_pending_max: usize,
-    /// Messages queued for one installation; beyond this sends get `QueueFull`.
-    pub queue_depth_max: u32,
-    /// Deliveries sent and not yet acknowledged, per installation.
-    pub deliveries_inflight_max: usize,
-    /// First redelivery of an unacknowledged delivery; doubles up to the max.
-    pub redeliver_after_us: u64,
-    pub redeliver_after_max_us: u64,
-    /// How long a (sender, msg id) pair is remembered so a retried send is not queued twice.
-    pub seen_send_ttl_us: u64,
-    /// Period of the housekeeping sweep (expired challenges and dedupe entries).
-    pub sweep_every_us: u64,
-    /// How long the designated steward of an epoch has to commit before the next admin in
-    /// steward order may (one retry round).
-    pub group_commit_timeout_us: u64,
-    /// Application messages kept per group log; older ones are pruned (handshake
-    /// messages are kept).
-    pub group_history_max: usize,
-    /// Groups one node hosts; beyond this `GroupCreate` gets `Busy`.
-    pub groups_max: usize,
-    /// Proposals accepted per group and epoch; beyond this uploads get `Busy`.
-    pub group_proposals_per_epoch_max: usize,
-    /// Federation: epochs, gossip, witnessing, forwarding (used when the node is started
-    /// with an identity, [`NodeCore::start_federated`]). Not serialised when default, so
-    /// configurations (and the simulator's scenario hashes) from before it are unchanged.
-    #[serde(skip_serializing_if = "federation::FederationConfig::is_default")]
-    pub federation: federation::FederationConfig,
-}
-
-impl Default for NodeConfig {
-    fn default() -> Self {
-        Self {
-            challenge_ttl_us: 60_000_000,
-            challenges_pending_max: 10_000,
-            queue_depth_max: 1_000,
-            deliveries_inflight_max: 32,
-            redeliver_after_us: 30_000_000,
-            redeliver_after_max_us: 300_000_000,
-            seen_send_ttl_us: 24 * 3_600_000_000,
-            sweep_every_us: 10_000_000,
-            group_commit_timeout_us: 30_000_000,
-            group_history_max: 10_000,
-            groups_max: 10_000,
-            group_proposals_per_epoch_max: 256,
-            federation: federation::FederationConfig::default(),
-        }
-    }
-}
-
-/// What a core reads and writes during one step.
-pub struct Ctx<'a, S: Store> {
-    pub now: TimeUs,
-    pub store: &'a mut S,
-    pub rng: &'a mut ChaCha20Rng,
-    pub config: &'a NodeConfig,
-    pub out: &'a mut Vec<Output>,
-}
-
-impl<S: Store> Ctx<'_, S> {
-    /// Queues a reply that waits for nothing.
-    pub fn send(&mut self, to: Peer, request_id: u64, body: Body) {
-        self.out.push(Output::Send { to, envelope: Envelope { request_id, body }, durable_after: 0 });
-    }
-
-    /// Queues a reply that waits until every write made so far is durable.
-    pub fn send_durable(&mut self, to: Peer, request_id: u64, body: Body) {
-        let durable_after = self.store.write_seq();
-        self.out.push(Output::Send { to, envelope: Envelope { request_id, body }, durable_after });
-    }
-
-    pub fn send_error(&mut self, to: Peer, request_id: u64, code: ErrorCode, detail: impl Into<String>) {
-        let mut detail = detail.into();
-        truncate_utf8(&mut detail, nymstr_proto::limits::ERROR_DETAIL_BYTES_MAX);
-        self.send(to, request_id, Body::Error { code, detail });
-    }
-
-    pub fn load<T: serde::de::DeserializeOwned>(
-        &self,
-        table: crate::store::Table,
-        key: &[u8],
-    ) -> Result<Option<T>, StoreError> {
-        load(&*self.store, table, key)
-    }
-
-    pub fn save<T: Serialize>(&mut self, table: crate::store::Table, key: &[u8], value: &T) -> Result<(), StoreError> {
-        self.store.put(table, key, &codec::encode(value))
-    }
-}
-
-/// Reads and decodes one record.
-pub fn load<T: serde::de::DeserializeOwned, S: Store + ?Sized>(
-    store: &S,
-    table: crate::store::Table,
-    key: &[u8],
-) -> Result<Option<T>, StoreError> {
-    match store.get(table, key)? {
-        None => Ok(None),
-        Some(bytes) => codec::decode(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt { table: table.name(), detail: e.to_string() }),
-    }
-}
-
-fn truncate_utf8(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut cut = max;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-    }
-}
-
-/// Statistics a host can print (node `info`, simulator report).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct NodeStats {
-    pub frames_in: u64,
-    pub frames_rejected: u64,
-    pub registrations: u64,
-    pub logins: u64,
-    pub lookups: u64,
-    pub dms_accepted: u64,
-    pub dms_rejected: u64,
-    pub deliveries: u64,
-    pub redeliveries: u64,
-    pub acks: u64,
+/// The step context over a node's own store, generator, configuration and outputs.
+macro_rules! step_ctx {
+    ($node:expr, $now:expr) => {
+        Ctx { now: $now, store: &mut $node.store, rng: &mut $node.rng, config: &$node.config, out: &mut $node.out }
+    };
 }
 
 /// One node: the registry, relay and steward cores over one store.
@@ -245,7 +96,7 @@ impl<S: Store> NodeCore<S> {
             stats: NodeStats::default(),
         };
         let bound: Vec<_> = node.registry.bound_installations().collect();
-        let mut ctx = Ctx { now, store: &mut node.store, rng: &mut node.rng, config: &node.config, out: &mut node.out };
+        let mut ctx = step_ctx!(node, now);
         if let Some(identity) = identity {
             node.federation = Some(federation::Federation::start(&mut ctx, identity)?);
         }
@@ -258,7 +109,6 @@ impl<S: Store> NodeCore<S> {
     /// Feeds one inbound frame from `from`. Never panics on any bytes.
     pub fn handle_frame(&mut self, now: TimeUs, from: Peer, bytes: &[u8]) {
         self.stats.frames_in += 1;
-        let mut ctx = Ctx { now, store: &mut self.store, rng: &mut self.rng, config: &self.config, out: &mut self.out };
         let envelope = match codec::decode_frame(bytes) {
             Ok(envelope) => envelope,
             Err(e) => {
@@ -268,53 +118,88 @@ impl<S: Store> NodeCore<S> {
                     CodecError::UnsupportedVersion(_) => ErrorCode::UnsupportedVersion,
                     _ => ErrorCode::Malformed,
                 };
-                ctx.send_error(from, codec::peek_request_id(bytes), code, e.to_string());
+                step_ctx!(self, now).send_error(from, codec::peek_request_id(bytes), code, e.to_string());
                 return;
             }
         };
+        match from {
+            Peer::Tag(tag) => self.route_client(now, tag, envelope),
+            Peer::Address(addr) => self.route_node(now, addr, envelope),
+        }
+    }
+
+    /// A frame from another node's address: the federation core's, refused if this node
+    /// does not federate.
+    fn route_node(&mut self, now: TimeUs, addr: Address, envelope: Envelope) {
         let rid = envelope.request_id;
         let is_error = matches!(envelope.body, Body::Error { .. });
-        let tag = match (from, self.federation.as_mut()) {
-            (Peer::Tag(tag), _) => tag,
-            (Peer::Address(addr), Some(fed)) => {
-                // Errors from peers may answer something forwarded for a client.
-                let r = fed.on_peer_frame(
-                    &mut ctx,
-                    addr.clone(),
-                    rid,
-                    envelope.body,
-                    &mut self.relay,
-                    &self.registry,
-                    &mut self.stats,
-                );
-                if let Err((code, detail)) = r {
-                    self.stats.frames_rejected += 1;
-                    // An error is never answered, or two peers could bounce errors forever.
-                    if !is_error {
-                        ctx.send_error(Peer::Address(addr), rid, code, detail);
-                    }
-                }
-                return;
+        let mut ctx = step_ctx!(self, now);
+        let Some(fed) = self.federation.as_mut() else {
+            self.stats.frames_rejected += 1;
+            if !is_error {
+                ctx.send_error(Peer::Address(addr), rid, ErrorCode::UnexpectedMessage, "this node does not federate");
             }
-            (Peer::Address(addr), None) => {
-                self.stats.frames_rejected += 1;
-                if !is_error {
-                    ctx.send_error(
-                        Peer::Address(addr),
-                        rid,
-                        ErrorCode::UnexpectedMessage,
-                        "this node does not federate",
-                    );
-                }
-                return;
-            }
+            return;
         };
+        // Errors from peers may answer something forwarded for a client.
+        let r = fed.on_peer_frame(
+            &mut ctx,
+            addr.clone(),
+            rid,
+            envelope.body,
+            &mut self.relay,
+            &self.registry,
+            &mut self.stats,
+        );
+        if let Err((code, detail)) = r {
+            self.stats.frames_rejected += 1;
+            // An error is never answered, or two peers could bounce errors forever.
+            if !is_error {
+                ctx.send_error(Peer::Address(addr), rid, code, detail);
+            }
+        }
+    }
+
+    /// A frame from a client (an anonymous tag): each request goes to the role that owns
+    /// it; a refusal is answered to the tag.
+    fn route_client(&mut self, now: TimeUs, tag: SenderTag, envelope: Envelope) {
+        let rid = envelope.request_id;
         // An error is never answered, or two peers could bounce errors forever.
-        if is_error {
+        if matches!(envelope.body, Body::Error { .. }) {
             self.stats.frames_rejected += 1;
             return;
         }
-        let result: Result<(), (ErrorCode, String)> = match envelope.body {
+        let result = match envelope.body {
+            body @ (Body::RegisterRequest { .. }
+            | Body::RegisterResponse { .. }
+            | Body::LoginRequest { .. }
+            | Body::LoginResponse { .. }
+            | Body::Lookup { .. }) => self.route_registry(now, tag, rid, body),
+            body @ (Body::SendDm(_) | Body::AckDelivery { .. }) => self.route_relay(now, tag, rid, body),
+            body @ (Body::GroupCreate { .. }
+            | Body::GroupSubscribe { .. }
+            | Body::GroupSubscribeProof { .. }
+            | Body::GroupUpload { .. }
+            | Body::GroupFetch { .. }
+            | Body::GroupInfoRequest { .. }
+            | Body::DirectoryRequest
+            | Body::GroupUnsubscribe { .. }) => self.route_steward(now, tag, rid, body),
+            body @ (Body::KtLookup { .. } | Body::NodesRequest | Body::Gossip { .. }) => {
+                self.route_federation(now, tag, rid, body)
+            }
+            other => Err(not_a_request(&other)),
+        };
+        if let Err((code, detail)) = result {
+            self.stats.frames_rejected += 1;
+            step_ctx!(self, now).send_error(Peer::Tag(tag), rid, code, detail);
+        }
+    }
+
+    /// Accounts (the registry): registration, login, lookups; a new binding then gets what
+    /// waits for its installation, and a registration its promise of inclusion.
+    fn route_registry(&mut self, now: TimeUs, tag: SenderTag, rid: u64, body: Body) -> Result<(), (ErrorCode, String)> {
+        let mut ctx = step_ctx!(self, now);
+        match body {
             Body::RegisterRequest { username, cert } => {
                 self.registry.on_register_request(&mut ctx, tag, rid, &username, cert).map_err(err)
             }
@@ -351,6 +236,14 @@ impl<S: Store> NodeCore<S> {
                 self.stats.lookups += 1;
                 self.registry.on_lookup(&mut ctx, tag, rid, &username).map_err(err)
             }
+            other => Err(not_a_request(&other)),
+        }
+    }
+
+    /// Direct messages (the relay): sends, local or to `user@node`, and acknowledgements.
+    fn route_relay(&mut self, now: TimeUs, tag: SenderTag, rid: u64, body: Body) -> Result<(), (ErrorCode, String)> {
+        let mut ctx = step_ctx!(self, now);
+        match body {
             Body::SendDm(dm) if dm.to.contains('@') => {
                 let r = send_qualified(
                     &mut ctx,
@@ -380,6 +273,15 @@ impl<S: Store> NodeCore<S> {
                 self.stats.acks += 1;
                 self.relay.on_ack(&mut ctx, &self.registry, tag, rid, &delivery_ids, &mut self.stats).map_err(err)
             }
+            other => Err(not_a_request(&other)),
+        }
+    }
+
+    /// Groups (the steward): creation (a public group's advert is gossiped), subscriptions,
+    /// uploads, fetches, group info and the directory (with adverts learnt from peers).
+    fn route_steward(&mut self, now: TimeUs, tag: SenderTag, rid: u64, body: Body) -> Result<(), (ErrorCode, String)> {
+        let mut ctx = step_ctx!(self, now);
+        match body {
             Body::GroupCreate { group_id, group_info, advert } => {
                 let r = self.steward.on_create(&mut ctx, tag, rid, group_id, group_info, advert.clone()).map_err(err);
                 if let (Ok(()), Some(fed), Some(advert)) = (&r, self.federation.as_mut(), advert) {
@@ -408,42 +310,40 @@ impl<S: Store> NodeCore<S> {
                 self.steward.on_directory_request(&mut ctx, tag, rid, &remote);
                 Ok(())
             }
-            Body::KtLookup { name, from_log_size } => match self.federation.as_mut() {
-                Some(fed) => {
-                    self.stats.lookups += 1;
-                    fed.on_client_lookup(&mut ctx, tag, rid, &name, from_log_size).map_err(err)
-                }
-                None => Err((ErrorCode::UnexpectedMessage, "this node does not federate".to_string())),
-            },
-            Body::NodesRequest => match self.federation.as_ref() {
-                Some(fed) => {
-                    fed.on_nodes_request(&mut ctx, Peer::Tag(tag), rid);
-                    Ok(())
-                }
-                None => Err((ErrorCode::UnexpectedMessage, "this node does not federate".to_string())),
-            },
-            // Clients report the heads (and fork certificates) they were shown.
-            Body::Gossip { items } => match self.federation.as_mut() {
-                Some(fed) => {
-                    let items = items
-                        .into_iter()
-                        .filter(|i| {
-                            matches!(
-                                i,
-                                nymstr_proto::wire::GossipItem::Head { .. } | nymstr_proto::wire::GossipItem::Fork(_)
-                            )
-                        })
-                        .collect();
-                    fed.on_gossip(&mut ctx, None, items).map_err(|e| (ErrorCode::Internal, e.to_string()))
-                }
-                None => Err((ErrorCode::UnexpectedMessage, "this node does not federate".to_string())),
-            },
             Body::GroupUnsubscribe { group_id } => self.steward.on_unsubscribe(&mut ctx, tag, group_id).map_err(err),
-            other => Err((ErrorCode::UnexpectedMessage, format!("{} is not a request", other.kind()))),
+            other => Err(not_a_request(&other)),
+        }
+    }
+
+    /// A client's federation requests: transparency lookups, the nodes known, and the heads
+    /// (and fork certificates) it was shown.
+    fn route_federation(
+        &mut self,
+        now: TimeUs,
+        tag: SenderTag,
+        rid: u64,
+        body: Body,
+    ) -> Result<(), (ErrorCode, String)> {
+        let mut ctx = step_ctx!(self, now);
+        let Some(fed) = self.federation.as_mut() else {
+            return Err((ErrorCode::UnexpectedMessage, "this node does not federate".to_string()));
         };
-        if let Err((code, detail)) = result {
-            self.stats.frames_rejected += 1;
-            ctx.send_error(Peer::Tag(tag), rid, code, detail);
+        match body {
+            Body::KtLookup { name, from_log_size } => {
+                self.stats.lookups += 1;
+                fed.on_client_lookup(&mut ctx, tag, rid, &name, from_log_size).map_err(err)
+            }
+            Body::NodesRequest => {
+                fed.on_nodes_request(&mut ctx, Peer::Tag(tag), rid);
+                Ok(())
+            }
+            // Clients report the heads (and fork certificates) they were shown.
+            Body::Gossip { items } => {
+                let items =
+                    items.into_iter().filter(|i| matches!(i, GossipItem::Head { .. } | GossipItem::Fork(_))).collect();
+                fed.on_gossip(&mut ctx, None, items).map_err(|e| (ErrorCode::Internal, e.to_string()))
+            }
+            other => Err(not_a_request(&other)),
         }
     }
 
@@ -455,7 +355,7 @@ impl<S: Store> NodeCore<S> {
     }
 
     pub fn handle_timeout(&mut self, now: TimeUs) {
-        let mut ctx = Ctx { now, store: &mut self.store, rng: &mut self.rng, config: &self.config, out: &mut self.out };
+        let mut ctx = step_ctx!(self, now);
         // Storage failures here are retried at the next timeout; nothing is acknowledged.
         let _ = self.relay.on_timeout(&mut ctx, &self.registry, &mut self.stats);
         if let Some(fed) = self.federation.as_mut() {
@@ -511,7 +411,7 @@ impl<S: Store> NodeCore<S> {
         entry: nymstr_proto::federation::DirEntry,
     ) -> Result<Option<nymstr_proto::federation::Promise>, StoreError> {
         let Some(fed) = self.federation.as_mut() else { return Ok(None) };
-        let mut ctx = Ctx { now, store: &mut self.store, rng: &mut self.rng, config: &self.config, out: &mut self.out };
+        let mut ctx = step_ctx!(self, now);
         let username = entry.username.clone();
         fed.stage_entry(&mut ctx, &username, entry).map(Some)
     }
@@ -574,7 +474,6 @@ fn err<E: CodedError>(e: E) -> (ErrorCode, String) {
     (e.code(), e.to_string())
 }
 
-/// An error that maps to a wire error code.
-pub trait CodedError: std::fmt::Display {
-    fn code(&self) -> ErrorCode;
+fn not_a_request(body: &Body) -> (ErrorCode, String) {
+    (ErrorCode::UnexpectedMessage, format!("{} is not a request", body.kind()))
 }
