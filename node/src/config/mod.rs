@@ -15,7 +15,7 @@
 //! Every table and the file itself reject unknown keys; a bad value is reported with the
 //! key and its line.
 //!
-//! Files: this one holds the `config.toml` types and [`ConfigError`]; `load` reads,
+//! Files: this one holds the `config.toml` types and `ConfigError`; `load` reads,
 //! parses and range-checks a file; `template` renders the commented file `init` writes;
 //! `datadir` holds the directory layout, the node key and `init`; `descriptor` the
 //! `descriptor.json` file. Everything public is re-exported here (`config::...`).
