@@ -56,7 +56,17 @@ impl<T> Outbox<T> {
     /// If outputs wait and no flush is in flight: the mark of the flush the host must start
     /// now (every write issued so far), recorded as in flight. Otherwise `None`.
     pub fn flush_to_start(&mut self, store: &impl Store) -> Option<u64> {
-        if self.held.is_empty() || self.in_flight.is_some() {
+        if self.held.is_empty() {
+            return None;
+        }
+        self.begin_flush(store)
+    }
+
+    /// A flush the host starts on its own schedule (sled's background flush, modelled by the
+    /// simulator), whether or not anything waits: its mark, recorded as in flight, or `None`
+    /// when a flush is already in flight.
+    pub fn begin_flush(&mut self, store: &impl Store) -> Option<u64> {
+        if self.in_flight.is_some() {
             return None;
         }
         let mark = store.write_seq();

@@ -224,7 +224,9 @@ impl<S: Store> NodeCore<S> {
                 self.registry.on_login_request(&mut ctx, tag, rid, installation).map_err(err)
             }
             Body::LoginResponse { nonce, installation_sig } => {
-                match self.registry.on_login_response(&mut ctx, rid, tag, nonce, installation_sig) {
+                let relay = &self.relay;
+                match self.registry.on_login_response(&mut ctx, rid, tag, nonce, installation_sig, |i| relay.queued(i))
+                {
                     Ok(installation) => {
                         self.stats.logins += 1;
                         self.relay.on_bound(&mut ctx, &installation, tag, &mut self.stats).map_err(err)

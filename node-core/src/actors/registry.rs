@@ -235,7 +235,8 @@ impl Registry {
         self.issue_challenge(ctx, tag, rid, Purpose::Login { installation })
     }
 
-    /// Verifies a login and binds `tag`; returns the installation now bound.
+    /// Verifies a login and binds `tag`; returns the installation now bound. `queued` is the
+    /// relay's count of messages waiting for an installation (the `LoggedIn` answer says it).
     pub fn on_login_response<S: Store>(
         &mut self,
         ctx: &mut Ctx<'_, S>,
@@ -243,6 +244,7 @@ impl Registry {
         tag: SenderTag,
         nonce: Nonce,
         installation_sig: Sig,
+        queued: impl FnOnce(&InstallationId) -> u32,
     ) -> Result<InstallationId, RegistryError> {
         let Purpose::Login { installation } = self.take_challenge(ctx, &nonce)? else {
             return Err(RegistryError::WrongChallenge);
@@ -251,7 +253,7 @@ impl Registry {
         identity::verify(&cert.signing_key, &identity::login_bytes(&nonce, &installation), &installation_sig)
             .map_err(|_| RegistryError::BadSignature)?;
         self.bind(ctx, installation, tag)?;
-        let queued = crate::actors::relay::queued_for(&*ctx.store, &installation)?;
+        let queued = queued(&installation);
         ctx.send_durable(super::Peer::Tag(tag), rid, Body::LoggedIn { installation, queued });
         Ok(installation)
     }

@@ -126,11 +126,6 @@ fn seen_key(from: &InstallationId, msg_id: &MsgId) -> [u8; 48] {
     k
 }
 
-/// Number of messages queued for one installation.
-pub fn queued_for<S: Store>(store: &S, installation: &InstallationId) -> Result<u32, StoreError> {
-    Ok(store.scan_prefix(Table::Queues, installation)?.len() as u32)
-}
-
 impl Relay {
     pub fn recover<S: Store>(store: &S) -> Result<Self, StoreError> {
         let mut relay = Relay::default();
@@ -153,6 +148,11 @@ impl Relay {
             *relay.queue_len.entry(installation).or_default() += 1;
         }
         Ok(relay)
+    }
+
+    /// Messages queued for one installation (kept as a count; nothing is read).
+    pub fn queued(&self, installation: &InstallationId) -> u32 {
+        self.queue_len.get(installation).copied().unwrap_or(0)
     }
 
     pub fn queued_total(&self) -> u64 {

@@ -16,6 +16,7 @@ mod node_host;
 mod oracles;
 mod state;
 
+use nymstr_node_core::outbox::Outbox;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
@@ -89,8 +90,7 @@ impl World {
                 down_store: if is_sybil { Some(MemStore::new()) } else { None },
                 core,
                 incarnation: 0,
-                held: Vec::new(),
-                flushing: false,
+                outbox: Outbox::new(),
                 timer_generation: 0,
                 timer_at: None,
                 last_depart: 0,
@@ -291,7 +291,7 @@ impl World {
     fn quiescent(&self) -> bool {
         self.groups_caught_up()
             && self.msgs.is_empty()
-            && self.nodes.iter().all(|n| n.core.as_ref().is_some_and(|c| c.queued_total() == 0) && n.held.is_empty())
+            && self.nodes.iter().all(|n| n.core.as_ref().is_some_and(|c| c.queued_total() == 0) && n.outbox.is_empty())
             && self.clients.iter().all(|c| {
                 // Users of a misbehaving node may wait forever for the federation.
                 let stuck_ok = self.fed.as_ref().is_some_and(|f| f.is_adversary(c.node));

@@ -21,10 +21,10 @@ impl World {
     pub(super) fn on_background_flush(&mut self, node: u32) {
         let n = &self.nodes[node as usize];
         if let Some(core) = &n.core
-            && !n.flushing
+            && !n.outbox.flushing()
             && core.store().write_seq() > core.store().durable_seq()
         {
-            self.start_flush(node);
+            self.start_flush(node, true);
         }
         let at = self.now + ms_to_us(self.sc.nodes.background_flush_ms);
         self.schedule(at, Ev::BackgroundFlush { node });
@@ -57,13 +57,8 @@ impl World {
             {
                 d.deliver_produced_at = Some(self.now);
             }
-            if durable_after <= durable {
-                now_sends.push((to, envelope));
-            } else {
-                n.held.push((durable_after, to, envelope));
-            }
+            now_sends.extend(n.outbox.submit(durable_after, durable, (to, envelope)));
         }
-        let need_flush = !n.held.is_empty() && !n.flushing;
         if want != n.timer_at {
             n.timer_generation += 1;
             n.timer_at = want;
@@ -75,16 +70,17 @@ impl World {
         for (to, env) in now_sends {
             self.node_transmit(node, to, env);
         }
-        if need_flush {
-            self.start_flush(node);
-        }
+        self.start_flush(node, false);
     }
 
-    fn start_flush(&mut self, node: u32) {
+    /// Starts the flush the outbox asks for (or, for sled's background flush, any flush
+    /// when none is in flight); it completes `flush_ms` later.
+    fn start_flush(&mut self, node: u32, background: bool) {
         let n = &mut self.nodes[node as usize];
         let Some(core) = n.core.as_ref() else { return };
-        n.flushing = true;
-        let mark = core.store().write_seq();
+        let started =
+            if background { n.outbox.begin_flush(core.store()) } else { n.outbox.flush_to_start(core.store()) };
+        let Some(mark) = started else { return };
         let incarnation = n.incarnation;
         self.metrics.flushes += 1;
         self.schedule(self.now + ms_to_us(self.sc.nodes.flush_ms), Ev::FlushDone { node, incarnation, mark });
@@ -96,13 +92,8 @@ impl World {
             return;
         }
         let Some(core) = n.core.as_mut() else { return };
-        core.store_mut().flush_upto(mark);
-        n.flushing = false;
-        let held = std::mem::take(&mut n.held);
-        let (ready, still): (Vec<_>, Vec<_>) = held.into_iter().partition(|(after, _, _)| *after <= mark);
-        n.held = still;
-        let again = !n.held.is_empty();
-        for (_, to, env) in ready {
+        let ready = n.outbox.flush_completed(core.store_mut(), mark);
+        for (to, env) in ready {
             if let Body::Deliver { msg_id, .. } = &env.body
                 && let Some(d) = self.dms.get_mut(msg_id)
                 && d.deliver_released_at.is_none()
@@ -111,9 +102,7 @@ impl World {
             }
             self.node_transmit(node, to, env);
         }
-        if again {
-            self.start_flush(node);
-        }
+        self.start_flush(node, false);
     }
 
     pub(super) fn crash(&mut self, node: u32, restart_after: Us) {
@@ -124,8 +113,7 @@ impl World {
         let mut store = core.into_store();
         store.crash();
         n.down_store = Some(store);
-        n.held.clear();
-        n.flushing = false;
+        n.outbox.discard();
         n.incarnation += 1;
         n.timer_generation += 1;
         n.timer_at = None;

@@ -2,6 +2,7 @@
 //! messages in flight and the DMs the workload sent, the metrics, and the `World` itself.
 //! Every other module of the world adds behaviour to these types and imports only them.
 
+use nymstr_node_core::outbox::Outbox;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
@@ -230,8 +231,8 @@ pub(super) struct NodeHost {
     pub(super) core: Option<NodeCore<MemStore>>,
     pub(super) down_store: Option<MemStore>,
     pub(super) incarnation: u32,
-    pub(super) held: Vec<(u64, Peer, Envelope)>,
-    pub(super) flushing: bool,
+    /// Outputs held until the store makes their writes durable (the shared outbox).
+    pub(super) outbox: Outbox<(Peer, Envelope)>,
     pub(super) timer_generation: u64,
     pub(super) timer_at: Option<Us>,
     pub(super) last_depart: Us,
