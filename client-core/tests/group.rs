@@ -469,7 +469,7 @@ fn when_the_designated_admin_is_silent_the_next_admin_commits_after_the_timeout(
     net.core(carol).leave(start, &g).unwrap();
     net.pump();
     assert_eq!(net.core(other).members(&g).len(), 3, "nobody committed yet");
-    let timeout = GroupConfig::default().commit_timeout_us;
+    let timeout = nymstr_mls::COMMIT_ROUND_US;
     net.advance(timeout - 1_000_000);
     assert_eq!(net.core(other).members(&g).len(), 3, "the other admin waits its turn");
     net.advance(2 * timeout);
@@ -688,7 +688,7 @@ fn an_admin_who_leaves_or_is_removed_is_dropped_from_the_admins() {
     // alice leaves: she is demoted and removed; nobody who is gone stays an admin.
     let now = net.now;
     net.core(alice).leave(now, &g).unwrap();
-    net.advance(3 * GroupConfig::default().commit_timeout_us);
+    net.advance(3 * nymstr_mls::COMMIT_ROUND_US);
     assert!(net.events(alice).contains(&GroupEvent::Removed { group: g }));
     let mut expect = vec![bob_key, carol_key];
     expect.sort();
@@ -697,7 +697,7 @@ fn an_admin_who_leaves_or_is_removed_is_dropped_from_the_admins() {
     // bob removes carol, also an admin.
     let now = net.now;
     net.core(bob).remove(now, &g, &carol_key).unwrap();
-    net.advance(3 * GroupConfig::default().commit_timeout_us);
+    net.advance(3 * nymstr_mls::COMMIT_ROUND_US);
     assert!(net.events(carol).contains(&GroupEvent::Removed { group: g }));
     assert_eq!(admins(&mut net, bob), vec![bob_key]);
     assert_eq!(net.core(bob).members(&g).len(), 1);
@@ -819,7 +819,7 @@ fn a_commit_that_loses_the_race_is_dropped_and_the_winner_applied() {
     let now = net.now;
     net.core(carol).leave(now, &g).unwrap();
     net.pump();
-    net.advance(2 * GroupConfig::default().commit_timeout_us);
+    net.advance(2 * nymstr_mls::COMMIT_ROUND_US);
     assert!(net.events(carol).contains(&GroupEvent::Removed { group: g }), "y committed in its round");
     assert_eq!(net.core(x).members(&g).len(), 2, "x applied y's commit over its own pending one");
     // x's commit finally reaches the steward: refused, dropped; x stays in step.
@@ -890,7 +890,7 @@ fn a_rename_applied_after_its_sender_lost_admin_is_ignored_by_everyone_the_sende
     let bob_key = net.key(bob);
     let now = net.now;
     net.core(alice).promote(now, &g, &bob_key).unwrap();
-    net.advance(3 * GroupConfig::default().commit_timeout_us);
+    net.advance(3 * nymstr_mls::COMMIT_ROUND_US);
     assert!(net.core(bob).is_admin(&g));
     // Bob renames while an admin, but his upload is held back until alice has demoted him:
     // the log carries his SetMeta after the commit, when he is no longer an admin.
@@ -906,7 +906,7 @@ fn a_rename_applied_after_its_sender_lost_admin_is_ignored_by_everyone_the_sende
     let now = net.now;
     net.core(bob).rename(now, &g, "bob's now").unwrap();
     net.core(alice).demote(now, &g, &bob_key).unwrap();
-    net.advance(3 * GroupConfig::default().commit_timeout_us);
+    net.advance(3 * nymstr_mls::COMMIT_ROUND_US);
     assert!(!net.core(carol).members(&g).iter().any(|m| m.key == bob_key && m.admin));
     assert!(!net.core(bob).is_admin(&g));
     hold.set(false);
@@ -969,7 +969,7 @@ fn a_refused_proposal_drops_its_intent_only() {
     let now = net.now;
     net.core(alice).promote(now, &g, &bob_key).unwrap();
     net.core(alice).promote(now, &g, &carol_key).unwrap();
-    net.advance(3 * GroupConfig::default().commit_timeout_us);
+    net.advance(3 * nymstr_mls::COMMIT_ROUND_US);
     let ev = net.events(alice);
     assert!(ev.iter().any(|e| matches!(e, GroupEvent::Error { .. })), "{ev:?}");
     // Bob's promotion was refused; carol's, asked for after it, still happens.
@@ -1044,11 +1044,11 @@ fn a_repaired_message_of_a_past_epoch_names_its_sender_though_the_leaf_is_reused
     let carol_key = net.key(carol);
     let now = net.now;
     net.core(alice).remove(now, &g, &carol_key).unwrap();
-    net.advance(3 * GroupConfig::default().commit_timeout_us);
+    net.advance(3 * nymstr_mls::COMMIT_ROUND_US);
     assert_eq!(net.core(bob).members(&g).len(), 2);
     let dave = net.add(4, "dave");
     net.join(dave, g, None);
-    net.advance(3 * GroupConfig::default().commit_timeout_us);
+    net.advance(3 * nymstr_mls::COMMIT_ROUND_US);
     net.send(alice, &g, "after");
     net.advance(GroupConfig::default().gap_wait_us + 1);
     let ev = net.events(bob);

@@ -134,12 +134,28 @@ pub fn steward_rank(group_id: &GroupId, epoch: u64, round: u64, member: &PublicK
     blake3::derive_key(LABEL_STEWARD_ORDER, &input)
 }
 
+/// Length of one commit round (SPECv1 §6, `specs/groups.md` §6.4): the admin designated
+/// for round `r` of an epoch may commit once `r` rounds have passed since the epoch began.
+/// A protocol constant, not a setting: the steward and every member must count rounds
+/// alike, and a node's config cannot reach its members.
+pub const COMMIT_ROUND_US: u64 = 30_000_000;
+
+/// The retry round of an epoch that began at `epoch_started_at_us`, at `now_us`.
+pub fn commit_round(epoch_started_at_us: u64, now_us: u64) -> u64 {
+    now_us.saturating_sub(epoch_started_at_us) / COMMIT_ROUND_US
+}
+
+/// The last round in which a designation is looked for: after as many rounds as there are
+/// admins (plus slack) every admin has had a turn with overwhelming probability, so a huge
+/// round costs nothing.
+pub fn round_cap(admins: usize) -> u64 {
+    4 * admins as u64 + 8
+}
+
 /// Whether `member` may commit to `epoch` at retry round `round_now`: it is the
 /// designated steward of some round `0..=round_now`.
 pub fn may_commit(group_id: &GroupId, epoch: u64, round_now: u64, admins: &[PublicKey], member: &PublicKey) -> bool {
-    // Bounded: after as many rounds as there are admins (plus slack) every admin has had
-    // a turn with overwhelming probability; cap the scan so a huge round costs nothing.
-    let rounds = round_now.min(4 * admins.len() as u64 + 8);
+    let rounds = round_now.min(round_cap(admins.len()));
     (0..=rounds).any(|r| designated_steward(group_id, epoch, r, admins).as_ref() == Some(member))
 }
 

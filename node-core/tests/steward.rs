@@ -513,7 +513,7 @@ fn a_commit_from_a_member_who_is_not_an_admin_is_refused() {
 #[test]
 fn an_admin_commits_only_from_its_round_on() {
     let config = NodeConfig::default();
-    let timeout = config.group_commit_timeout_us;
+    let timeout = nymstr_mls::COMMIT_ROUND_US;
     let mut h = Harness::with_config(config);
     let (mut alice, mut bob, mut carol) = group_of_three(&mut h, true);
     let epoch_start = h.now;

@@ -31,10 +31,9 @@ impl GroupCore {
         }
         let origin = g.epoch_started_at.max(g.proposals_since.unwrap_or(0));
         let epoch = mls.epoch().as_u64();
-        let cap = 4 * policy.admins.len() as u64 + 8;
-        (0..=cap)
+        (0..=nmls::round_cap(policy.admins.len()))
             .find(|r| nmls::designated_steward(&g.rec.id, epoch, *r, &policy.admins) == Some(me))
-            .map(|r| (origin + r * self.config.commit_timeout_us.max(1)).max(g.commit_hold_until))
+            .map(|r| (origin + r * nmls::COMMIT_ROUND_US).max(g.commit_hold_until))
     }
 
     pub(super) fn own_removal_pending(&self, mls: &MlsGroup) -> bool {
@@ -100,7 +99,7 @@ impl GroupCore {
                 // A proposal we cannot commit: drop them all; their proposers propose again.
                 let _ = mls.clear_pending_proposals(self.provider.storage());
                 g.proposals_since = None;
-                g.commit_hold_until = now + self.config.commit_timeout_us;
+                g.commit_hold_until = now + nmls::COMMIT_ROUND_US;
                 self.error_event(*group, ErrorCode::BadMlsMessage, format!("cannot commit: {e}"));
             }
         }

@@ -42,9 +42,6 @@ pub struct GroupConfig {
     /// First retry of an unanswered request; doubles up to the max.
     pub retry_after_us: TimeUs,
     pub retry_after_max_us: TimeUs,
-    /// Length of one steward round: an admin designated for round `r` of an epoch commits
-    /// pending proposals once `r` rounds have passed (`nymstr_mls::may_commit`).
-    pub commit_timeout_us: TimeUs,
     /// A message reported `Missing` and not repaired within this is reported `Lost`.
     pub repair_timeout_us: TimeUs,
     /// A seq gap in pushes is fetched after waiting this long for the missing push.
@@ -74,7 +71,6 @@ impl Default for GroupConfig {
         Self {
             retry_after_us: 10_000_000,
             retry_after_max_us: 60_000_000,
-            commit_timeout_us: 30_000_000,
             repair_timeout_us: 60_000_000,
             gap_wait_us: 2_000_000,
             sync_every_us: 300_000_000,

@@ -278,7 +278,7 @@ impl GroupCore {
                     let _ = m.clear_pending_commit(self.provider.storage());
                 }
                 // Not again before the next round (a refused commit must not spin).
-                g.commit_hold_until = now + self.config.commit_timeout_us;
+                g.commit_hold_until = now + nymstr_mls::COMMIT_ROUND_US;
                 match code {
                     ErrorCode::WrongEpoch | ErrorCode::NotSteward => {
                         let from = g.rec.next_seq;

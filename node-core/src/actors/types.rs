@@ -55,9 +55,6 @@ pub struct NodeConfig {
     pub seen_send_ttl_us: u64,
     /// Period of the housekeeping sweep (expired challenges and dedupe entries).
     pub sweep_every_us: u64,
-    /// How long the designated steward of an epoch has to commit before the next admin in
-    /// steward order may (one retry round).
-    pub group_commit_timeout_us: u64,
     /// Application messages kept per group log; older ones are pruned (handshake
     /// messages are kept).
     pub group_history_max: usize,
@@ -84,7 +81,6 @@ impl Default for NodeConfig {
             redeliver_after_max_us: 300_000_000,
             seen_send_ttl_us: 24 * 3_600_000_000,
             sweep_every_us: 10_000_000,
-            group_commit_timeout_us: 30_000_000,
             group_history_max: 10_000,
             groups_max: 10_000,
             group_proposals_per_epoch_max: 256,

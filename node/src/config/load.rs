@@ -64,9 +64,6 @@ impl Config {
         if c.sweep_every_us < 100_000 {
             return core("sweep_every_us", "must be at least 100_000 (100 ms)");
         }
-        if c.group_commit_timeout_us < 1_000_000 {
-            return core("group_commit_timeout_us", "must be at least 1_000_000 (1 s)");
-        }
         if c.group_history_max == 0 {
             return core("group_history_max", "must be at least 1");
         }

@@ -108,9 +108,6 @@ redeliver_after_max_us = {redeliver_after_max_us}
 seen_send_ttl_us = {seen_send_ttl_us}
 # Period of the housekeeping sweep of expired challenges and send records (µs).
 sweep_every_us = {sweep_every_us}
-# Groups (specs/groups.md): how long an epoch's designated steward has to commit before
-# the next admin in steward order may (µs).
-group_commit_timeout_us = {group_commit_timeout_us}
 # Application messages kept per group log (handshake messages are always kept).
 group_history_max = {group_history_max}
 # Groups this node hosts; beyond this GroupCreate gets Error{{Busy}}.
@@ -183,7 +180,6 @@ policy = "{policy}"
         redeliver_after_max_us = grouped(c.redeliver_after_max_us),
         seen_send_ttl_us = grouped(c.seen_send_ttl_us),
         sweep_every_us = grouped(c.sweep_every_us),
-        group_commit_timeout_us = grouped(c.group_commit_timeout_us),
         group_history_max = grouped(c.group_history_max as u64),
         groups_max = grouped(c.groups_max as u64),
         group_proposals_per_epoch_max = c.group_proposals_per_epoch_max,

@@ -28,11 +28,7 @@ impl World {
         let keys =
             MemberKeys { installation: id.installation.clone(), cert: id.cert.clone(), username: c.username.clone() };
         let key = keys.member_key();
-        let config = GroupConfig {
-            lifetime: LifetimeMode::Unbounded,
-            commit_timeout_us: self.sc.nodes.core.group_commit_timeout_us,
-            ..GroupConfig::default()
-        };
+        let config = GroupConfig { lifetime: LifetimeMode::Unbounded, ..GroupConfig::default() };
         c.group = Some(GroupCore::new(keys, seed, config));
         self.groups.client_of_key.insert(key, client);
     }

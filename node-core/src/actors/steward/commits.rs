@@ -92,8 +92,7 @@ pub(super) fn on_member_commit<S: Store>(
 ) -> Result<Accepted, StewardError> {
     let epoch = g.epoch();
     let committer = leaf_key(&g.public, index).ok_or(StewardError::NotMember)?;
-    let timeout = ctx.config.group_commit_timeout_us.max(1);
-    let round = ctx.now.saturating_sub(g.record.epoch_started_at_us) / timeout;
+    let round = nymstr_mls::commit_round(g.record.epoch_started_at_us, ctx.now);
     if !g.policy.is_admin(&committer) || !may_commit(group_id, epoch, round, &g.policy.admins, &committer) {
         return Err(StewardError::NotSteward { epoch, round });
     }
