@@ -49,3 +49,41 @@ pub(super) fn check_advert(a: &GroupAdvert, group_id: &GroupId, policy: &GroupPo
     }
     identity::verify(&a.admin_key, &identity::group_advert_bytes(a), &a.sig).map_err(|_| StewardError::BadSignature)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+    use nymstr_proto::wire::Sig;
+
+    fn advert(key: &SigningKey, group_node: Vec<u8>) -> GroupAdvert {
+        let mut a = GroupAdvert {
+            group_id: [7; 16],
+            name: "g".into(),
+            description: String::new(),
+            open: true,
+            group_node,
+            issued_at_us: 1,
+            admin_key: key.verifying_key().to_bytes(),
+            sig: Sig([0; 64]),
+        };
+        a.sig = identity::sign(key, &identity::group_advert_bytes(&a));
+        a
+    }
+
+    /// One bound for every transport address (`limits::ADDRESS_BYTES_MAX`): a Nym address
+    /// (134 bytes of text) is a valid group node, which the old 128-byte bound refused.
+    #[test]
+    fn a_nym_address_fits_and_the_bound_holds() {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let policy = GroupPolicy { admins: vec![key.verifying_key().to_bytes()], open: true };
+        let nym = format!("{}.{}@{}", "A".repeat(44), "B".repeat(44), "C".repeat(44)).into_bytes();
+        assert_eq!(nym.len(), 134);
+        let gid = [7; 16];
+        assert!(check_advert(&advert(&key, nym), &gid, &policy).is_ok());
+        let at_bound = vec![b'a'; ADDRESS_BYTES_MAX];
+        assert!(check_advert(&advert(&key, at_bound), &gid, &policy).is_ok());
+        let over = vec![b'a'; ADDRESS_BYTES_MAX + 1];
+        assert!(matches!(check_advert(&advert(&key, over), &gid, &policy), Err(StewardError::Malformed(_))));
+    }
+}
