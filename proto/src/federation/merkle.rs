@@ -288,7 +288,7 @@ impl DirTree {
     pub fn build(leaves: Vec<(Vec<u8>, Hash)>) -> Self {
         let mut leaves: Vec<(Hash, Vec<u8>, Hash)> = leaves.into_iter().map(|(k, v)| (dir_index(&k), k, v)).collect();
         // Stable: among equal keys the input order survives, so the last one is last.
-        leaves.sort_by(|a, b| a.0.cmp(&b.0));
+        leaves.sort_by_key(|l| l.0);
         let mut unique: Vec<(Hash, Vec<u8>, Hash)> = Vec::with_capacity(leaves.len());
         for l in leaves {
             match unique.last_mut() {
