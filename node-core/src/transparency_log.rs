@@ -1,5 +1,5 @@
 //! A discovery node's transparency log (`specs/transparency.md` §6): the directory of its
-//! users batched into epochs, a sorted Merkle tree of the directory per epoch, the Merkle
+//! users batched into epochs, a sparse Merkle tree of the directory per epoch, the Merkle
 //! log of epoch heads, the signed head of every epoch and the cosignatures witnesses gave
 //! it. Pure state over a [`Store`]; the federation actor decides when to seal.
 //!
@@ -40,6 +40,10 @@ pub struct TransparencyLog {
     previous: Option<Snapshot>,
     /// Mutations waiting for the next seal, by folded username.
     pending: BTreeMap<String, DirEntry>,
+    /// A leaf a misbehaving operator hides in every tree it seals (the simulator's
+    /// `split_view` adversary, `specs/sim.md` §10): `(tree key, entry)`. Never set by an
+    /// honest node; not persisted (such a node cannot recover its own log).
+    hidden: Option<(String, DirEntry)>,
 }
 
 fn epoch_key(epoch: u64) -> [u8; 8] {
@@ -91,7 +95,7 @@ impl TransparencyLog {
                 pending.insert(name, e);
             }
         }
-        let mut me = Self { node_id, log, current: None, previous: None, pending };
+        let mut me = Self { node_id, log, current: None, previous: None, pending, hidden: None };
         if let Some(head) = heads.pop() {
             // Entries as of the latest head, and as of the one before (entries changed in
             // the latest epoch are taken back to their previous version where kept).
@@ -172,7 +176,7 @@ impl TransparencyLog {
         for (name, e) in &pending {
             entries.insert(name.clone(), e.clone());
         }
-        let tree = tree_of(&entries);
+        let tree = tree_with(&entries, self.hidden.as_ref());
         let leaf = EpochLeaf { epoch, dir_root: tree.root(), dir_size: tree.len() };
         self.log.push(merkle::log_leaf_hash(&leaf));
         let head = TreeHead {
@@ -195,6 +199,12 @@ impl TransparencyLog {
         let snap = Snapshot { head: signed.clone(), tree, entries, cosignatures: BTreeMap::new() };
         self.previous = self.current.replace(snap);
         Ok(signed)
+    }
+
+    /// Misbehaviour, for the simulator's adversaries only: from the next seal on, every
+    /// tree also holds `entry` under `key` (see the `hidden` field).
+    pub fn hide_leaf(&mut self, key: String, entry: DirEntry) {
+        self.hidden = Some((key, entry));
     }
 
     /// Records a witness's cosignature of one of the two newest heads (already verified by
@@ -279,7 +289,18 @@ fn leaf_of(h: &TreeHead) -> EpochLeaf {
 
 /// The directory tree of `entries` (keys: folded usernames; values: entry hashes).
 pub fn tree_of(entries: &BTreeMap<String, DirEntry>) -> DirTree {
-    DirTree::build(entries.iter().map(|(k, e)| (k.as_bytes().to_vec(), merkle::entry_hash(e))).collect())
+    tree_with(entries, None)
+}
+
+/// [`tree_of`] with one more leaf `(key, entry)`, as a misbehaving operator builds it.
+pub fn tree_with(entries: &BTreeMap<String, DirEntry>, extra: Option<&(String, DirEntry)>) -> DirTree {
+    DirTree::build(
+        entries
+            .iter()
+            .chain(extra.map(|(k, e)| (k, e)))
+            .map(|(k, e)| (k.as_bytes().to_vec(), merkle::entry_hash(e)))
+            .collect(),
+    )
 }
 
 fn load_cosigs<S: Store>(store: &S, epoch: u64) -> Result<BTreeMap<NodeId, Cosignature>, StoreError> {

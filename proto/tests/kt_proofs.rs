@@ -4,10 +4,11 @@
 //! against, and the published test vectors (§5).
 
 use nymstr_proto::federation::merkle::{
-    DirProof, DirTree, LABEL_DIR_ENTRY, LABEL_DIR_NODE, LABEL_LOG_NODE, LogTree, Neighbour, ProofError, dir_empty_root,
-    dir_leaf_hash, hash, log_empty_root, log_leaf_hash, verify_consistency, verify_dir, verify_log_inclusion,
+    DirEnd, DirProof, DirTree, LABEL_DIR_ENTRY, LABEL_DIR_NODE, LABEL_LOG_NODE, LogTree, ProofError, dir_empty_root,
+    dir_index, dir_leaf_hash, hash, log_empty_root, log_leaf_hash, verify_consistency, verify_dir,
+    verify_log_inclusion,
 };
-use nymstr_proto::federation::{EpochLeaf, Hash};
+use nymstr_proto::federation::{EpochLeaf, Hash, PROOF_HASHES_MAX};
 use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
@@ -78,6 +79,59 @@ fn naive_proof(m: usize, d: &[Hash]) -> Vec<Hash> {
 }
 
 // ---------------------------------------------------------------------------------------
+// Naive sparse Merkle tree (`specs/transparency.md` §2): leaves placed by position, any
+// positions at all (a malicious node places them where it likes), and a prover that walks
+// down any position it is asked for.
+
+fn bit_of(h: &Hash, i: usize) -> bool {
+    h[i / 8] & (0x80 >> (i % 8)) != 0
+}
+
+/// Root of the subtree of `leaves` (position, leaf hash) at `depth`, recomputed from scratch.
+fn naive_smt(leaves: &[(Hash, Hash)], depth: usize) -> Hash {
+    match leaves {
+        [] => dir_empty_root(),
+        [(_, h)] => *h,
+        _ => {
+            let (l, r): (Vec<_>, Vec<_>) = leaves.iter().partition(|(p, _)| !bit_of(p, depth));
+            hash(LABEL_DIR_NODE, &[&naive_smt(&l, depth + 1), &naive_smt(&r, depth + 1)])
+        }
+    }
+}
+
+/// The path down `pos` in the naive tree: the proof a prover of that tree can give, ending
+/// on what it finds there (a leaf made with the index `pos` is the key's own).
+fn naive_prove_at(leaves: &[(Hash, Hash, Hash)], pos: &Hash) -> DirProof {
+    // (position, index the leaf hash was made with, value hash)
+    let mut here: Vec<(Hash, Hash, Hash)> = leaves.to_vec();
+    let mut depth = 0usize;
+    let mut bitmap = [0u8; 32];
+    let mut siblings = Vec::new();
+    while here.len() > 1 {
+        let (l, r): (Vec<_>, Vec<_>) = here.iter().partition(|(p, _, _)| !bit_of(p, depth));
+        let (next, other) = if bit_of(pos, depth) { (r, l) } else { (l, r) };
+        if !other.is_empty() {
+            bitmap[depth / 8] |= 0x80 >> (depth % 8);
+            let o: Vec<(Hash, Hash)> = other.iter().map(|(p, i, v)| (*p, dir_leaf_hash(i, v))).collect();
+            siblings.push(naive_smt(&o, depth + 1));
+        }
+        here = next;
+        depth += 1;
+    }
+    let end = match here.first() {
+        None => DirEnd::Empty,
+        Some((_, i, _)) if i == pos => DirEnd::Leaf,
+        Some((_, i, v)) => DirEnd::Other { index: *i, value_hash: *v },
+    };
+    DirProof { depth: depth as u16, bitmap, siblings, end }
+}
+
+fn naive_root(leaves: &[(Hash, Hash, Hash)]) -> Hash {
+    let v: Vec<(Hash, Hash)> = leaves.iter().map(|(p, i, v)| (*p, dir_leaf_hash(i, v))).collect();
+    naive_smt(&v, 0)
+}
+
+// ---------------------------------------------------------------------------------------
 // Helpers.
 
 fn value_of(key: &[u8]) -> Hash {
@@ -98,36 +152,29 @@ fn probes(n: usize) -> Vec<Vec<u8>> {
     v
 }
 
-fn leaf_hashes(t: &DirTree) -> Vec<Hash> {
-    t.iter().map(|(k, v)| dir_leaf_hash(k, v).unwrap()).collect()
-}
-
-fn neighbour(t: &DirTree, i: u64) -> Neighbour {
-    let (k, v) = t.iter().nth(i as usize).unwrap();
-    Neighbour { index: i, key: k.to_vec(), value_hash: *v, path: t.inclusion_path(i) }
-}
-
-fn claim(t: &DirTree, key: &[u8]) -> Option<Hash> {
-    t.get(key)
+/// The honest tree as positioned leaves (position = index).
+fn positioned(t: &DirTree) -> Vec<(Hash, Hash, Hash)> {
+    t.iter().map(|(k, v)| (dir_index(k), dir_index(k), *v)).collect()
 }
 
 fn check_honest(t: &DirTree, key: &[u8]) {
-    let (root, n) = (t.root(), t.len());
+    let root = t.root();
     let proof = t.prove(key);
-    let v = claim(t, key);
-    verify_dir(&root, n, key, v.as_ref(), &proof).unwrap_or_else(|e| panic!("n={n} key={key:?}: {e}"));
+    let v = t.get(key);
+    verify_dir(&root, key, v.as_ref(), &proof).unwrap_or_else(|e| panic!("n={} key={key:?}: {e}", t.len()));
+    assert!(proof.siblings.len() <= PROOF_HASHES_MAX);
     // The opposite claim never verifies.
     match v {
         Some(v) => {
-            assert!(matches!(proof, DirProof::Present { .. }));
-            assert!(verify_dir(&root, n, key, None, &proof).is_err());
+            assert_eq!(proof.end, DirEnd::Leaf);
+            assert!(verify_dir(&root, key, None, &proof).is_err());
             let mut w = v;
             w[0] ^= 1;
-            assert_eq!(verify_dir(&root, n, key, Some(&w), &proof), Err(ProofError::RootMismatch));
+            assert_eq!(verify_dir(&root, key, Some(&w), &proof), Err(ProofError::RootMismatch));
         }
         None => {
-            assert!(!matches!(proof, DirProof::Present { .. }));
-            assert!(verify_dir(&root, n, key, Some(&value_of(key)), &proof).is_err());
+            assert_ne!(proof.end, DirEnd::Leaf);
+            assert!(verify_dir(&root, key, Some(&value_of(key)), &proof).is_err());
         }
     }
 }
@@ -136,159 +183,81 @@ fn flip(h: &mut Hash, byte: usize) {
     h[byte % 32] ^= 0x80;
 }
 
-/// Every single-neighbour tampering.
-fn tampered_neighbours(n: &Neighbour) -> Vec<Neighbour> {
+/// Every single tampering of an honest proof.
+fn tampered(proof: &DirProof) -> Vec<DirProof> {
     let mut out = Vec::new();
-    for j in 0..n.path.len() {
+    let d = usize::from(proof.depth);
+    for j in 0..proof.siblings.len() {
         for byte in [0, 17, 31] {
-            let mut m = n.clone();
-            flip(&mut m.path[j], byte);
-            out.push(m);
+            let mut p = proof.clone();
+            flip(&mut p.siblings[j], byte);
+            out.push(p);
+        }
+        let mut p = proof.clone();
+        p.siblings.remove(j);
+        out.push(p);
+        let mut p = proof.clone();
+        p.siblings.insert(j, [j as u8; 32]);
+        out.push(p);
+    }
+    if proof.siblings.len() >= 2 && proof.siblings[0] != proof.siblings[1] {
+        let mut p = proof.clone();
+        p.siblings.swap(0, 1);
+        out.push(p);
+    }
+    for i in 0..d.min(256) {
+        // Move a sibling to empty or an empty one to a made-up hash.
+        let mut p = proof.clone();
+        p.bitmap[i / 8] ^= 0x80 >> (i % 8);
+        out.push(p.clone());
+        let set = (0..i).filter(|b| proof.bitmap[b / 8] & (0x80 >> (b % 8)) != 0).count();
+        if proof.bitmap[i / 8] & (0x80 >> (i % 8)) == 0 {
+            p.siblings.insert(set, [0x5a; 32]);
+        } else {
+            p.siblings.remove(set);
+        }
+        out.push(p);
+    }
+    for depth in [d.wrapping_sub(1), d + 1, 0, 256, 257] {
+        if depth != d && depth <= u16::MAX as usize {
+            let mut p = proof.clone();
+            p.depth = depth as u16;
+            out.push(p);
         }
     }
-    let mut m = n.clone();
-    flip(&mut m.value_hash, 3);
-    out.push(m);
-    let mut m = n.clone();
-    m.key.push(0);
-    out.push(m);
-    for idx in [n.index.wrapping_add(1), n.index.wrapping_sub(1), n.index ^ 2, u64::MAX] {
-        let mut m = n.clone();
-        m.index = idx;
-        out.push(m);
-    }
-    if !n.path.is_empty() {
-        let mut m = n.clone();
-        m.path.pop();
-        out.push(m);
-        let mut m = n.clone();
-        m.path.remove(0);
-        out.push(m);
-        let mut m = n.clone();
-        m.path.swap(0, n.path.len() - 1);
-        if m.path != n.path {
-            out.push(m);
+    // The end swapped for each other kind, or with one byte flipped.
+    let any = [0x33; 32];
+    for end in [DirEnd::Leaf, DirEnd::Empty, DirEnd::Other { index: any, value_hash: any }] {
+        if end != proof.end {
+            out.push(DirProof { end, ..proof.clone() });
         }
     }
-    let mut m = n.clone();
-    m.path.push([0; 32]);
-    out.push(m);
-    let mut m = n.clone();
-    m.path.insert(0, [9; 32]);
-    out.push(m);
-    out
-}
-
-/// Every tampering of an honest proof for `key` in `t`; none may verify for the honest claim.
-fn tampered(t: &DirTree, key: &[u8], proof: &DirProof) -> Vec<DirProof> {
-    let mut out = Vec::new();
-    match proof {
-        DirProof::Present { index, path } => {
-            for j in 0..path.len() {
-                for byte in [0, 13, 31] {
-                    let mut p = path.clone();
-                    flip(&mut p[j], byte);
-                    out.push(DirProof::Present { index: *index, path: p });
-                }
-            }
-            for idx in [index.wrapping_add(1), index.wrapping_sub(1), index ^ 1, u64::MAX] {
-                out.push(DirProof::Present { index: idx, path: path.clone() });
-            }
-            if !path.is_empty() {
-                out.push(DirProof::Present { index: *index, path: path[..path.len() - 1].to_vec() });
-                out.push(DirProof::Present { index: *index, path: path[1..].to_vec() });
-            }
-            let mut p = path.clone();
-            p.push(t.root());
-            out.push(DirProof::Present { index: *index, path: p });
-            // Absence proofs built from the real leaves around the present key.
-            let i = *index;
-            if i > 0 {
-                out.push(DirProof::AbsentBetween(neighbour(t, i - 1), neighbour(t, i)));
-            }
-            if i + 1 < t.len() {
-                out.push(DirProof::AbsentBetween(neighbour(t, i), neighbour(t, i + 1)));
-            }
-            if i > 0 && i + 1 < t.len() {
-                out.push(DirProof::AbsentBetween(neighbour(t, i - 1), neighbour(t, i + 1)));
-            }
-            out.push(DirProof::AbsentBefore(neighbour(t, 0)));
-            out.push(DirProof::AbsentAfter(neighbour(t, t.len() - 1)));
-            out.push(DirProof::AbsentEmpty);
-        }
-        DirProof::AbsentEmpty => {
-            out.push(DirProof::Present { index: 0, path: vec![] });
-        }
-        DirProof::AbsentBefore(n) => {
-            out.extend(tampered_neighbours(n).into_iter().map(DirProof::AbsentBefore));
-            out.push(DirProof::AbsentAfter(n.clone()));
-            out.push(DirProof::AbsentBetween(n.clone(), n.clone()));
-            out.push(DirProof::AbsentEmpty);
-            out.push(DirProof::Present { index: 0, path: n.path.clone() });
-            if t.len() > 1 {
-                out.push(DirProof::AbsentBefore(neighbour(t, 1)));
-                out.push(DirProof::AbsentBetween(neighbour(t, 0), neighbour(t, 1)));
-            }
-        }
-        DirProof::AbsentAfter(n) => {
-            out.extend(tampered_neighbours(n).into_iter().map(DirProof::AbsentAfter));
-            out.push(DirProof::AbsentBefore(n.clone()));
-            out.push(DirProof::AbsentEmpty);
-            out.push(DirProof::Present { index: n.index, path: n.path.clone() });
-            if t.len() > 1 {
-                let l = t.len();
-                out.push(DirProof::AbsentAfter(neighbour(t, l - 2)));
-                out.push(DirProof::AbsentBetween(neighbour(t, l - 2), neighbour(t, l - 1)));
-            }
-        }
-        DirProof::AbsentBetween(l, r) => {
-            for m in tampered_neighbours(l) {
-                out.push(DirProof::AbsentBetween(m, r.clone()));
-            }
-            for m in tampered_neighbours(r) {
-                out.push(DirProof::AbsentBetween(l.clone(), m));
-            }
-            // Swapped, non-adjacent, and neighbours of other gaps.
-            out.push(DirProof::AbsentBetween(r.clone(), l.clone()));
-            if r.index + 1 < t.len() {
-                out.push(DirProof::AbsentBetween(l.clone(), neighbour(t, r.index + 1)));
-                out.push(DirProof::AbsentBetween(r.clone(), neighbour(t, r.index + 1)));
-            }
-            if l.index > 0 {
-                out.push(DirProof::AbsentBetween(neighbour(t, l.index - 1), r.clone()));
-                out.push(DirProof::AbsentBetween(neighbour(t, l.index - 1), l.clone()));
-            }
-            out.push(DirProof::AbsentBefore(l.clone()));
-            out.push(DirProof::AbsentBefore(r.clone()));
-            out.push(DirProof::AbsentAfter(l.clone()));
-            out.push(DirProof::AbsentAfter(r.clone()));
-            out.push(DirProof::AbsentEmpty);
-            out.push(DirProof::Present { index: l.index, path: l.path.clone() });
+    if let DirEnd::Other { index, value_hash } = &proof.end {
+        for byte in [0, 31] {
+            let (mut i, mut v) = (*index, *value_hash);
+            flip(&mut i, byte);
+            out.push(DirProof { end: DirEnd::Other { index: i, value_hash: *value_hash }, ..proof.clone() });
+            flip(&mut v, byte);
+            out.push(DirProof { end: DirEnd::Other { index: *index, value_hash: v }, ..proof.clone() });
         }
     }
-    let _ = key;
+    out.retain(|p| p != proof);
     out
 }
 
 fn check_tampered(t: &DirTree, key: &[u8]) -> usize {
-    let (root, n) = (t.root(), t.len());
+    let root = t.root();
     let proof = t.prove(key);
-    let v = claim(t, key);
+    let v = t.get(key);
     let mut count = 0;
-    for bad in tampered(t, key, &proof) {
-        assert_ne!(bad, proof);
-        assert!(verify_dir(&root, n, key, v.as_ref(), &bad).is_err(), "n={n} key={key:?} accepted {bad:?}");
+    for bad in tampered(&proof) {
+        assert!(verify_dir(&root, key, v.as_ref(), &bad).is_err(), "n={} key={key:?} accepted {bad:?}", t.len());
         count += 1;
     }
-    // The honest proof against another root, or a size whose shape cannot match.
+    // The honest proof against another root.
     let mut other = root;
     flip(&mut other, 5);
-    assert!(verify_dir(&other, n, key, v.as_ref(), &proof).is_err());
-    assert!(verify_dir(&root, 2 * n + 1, key, v.as_ref(), &proof).is_err());
-    if n > 0 {
-        assert!(verify_dir(&root, 0, key, v.as_ref(), &proof).is_err());
-        assert!(verify_dir(&root, u64::MAX, key, v.as_ref(), &proof).is_err());
-    }
+    assert!(verify_dir(&other, key, v.as_ref(), &proof).is_err());
     count
 }
 
@@ -296,19 +265,22 @@ fn check_tampered(t: &DirTree, key: &[u8]) -> usize {
 // Directory tree.
 
 #[test]
-fn dir_roots_match_naive_rfc6962() {
+fn dir_roots_and_proofs_match_naive_sparse_tree() {
     for n in 0..=33 {
         let t = even_tree(n);
         assert_eq!(t.len(), n as u64);
-        assert_eq!(t.root(), naive_mth(&leaf_hashes(&t), LABEL_DIR_NODE, dir_empty_root()), "n={n}");
-        for i in 0..n {
-            assert_eq!(t.inclusion_path(i as u64), naive_path(i, &leaf_hashes(&t), LABEL_DIR_NODE));
+        let leaves = positioned(&t);
+        assert_eq!(t.root(), naive_root(&leaves), "n={n}");
+        for key in probes(n) {
+            assert_eq!(t.prove(&key), naive_prove_at(&leaves, &dir_index(&key)), "n={n} key={key:?}");
         }
     }
     assert_eq!(DirTree::build(vec![]).root(), hash("nymstr/v1/kt/dir-empty", &[]));
-    // One leaf: the root is the leaf hash.
+    // One leaf: the root is the leaf hash; its proof has no siblings.
     let t = even_tree(1);
-    assert_eq!(t.root(), dir_leaf_hash(&[2], &value_of(&[2])).unwrap());
+    assert_eq!(t.root(), dir_leaf_hash(&dir_index(&[2]), &value_of(&[2])));
+    assert_eq!(t.prove(&[2]), DirProof { depth: 0, bitmap: [0; 32], siblings: vec![], end: DirEnd::Leaf });
+    assert_eq!(dir_index(b"alice"), hash("nymstr/v1/kt/dir-index", &[b"alice"]));
 }
 
 #[test]
@@ -318,21 +290,12 @@ fn dir_every_key_and_every_gap_sizes_0_to_33() {
         for key in probes(n) {
             check_honest(&t, &key);
             let proof = t.prove(&key);
-            let expect = match (t.get(&key), key.as_slice()) {
-                (Some(_), _) => "present",
-                (None, _) if n == 0 => "empty",
-                (None, k) if k < &[2u8][..] => "before",
-                (None, k) if k > &[2 * n as u8][..] => "after",
-                _ => "between",
-            };
-            let got = match proof {
-                DirProof::Present { .. } => "present",
-                DirProof::AbsentEmpty => "empty",
-                DirProof::AbsentBefore(_) => "before",
-                DirProof::AbsentAfter(_) => "after",
-                DirProof::AbsentBetween(..) => "between",
-            };
-            assert_eq!(got, expect, "n={n} key={key:?}");
+            if n == 0 {
+                assert_eq!(proof, DirProof { depth: 0, bitmap: [0; 32], siblings: vec![], end: DirEnd::Empty });
+            }
+            if let DirEnd::Other { index, .. } = proof.end {
+                assert!(t.iter().any(|(k, _)| dir_index(k) == index), "n={n} key={key:?}");
+            }
         }
     }
 }
@@ -361,10 +324,14 @@ fn dir_large_random_tree() {
         keys.push(k);
     }
     let t = DirTree::build(keys.iter().map(|k| (k.clone(), value_of(k))).collect());
-    assert_eq!(t.root(), naive_mth(&leaf_hashes(&t), LABEL_DIR_NODE, dir_empty_root()));
+    assert_eq!(t.root(), naive_root(&positioned(&t)));
+    let mut longest = 0;
     for k in &keys {
         check_honest(&t, k);
+        longest = longest.max(t.prove(k).siblings.len());
     }
+    // About log2(3000) ≈ 12 siblings, far below the bound.
+    assert!(longest < 40, "{longest} siblings");
     for (i, k) in keys.iter().enumerate().take(300) {
         check_tampered(&t, k);
         let mut absent = k.clone();
@@ -392,8 +359,60 @@ fn dir_proof_of_another_tree_rejected() {
     let b = DirTree::build((0..10u8).map(|i| (vec![2 * i + 2], [i; 32])).collect());
     for key in probes(10) {
         let v = a.get(&key);
-        assert!(verify_dir(&b.root(), 10, &key, v.as_ref(), &a.prove(&key)).is_err(), "{key:?}");
+        assert!(verify_dir(&b.root(), &key, v.as_ref(), &a.prove(&key)).is_err(), "{key:?}");
     }
+}
+
+/// Every claim about `key` that some path of the malicious tree `leaves` proves: what a
+/// node holding that tree can show anyone. `values` are the values it may claim.
+fn provable_claims(leaves: &[(Hash, Hash, Hash)], key: &[u8], values: &[Hash]) -> Vec<Option<Hash>> {
+    let root = naive_root(leaves);
+    let mut positions: Vec<Hash> = leaves.iter().map(|l| l.0).collect();
+    positions.push(dir_index(key));
+    let mut claims = Vec::new();
+    for pos in &positions {
+        let mut proof = naive_prove_at(leaves, pos);
+        // Whatever the walk ended on, the prover may call it the key's leaf or not.
+        let ends = [DirEnd::Leaf, DirEnd::Empty, proof.end.clone()];
+        for end in ends {
+            proof.end = end;
+            for claim in values.iter().map(Some).chain([None]) {
+                if verify_dir(&root, key, claim, &proof).is_ok() && !claims.contains(&claim.copied()) {
+                    claims.push(claim.copied());
+                }
+            }
+        }
+    }
+    claims
+}
+
+/// Issue 10 item 4 (split view): a node that signs one root whose tree holds a name twice
+/// (its real leaf, and a substitute placed at another position, or at any depth) can
+/// make at most one claim about that name verify under that root.
+#[test]
+fn dir_one_root_proves_one_value_per_name() {
+    let (real, forged) = (value_of(b"alice's key"), value_of(b"mallory's key"));
+    let alice = dir_index(b"alice");
+    let honest: Vec<(Hash, Hash, Hash)> =
+        [&b"bob"[..], b"carol", b"dave"].iter().map(|k| (dir_index(k), dir_index(k), value_of(k))).collect();
+    let mut attempts: Vec<Vec<(Hash, Hash, Hash)>> = Vec::new();
+    // The substitute (made with alice's index, so that it would verify for her) placed at
+    // another name's position, or at a position sharing 1..255 bits of her index.
+    attempts.push([honest.clone(), vec![(alice, alice, real), (dir_index(b"mallory"), alice, forged)]].concat());
+    for shared in [1usize, 2, 8, 100, 255] {
+        let mut pos = alice;
+        pos[shared / 8] ^= 0x80 >> (shared % 8);
+        attempts.push([honest.clone(), vec![(alice, alice, real), (pos, alice, forged)]].concat());
+    }
+    // Alice's position holds the substitute and the real leaf sits elsewhere.
+    attempts.push([honest.clone(), vec![(alice, alice, forged), (dir_index(b"mallory"), alice, real)]].concat());
+    for leaves in &attempts {
+        let claims = provable_claims(leaves, b"alice", &[real, forged]);
+        assert_eq!(claims.len(), 1, "two claims about alice under one root: {claims:?}");
+    }
+    // The honest tree: exactly her value.
+    let t = DirTree::build(vec![(b"alice".to_vec(), real), (b"bob".to_vec(), value_of(b"bob"))]);
+    assert_eq!(provable_claims(&positioned(&t), b"alice", &[real, forged]), vec![Some(real)]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -542,25 +561,19 @@ fn arb_index() -> impl Strategy<Value = u64> {
     prop_oneof![0u64..40, any::<u64>(), Just(u64::MAX), Just(u64::MAX - 1)]
 }
 
-fn arb_neighbour() -> impl Strategy<Value = Neighbour> {
-    (
-        arb_index(),
-        proptest::collection::vec(any::<u8>(), 0..8),
-        arb_hash(),
-        proptest::collection::vec(arb_hash(), 0..70),
-    )
-        .prop_map(|(index, key, value_hash, path)| Neighbour { index, key, value_hash, path })
-}
-
 fn arb_proof() -> impl Strategy<Value = DirProof> {
-    prop_oneof![
-        (arb_index(), proptest::collection::vec(arb_hash(), 0..70))
-            .prop_map(|(index, path)| DirProof::Present { index, path }),
-        Just(DirProof::AbsentEmpty),
-        arb_neighbour().prop_map(DirProof::AbsentBefore),
-        arb_neighbour().prop_map(DirProof::AbsentAfter),
-        (arb_neighbour(), arb_neighbour()).prop_map(|(l, r)| DirProof::AbsentBetween(l, r)),
-    ]
+    let end = prop_oneof![
+        Just(DirEnd::Leaf),
+        Just(DirEnd::Empty),
+        (arb_hash(), arb_hash()).prop_map(|(index, value_hash)| DirEnd::Other { index, value_hash }),
+    ];
+    (
+        prop_oneof![0u16..20, Just(255), Just(256), Just(257), any::<u16>()],
+        arb_hash(),
+        proptest::collection::vec(arb_hash(), 0..140),
+        end,
+    )
+        .prop_map(|(depth, bitmap, siblings, end)| DirProof { depth, bitmap, siblings, end })
 }
 
 proptest! {
@@ -572,19 +585,19 @@ proptest! {
         lookups in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..6), 1..20),
     ) {
         let t = DirTree::build(keys.iter().map(|k| (k.clone(), value_of(k))).collect());
-        let (root, n) = (t.root(), t.len());
+        let root = t.root();
         for k in keys.iter().chain(&lookups) {
             let proof = t.prove(k);
             let present = keys.contains(k);
             prop_assert_eq!(t.get(k).is_some(), present);
             let truth = present.then(|| value_of(k));
-            prop_assert!(verify_dir(&root, n, k, truth.as_ref(), &proof).is_ok());
+            prop_assert!(verify_dir(&root, k, truth.as_ref(), &proof).is_ok());
             let lie = if present { None } else { Some(value_of(k)) };
-            prop_assert!(verify_dir(&root, n, k, lie.as_ref(), &proof).is_err());
+            prop_assert!(verify_dir(&root, k, lie.as_ref(), &proof).is_err());
             if present {
                 let mut w = value_of(k);
                 w[31] ^= 1;
-                prop_assert!(verify_dir(&root, n, k, Some(&w), &proof).is_err());
+                prop_assert!(verify_dir(&root, k, Some(&w), &proof).is_err());
             }
         }
     }
@@ -592,12 +605,11 @@ proptest! {
     #[test]
     fn prop_garbage_dir_proofs_never_panic(
         root in arb_hash(),
-        size in arb_index(),
         key in proptest::collection::vec(any::<u8>(), 0..8),
         value in proptest::option::of(arb_hash()),
         proof in arb_proof(),
     ) {
-        let _ = verify_dir(&root, size, &key, value.as_ref(), &proof);
+        let _ = verify_dir(&root, &key, value.as_ref(), &proof);
     }
 
     #[test]
@@ -674,11 +686,28 @@ const LOG_EMPTY: &str = "b514ccf06604015b815da21b8928f8cc9172d882c8bfd3979e02cc0
 const V_ALICE: &str = "c777bc2afae4019285d0fc710fa2ba12268265f3d6a2a9e7994060e2f37bb5a7";
 const V_BOB: &str = "de2dfcc8bb7c55f8e9e9639a54581cfe96bcca7f06b1d17a14867804cfe92dcb";
 const V_CAROL: &str = "a7949bffa68965237984066a5c18d04e577cc63809f4c2071be2b71cf2fd6cda";
-const L_ALICE: &str = "15de1619366e8ce698b3f4be0d6a7b83a837fba62fcad45df14896dda013fc93";
-const L_BOB: &str = "0ab3e5559ce616e75c7737b05db9a777bc5d8a35065e9527b5e61c605f8318e3";
-const L_CAROL: &str = "257bf94db28caf6aecc3412c401f83c08fcc7958562d746fc6243cc6af81b45d";
-const N_ALICE_BOB: &str = "f7c24bc25376c02da56c878c76b79da7f911ecbf7ad8e72dfc26f2cd87dfdcf1";
-const DIR_ROOT: &str = "9afe4f5807a08335a932c62b62f7b86099845f76736a0f77b801fd4a204b614e";
+const I_ALICE: &str = "043e15b768fab7a4c1fb73838cad5e5a580598271259c639d2695b7c3c0b5662";
+const I_BOB: &str = "19485d7439727e016f20263ef240a35694da90cda1242b240600e1f8f1167eed";
+const I_CAROL: &str = "77797f19c60b2229cde6c2a0899288a55096e9a7015a8da8aff351b6aef26b58";
+const L_ALICE: &str = "638b979bd709e9a76e81ee644989a532c3b0677386341e70260acf4bb0f116e0";
+const L_BOB: &str = "8c60ccb2c5adfeb9a46630df7aad1e96041e2834881d349876f1b0da60c711d7";
+const L_CAROL: &str = "d585d45ab6a13b10b40e92918ec2dddf3e79e97f1114e87946334f4841149c5a";
+const N_AB_E: &str = "1861c84825f1997126cd3c4b245fbc340f96aca82edf9ceb1a8abde1a65e82fc";
+const N_ABC: &str = "f03d0cdd6af19f9539d81f1796876949e322c65226b82a771ee6fc3e5061075a";
+const DIR_ROOT: &str = "dd33db7b13cac1a096f70f8b9ca625e7e23211e0024ba38e4eae6bee1bd212a2";
+// depth, bitmap (32 bytes), siblings (count, hashes), end (0 Leaf, 1 Empty, 2 Other index value).
+const PROOF_ALICE: &str = "045000000000000000000000000000000000000000000000000000000000000000\
+    02d585d45ab6a13b10b40e92918ec2dddf3e79e97f1114e87946334f4841149c5a\
+    8c60ccb2c5adfeb9a46630df7aad1e96041e2834881d349876f1b0da60c711d7\
+    00";
+const PROOF_DAVE: &str = "018000000000000000000000000000000000000000000000000000000000000000\
+    01f03d0cdd6af19f9539d81f1796876949e322c65226b82a771ee6fc3e5061075a\
+    01";
+const PROOF_GRACE: &str = "024000000000000000000000000000000000000000000000000000000000000000\
+    011861c84825f1997126cd3c4b245fbc340f96aca82edf9ceb1a8abde1a65e82fc\
+    02\
+    77797f19c60b2229cde6c2a0899288a55096e9a7015a8da8aff351b6aef26b58\
+    a7949bffa68965237984066a5c18d04e577cc63809f4c2071be2b71cf2fd6cda";
 
 const LOG_LEAVES: [&str; 5] = [
     "3dfbb612cb49db2940ab67962fc0cc7c6c46d7973492abcad71f6907437a8598",
@@ -700,34 +729,48 @@ const N_23: &str = "747d83dc827fea8961cb4033bf57d8e2240fb3dbe46257cc5d60893150fc
 fn vectors_directory() {
     assert_eq!(hx(&dir_empty_root()), DIR_EMPTY);
     let t = vector_dir();
-    let got: Vec<(String, String)> = t.iter().map(|(k, v)| (hx(v), hx(&dir_leaf_hash(k, v).unwrap()))).collect();
-    let want = [(V_ALICE, L_ALICE), (V_BOB, L_BOB), (V_CAROL, L_CAROL)];
-    assert_eq!(got, want.map(|(a, b)| (a.to_string(), b.to_string())));
-    assert_eq!(hx(&t.root()), DIR_ROOT);
-    // The root by hand: node(node(alice, bob), carol).
     let h = |s: &str| -> Hash { hex::decode(s).unwrap().try_into().unwrap() };
-    assert_eq!(hash(LABEL_DIR_NODE, &[&h(L_ALICE), &h(L_BOB)]), h(N_ALICE_BOB));
-    assert_eq!(hash(LABEL_DIR_NODE, &[&h(N_ALICE_BOB), &h(L_CAROL)]), h(DIR_ROOT));
-    // Leaf encoding by hand: u16_le(5) || "alice" || value.
-    assert_eq!(hash("nymstr/v1/kt/dir-leaf", &[&[5, 0], b"alice", &h(V_ALICE)]), h(L_ALICE));
+    for (name, v, i, l) in
+        [("alice", V_ALICE, I_ALICE, L_ALICE), ("bob", V_BOB, I_BOB, L_BOB), ("carol", V_CAROL, I_CAROL, L_CAROL)]
+    {
+        assert_eq!(hx(&value_of(name.as_bytes())), v);
+        assert_eq!(hx(&dir_index(name.as_bytes())), i);
+        assert_eq!(hx(&dir_leaf_hash(&h(i), &h(v))), l);
+        // Leaf encoding by hand: index || value.
+        assert_eq!(hash("nymstr/v1/kt/dir-leaf", &[&h(i), &h(v)]), h(l));
+    }
+    assert_eq!(hx(&t.root()), DIR_ROOT);
+    // The root by hand. Indices begin 0000 0100 (alice), 0001 1001 (bob), 0111 0111
+    // (carol): all go left at depth 0, carol right at depth 1, alice and bob part at 3.
+    let e = dir_empty_root();
+    let node = |a: &Hash, b: &Hash| hash(LABEL_DIR_NODE, &[a, b]);
+    let n_ab = node(&h(L_ALICE), &h(L_BOB));
+    assert_eq!(node(&n_ab, &e), h(N_AB_E));
+    assert_eq!(node(&h(N_AB_E), &h(L_CAROL)), h(N_ABC));
+    assert_eq!(node(&h(N_ABC), &e), h(DIR_ROOT));
 
-    let present = |k: &str| match t.prove(k.as_bytes()) {
-        DirProof::Present { index, path } => (index, hexes(&path)),
-        p => panic!("{p:?}"),
+    let bitmap = |b: u8| {
+        let mut m = [0u8; 32];
+        m[0] = b;
+        m
     };
-    assert_eq!(present("alice"), (0, vec![L_BOB.to_string(), L_CAROL.to_string()]));
-    assert_eq!(present("bob"), (1, vec![L_ALICE.to_string(), L_CAROL.to_string()]));
-    assert_eq!(present("carol"), (2, vec![N_ALICE_BOB.to_string()]));
-    let nb = |n: &Neighbour| (n.index, String::from_utf8(n.key.clone()).unwrap(), hx(&n.value_hash), hexes(&n.path));
-    let DirProof::AbsentBefore(n) = t.prove(b"aaron") else { panic!() };
-    assert_eq!(nb(&n), nb(&neighbour(&t, 0)));
-    assert_eq!(n.path.len(), 2);
-    let DirProof::AbsentBetween(l, r) = t.prove(b"bobby") else { panic!() };
-    assert_eq!((nb(&l).0, nb(&l).1, nb(&r).0, nb(&r).1), (1, "bob".into(), 2, "carol".into()));
-    assert_eq!(hexes(&r.path), vec![N_ALICE_BOB.to_string()]);
-    let DirProof::AbsentAfter(n) = t.prove(b"dave") else { panic!() };
-    assert_eq!((n.index, hexes(&n.path)), (2, vec![N_ALICE_BOB.to_string()]));
-    assert_eq!(t.prove(b"zed"), DirProof::AbsentAfter(n));
+    let alice = t.prove(b"alice");
+    assert_eq!(
+        alice,
+        DirProof { depth: 4, bitmap: bitmap(0x50), siblings: vec![h(L_CAROL), h(L_BOB)], end: DirEnd::Leaf }
+    );
+    let dave = t.prove(b"dave");
+    assert_eq!(dave, DirProof { depth: 1, bitmap: bitmap(0x80), siblings: vec![h(N_ABC)], end: DirEnd::Empty });
+    let grace = t.prove(b"grace");
+    let other = DirEnd::Other { index: h(I_CAROL), value_hash: h(V_CAROL) };
+    assert_eq!(grace, DirProof { depth: 2, bitmap: bitmap(0x40), siblings: vec![h(N_AB_E)], end: other });
+    for (p, enc) in [(&alice, PROOF_ALICE), (&dave, PROOF_DAVE), (&grace, PROOF_GRACE)] {
+        assert_eq!(hex::encode(nymstr_proto::codec::encode(p)), enc);
+        assert_eq!(&nymstr_proto::codec::decode::<DirProof>(&hex::decode(enc).unwrap()).unwrap(), p);
+    }
+    verify_dir(&t.root(), b"alice", Some(&h(V_ALICE)), &alice).unwrap();
+    verify_dir(&t.root(), b"dave", None, &dave).unwrap();
+    verify_dir(&t.root(), b"grace", None, &grace).unwrap();
 }
 
 #[test]

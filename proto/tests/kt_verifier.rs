@@ -7,7 +7,7 @@ use ed25519_dalek::SigningKey;
 use nymstr_proto::codec;
 use nymstr_proto::federation::descriptor::{self, DescriptorError, QualifiedName, QualifiedNameError};
 use nymstr_proto::federation::evidence::{self, EvidenceError, WitnessVerdict, WitnessView};
-use nymstr_proto::federation::merkle::{self, DirProof, DirTree, LogTree};
+use nymstr_proto::federation::merkle::{self, DirEnd, DirTree, LogTree};
 use nymstr_proto::federation::verify::{Outcome, TrustPolicy, Verifier};
 use nymstr_proto::federation::{
     Cosignature, DirEntry, EntryStatus, EpochLeaf, LookupProof, NodeDescriptor, NodeId, Roles, SignedHead, TreeHead,
@@ -233,8 +233,8 @@ fn tampered_directory_proof_is_inconsistent() {
     assert!(matches!(v.check_lookup(&w.log.id, "alice", &p), Outcome::Inconsistent(_)));
     // A flipped path hash.
     let mut p = w.log.lookup(0, "alice", 0);
-    let DirProof::Present { path, .. } = &mut p.dir_proof else { panic!("presence proof expected") };
-    path[0][0] ^= 1;
+    assert_eq!(p.dir_proof.end, DirEnd::Leaf, "presence proof expected");
+    p.dir_proof.siblings.first_mut().expect("a sibling (bob)")[0] ^= 1;
     assert!(matches!(v.check_lookup(&w.log.id, "alice", &p), Outcome::Inconsistent(_)));
     // Bob's honest entry and proof offered as alice's.
     let p = w.log.lookup(0, "bob", 0);

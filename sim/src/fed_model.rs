@@ -5,7 +5,8 @@
 //! the node's key can do on top of it: sign a second head for an epoch (equivocate, and
 //! have sybil nodes cosign it), put another key under a user's name through the
 //! operator's override (substitute_key), drop or delay what peers forward to it
-//! (drop_forwarded), or answer lookups from an old head (replay_head). Everything they
+//! (drop_forwarded), answer lookups from an old head (replay_head), or seal a tree that
+//! holds a user twice and show each side its own leaf (split_view). Everything they
 //! forge is built with the same `merkle`/`evidence` code honest nodes use.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,6 +41,18 @@ pub struct Attack {
     pub frozen: Option<Frozen>,
     /// equivocate / sybil: answers given so far (every other one is forged).
     pub answers: u64,
+    /// split_view: the second leaf the node hides in its tree.
+    pub split: Option<Split>,
+}
+
+/// split_view: the victim, whose own lookups see the real leaf, and the substitute entry
+/// (the attacker's key under the victim's name) hidden under `key` in every sealed tree.
+#[derive(Clone, Debug)]
+pub struct Split {
+    pub victim: u32,
+    pub username: String,
+    pub key: String,
+    pub entry: DirEntry,
 }
 
 #[derive(Clone, Debug)]

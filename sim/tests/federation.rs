@@ -64,7 +64,7 @@ fn cross_node_dms_are_delivered_and_lookups_verified() {
 /// key shown inconsistently, and no honest node is accused.
 #[test]
 fn every_adversary_is_detected_under_witness_quorum() {
-    for kind in ["equivocate", "substitute_key", "drop_forwarded", "replay_head", "sybil"] {
+    for kind in ["equivocate", "substitute_key", "drop_forwarded", "replay_head", "sybil", "split_view"] {
         let r = run(federation(5, "witness-quorum", &adversary(kind)));
         assert!(r.ok(), "{kind}: violations: {:#?}", r.invariants.violations);
         let f = fed(&r);

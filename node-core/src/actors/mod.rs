@@ -423,6 +423,11 @@ impl<S: Store> NodeCore<S> {
         self.federation.as_ref()
     }
 
+    /// The federation core, to misbehave with (the simulator's adversaries only).
+    pub fn federation_mut(&mut self) -> Option<&mut federation::Federation> {
+        self.federation.as_mut()
+    }
+
     /// Messages currently queued across all installations.
     pub fn queued_total(&self) -> u64 {
         self.relay.queued_total()

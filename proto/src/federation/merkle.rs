@@ -1,16 +1,17 @@
 //! Merkle trees of the transparency log (`specs/transparency.md` §1–§5).
 //!
-//! * [`DirTree`]: the directory, leaves `(key, value_hash)` sorted by key bytes, hashed as an
-//!   RFC 6962 tree (split at the largest power of two below the size) with the `dir-*`
-//!   labels; [`DirTree::prove`] gives presence and absence proofs ([`DirProof`]) that
-//!   [`verify_dir`] checks.
+//! * [`DirTree`]: the directory, a sparse Merkle tree of depth 256 in which a key's leaf
+//!   sits at the position [`dir_index`]`(key)`, so one root holds at most one leaf per key;
+//!   empty subtrees hash to one constant and a subtree of one leaf to the leaf itself.
+//!   [`DirTree::prove`] gives presence and absence proofs ([`DirProof`]: the key's path,
+//!   empty siblings left out by a bitmap) that [`verify_dir`] checks.
 //! * [`LogTree`]: the append-only head log, an RFC 9162 tree over leaf hashes already made
 //!   by [`log_leaf_hash`]; inclusion and consistency proofs per RFC 9162 §2.1.3 and §2.1.4
 //!   with the `log-*` labels in place of the `0x00` / `0x01` prefixes.
 //!
-//! Both trees keep every level of complete, aligned subtrees, so a subtree hash costs
-//! O(log n), a proof O(log² n) at worst, `LogTree::push` O(1) amortised and
-//! `DirTree::build` O(n log n) (the sort).
+//! The head log keeps every level of complete, aligned subtrees, so a subtree hash costs
+//! O(log n), a proof O(log² n) at worst and `LogTree::push` O(1) amortised; the directory
+//! keeps every node, so `DirTree::build` is O(n log n) and a proof O(depth).
 //!
 //! Verifiers take untrusted proofs straight off the wire and never panic: every malformed
 //! proof is a [`ProofError`]. Provers panic on out-of-range arguments (a caller bug).
@@ -19,9 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{DirEntry, EpochLeaf, Hash, PROOF_HASHES_MAX};
 
-pub use crate::limits::DIR_KEY_MAX;
-
 pub const LABEL_DIR_ENTRY: &str = "nymstr/v1/kt/dir-entry";
+pub const LABEL_DIR_INDEX: &str = "nymstr/v1/kt/dir-index";
 pub const LABEL_DIR_LEAF: &str = "nymstr/v1/kt/dir-leaf";
 pub const LABEL_DIR_NODE: &str = "nymstr/v1/kt/dir-node";
 pub const LABEL_DIR_EMPTY: &str = "nymstr/v1/kt/dir-empty";
@@ -55,59 +55,72 @@ pub enum ProofError {
     RootMismatch,
     #[error("proof has the wrong shape: {0}")]
     Shape(&'static str),
-    #[error("absence proof neighbours do not bracket the key")]
-    NotBracketing,
 }
 
-/// One neighbour in an absence proof: a present leaf with its inclusion path.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Neighbour {
-    pub index: u64,
-    #[serde(with = "serde_bytes")]
-    pub key: Vec<u8>,
-    pub value_hash: Hash,
-    #[serde(deserialize_with = "crate::bounded::vec::<_, _, PROOF_HASHES_MAX>")]
-    pub path: Vec<Hash>,
+/// `hash(LABEL_DIR_INDEX, key)`: where `key` lives in the directory tree. Bit `i` of the
+/// index (bit `7 − i mod 8` of byte `i / 8`, most significant first) chooses the side at
+/// depth `i`: 0 left, 1 right.
+pub fn dir_index(key: &[u8]) -> Hash {
+    hash(LABEL_DIR_INDEX, &[key])
 }
 
-/// Proof that a key is, or is not, in a directory tree of known root and size.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DirProof {
-    /// The key's leaf is at `index`; `path` is its audit path (leaf to root).
-    Present {
-        index: u64,
-        #[serde(deserialize_with = "crate::bounded::vec::<_, _, PROOF_HASHES_MAX>")]
-        path: Vec<Hash>,
-    },
-    /// The tree is empty.
-    AbsentEmpty,
-    /// The key sorts before the first leaf (index 0).
-    AbsentBefore(Neighbour),
-    /// The key sorts after the last leaf (index size-1).
-    AbsentAfter(Neighbour),
-    /// The key sorts between two adjacent leaves (indices i and i+1).
-    AbsentBetween(Neighbour, Neighbour),
+/// `hash(LABEL_DIR_LEAF, index || value_hash)`: the leaf of the entry at `index`.
+pub fn dir_leaf_hash(index: &Hash, value_hash: &Hash) -> Hash {
+    hash(LABEL_DIR_LEAF, &[index, value_hash])
 }
 
-/// `hash(LABEL_DIR_LEAF, u16_le(key.len()) || key || value_hash)`: the length prefix makes
-/// the encoding injective. `None` if `key` is longer than [`DIR_KEY_MAX`].
-pub fn dir_leaf_hash(key: &[u8], value_hash: &Hash) -> Option<Hash> {
-    let len = u16::try_from(key.len()).ok()?;
-    Some(hash(LABEL_DIR_LEAF, &[&len.to_le_bytes(), key, value_hash]))
-}
-
-/// Root of the empty directory tree: `hash(LABEL_DIR_EMPTY, [])`.
+/// Hash of every empty subtree, and root of the empty directory: `hash(LABEL_DIR_EMPTY, [])`.
 pub fn dir_empty_root() -> Hash {
     hash(LABEL_DIR_EMPTY, &[])
+}
+
+/// Bit `i` (0 = most significant bit of byte 0) of a 256-bit string.
+fn bit(h: &[u8; 32], i: usize) -> bool {
+    h[i / 8] & (0x80 >> (i % 8)) != 0
+}
+
+/// Whether `a` and `b` agree on their first `n` bits.
+fn same_prefix(a: &Hash, b: &Hash, n: usize) -> bool {
+    (0..n).all(|i| bit(a, i) == bit(b, i))
+}
+
+/// What a directory proof ends on, at the key's position and depth.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DirEnd {
+    /// The key's own leaf: presence (the value hash is the caller's).
+    Leaf,
+    /// An empty subtree: absence.
+    Empty,
+    /// A subtree holding one leaf, of another index sharing the key's first `depth` bits:
+    /// absence.
+    Other { index: Hash, value_hash: Hash },
+}
+
+/// Proof that a key is, or is not, in a directory tree of known root: the path from the
+/// root down the key's index to depth `depth`, where it ends on `end`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirProof {
+    /// How many levels the path goes down (0: the root is `end`); at most [`DIR_DEPTH`].
+    pub depth: u16,
+    /// Bit `i` set: the sibling at depth `i + 1` is a non-empty subtree, in `siblings`;
+    /// clear: it is empty (the constant [`dir_empty_root`]). Bits from `depth` on are clear.
+    pub bitmap: Hash,
+    /// The non-empty siblings, root side first.
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, PROOF_HASHES_MAX>")]
+    pub siblings: Vec<Hash>,
+    pub end: DirEnd,
+}
+
+/// Depth of the directory tree: one level per bit of an index.
+pub const DIR_DEPTH: usize = 256;
+
+fn dir_node(l: &Hash, r: &Hash) -> Hash {
+    hash(LABEL_DIR_NODE, &[l, r])
 }
 
 /// Root of the empty head log: `hash(LABEL_LOG_EMPTY, [])`.
 pub fn log_empty_root() -> Hash {
     hash(LABEL_LOG_EMPTY, &[])
-}
-
-fn dir_node(l: &Hash, r: &Hash) -> Hash {
-    hash(LABEL_DIR_NODE, &[l, r])
 }
 
 fn log_node(l: &Hash, r: &Hash) -> Hash {
@@ -151,16 +164,6 @@ impl Levels {
             self.levels[h + 1].push(parent);
             h += 1;
         }
-    }
-
-    fn from_leaves(leaves: Vec<Hash>, node: fn(&Hash, &Hash) -> Hash) -> Self {
-        let mut levels = vec![leaves];
-        while levels.last().is_some_and(|l| l.len() >= 2) {
-            let prev = levels.last().expect("non-empty");
-            let next: Vec<Hash> = prev.chunks_exact(2).map(|c| node(&c[0], &c[1])).collect();
-            levels.push(next);
-        }
-        Levels { levels }
     }
 
     /// MTH of leaves `lo..hi` (`lo < hi ≤ len`), RFC 6962 shape.
@@ -258,153 +261,169 @@ fn root_from_path(
     Ok(r)
 }
 
-/// The directory: leaves `(key, value_hash)` sorted by key bytes, hashed as an RFC 6962
-/// tree. Keeps every level so proofs cost O(log n).
+/// One node of a [`DirTree`]: an empty subtree, a subtree of one leaf (the leaf itself),
+/// or an interior node over two children (indices into the node arena).
+#[derive(Clone, Copy, Debug)]
+enum DirNode {
+    Empty,
+    Leaf(usize),
+    Inner(usize, usize),
+}
+
+/// The directory: a sparse Merkle tree of depth [`DIR_DEPTH`] over the leaves
+/// `(key, value_hash)`, each at the position [`dir_index`]`(key)`. Empty subtrees hash to
+/// [`dir_empty_root`], a subtree of one leaf to that leaf's hash, any other to
+/// `hash(LABEL_DIR_NODE, left || right)`. Keeps every node, so a proof costs O(depth).
 #[derive(Clone, Debug, Default)]
 pub struct DirTree {
-    keys: Vec<Vec<u8>>,
-    values: Vec<Hash>,
-    levels: Levels,
+    /// `(index, key, value_hash)` sorted by index, indices unique.
+    leaves: Vec<(Hash, Vec<u8>, Hash)>,
+    /// Hash and shape of every node; the root is the last (empty when there are no leaves).
+    nodes: Vec<(Hash, DirNode)>,
 }
 
 impl DirTree {
-    /// Builds from leaves in any order; duplicate keys are an error of the caller (last wins).
-    ///
-    /// # Panics
-    /// If a key is longer than [`DIR_KEY_MAX`] bytes.
-    pub fn build(mut leaves: Vec<(Vec<u8>, Hash)>) -> Self {
+    /// Builds from leaves in any order; duplicate keys are an error of the caller (last
+    /// wins). O(n log n).
+    pub fn build(leaves: Vec<(Vec<u8>, Hash)>) -> Self {
+        let mut leaves: Vec<(Hash, Vec<u8>, Hash)> = leaves.into_iter().map(|(k, v)| (dir_index(&k), k, v)).collect();
         // Stable: among equal keys the input order survives, so the last one is last.
-        leaves.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut keys: Vec<Vec<u8>> = Vec::with_capacity(leaves.len());
-        let mut values: Vec<Hash> = Vec::with_capacity(leaves.len());
-        for (k, v) in leaves {
-            if keys.last() == Some(&k) {
-                *values.last_mut().expect("parallel vectors") = v;
-            } else {
-                keys.push(k);
-                values.push(v);
+        leaves.sort_by_key(|l| l.0);
+        let mut unique: Vec<(Hash, Vec<u8>, Hash)> = Vec::with_capacity(leaves.len());
+        for l in leaves {
+            match unique.last_mut() {
+                Some(last) if last.0 == l.0 => *last = l,
+                _ => unique.push(l),
             }
         }
-        let hashes = keys
-            .iter()
-            .zip(&values)
-            .map(|(k, v)| dir_leaf_hash(k, v).expect("directory key longer than DIR_KEY_MAX"))
-            .collect();
-        DirTree { keys, values, levels: Levels::from_leaves(hashes, dir_node) }
+        let mut tree = DirTree { leaves: unique, nodes: Vec::new() };
+        if !tree.leaves.is_empty() {
+            tree.nodes.reserve(2 * tree.leaves.len());
+            tree.build_node(0, tree.leaves.len(), 0);
+        }
+        tree
     }
+
+    /// Pushes the subtree of leaves `lo..hi` (all sharing their first `depth` bits) and
+    /// returns its node.
+    fn build_node(&mut self, lo: usize, hi: usize, depth: usize) -> usize {
+        let node = match hi - lo {
+            0 => (dir_empty_root(), DirNode::Empty),
+            1 => {
+                let (index, _, value) = &self.leaves[lo];
+                (dir_leaf_hash(index, value), DirNode::Leaf(lo))
+            }
+            _ => {
+                // Distinct indices differ in some bit, so two leaves never reach DIR_DEPTH.
+                let mid = lo + self.leaves[lo..hi].partition_point(|l| !bit(&l.0, depth));
+                let l = self.build_node(lo, mid, depth + 1);
+                let r = self.build_node(mid, hi, depth + 1);
+                (dir_node(&self.nodes[l].0, &self.nodes[r].0), DirNode::Inner(l, r))
+            }
+        };
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
     pub fn len(&self) -> u64 {
-        self.keys.len() as u64
+        self.leaves.len() as u64
     }
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.leaves.is_empty()
     }
     pub fn root(&self) -> Hash {
-        self.levels.root(self.len(), dir_node, dir_empty_root)
+        self.nodes.last().map_or_else(dir_empty_root, |n| n.0)
     }
     /// The value hash under `key`, if present.
     pub fn get(&self, key: &[u8]) -> Option<Hash> {
-        self.keys.binary_search_by(|k| k.as_slice().cmp(key)).ok().map(|i| self.values[i])
+        let index = dir_index(key);
+        self.leaves.binary_search_by(|l| l.0.cmp(&index)).ok().map(|i| self.leaves[i].2)
     }
-    /// The leaves in key order.
+    /// The leaves `(key, value_hash)` in index order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Hash)> {
-        self.keys.iter().map(Vec::as_slice).zip(&self.values)
+        self.leaves.iter().map(|(_, k, v)| (k.as_slice(), v))
     }
-    /// Audit path (leaf to root) of the leaf at `index`.
-    ///
-    /// # Panics
-    /// If `index ≥ len`.
-    pub fn inclusion_path(&self, index: u64) -> Vec<Hash> {
-        assert!(index < self.len(), "DirTree::inclusion_path: index {index} out of range");
-        self.levels.path(index, self.len(), dir_node)
-    }
-    fn neighbour(&self, i: usize) -> Neighbour {
-        Neighbour {
-            index: i as u64,
-            key: self.keys[i].clone(),
-            value_hash: self.values[i],
-            path: self.inclusion_path(i as u64),
-        }
-    }
+    /// The proof for `key`: its own leaf if present, else the empty subtree or the one
+    /// other leaf where its path ends.
     pub fn prove(&self, key: &[u8]) -> DirProof {
-        let n = self.keys.len();
-        match self.keys.binary_search_by(|k| k.as_slice().cmp(key)) {
-            Ok(i) => DirProof::Present { index: i as u64, path: self.inclusion_path(i as u64) },
-            Err(_) if n == 0 => DirProof::AbsentEmpty,
-            Err(0) => DirProof::AbsentBefore(self.neighbour(0)),
-            Err(i) if i == n => DirProof::AbsentAfter(self.neighbour(n - 1)),
-            Err(i) => DirProof::AbsentBetween(self.neighbour(i - 1), self.neighbour(i)),
+        let index = dir_index(key);
+        let mut proof = DirProof { depth: 0, bitmap: [0; 32], siblings: Vec::new(), end: DirEnd::Empty };
+        let Some(mut at) = self.nodes.len().checked_sub(1) else { return proof };
+        let mut depth = 0usize;
+        loop {
+            match self.nodes[at].1 {
+                DirNode::Empty => break,
+                DirNode::Leaf(i) => {
+                    let (other, _, value_hash) = &self.leaves[i];
+                    proof.end = if *other == index {
+                        DirEnd::Leaf
+                    } else {
+                        DirEnd::Other { index: *other, value_hash: *value_hash }
+                    };
+                    break;
+                }
+                DirNode::Inner(l, r) => {
+                    let (next, sibling) = if bit(&index, depth) { (r, l) } else { (l, r) };
+                    if !matches!(self.nodes[sibling].1, DirNode::Empty) {
+                        proof.bitmap[depth / 8] |= 0x80 >> (depth % 8);
+                        proof.siblings.push(self.nodes[sibling].0);
+                    }
+                    at = next;
+                    depth += 1;
+                }
+            }
         }
+        proof.depth = u16::try_from(depth).expect("depth ≤ DIR_DEPTH");
+        proof
     }
 }
 
-/// Checks that `(key, value_hash)` is leaf `index` of the directory tree `(root, size)`.
-fn verify_dir_leaf(
-    root: &Hash,
-    size: u64,
-    key: &[u8],
-    value_hash: &Hash,
-    index: u64,
-    path: &[Hash],
-) -> Result<(), ProofError> {
-    let leaf = dir_leaf_hash(key, value_hash).ok_or(ProofError::Shape("key too long"))?;
-    if root_from_path(&leaf, index, size, path, dir_node)? == *root { Ok(()) } else { Err(ProofError::RootMismatch) }
-}
-
-fn verify_neighbour(root: &Hash, size: u64, n: &Neighbour) -> Result<(), ProofError> {
-    verify_dir_leaf(root, size, &n.key, &n.value_hash, n.index, &n.path)
-}
-
-/// Checks `proof` for `key` against `(root, size)`. `value_hash` is `Some` to check
-/// presence of exactly that value, `None` to check absence.
-pub fn verify_dir(
-    root: &Hash,
-    size: u64,
-    key: &[u8],
-    value_hash: Option<&Hash>,
-    proof: &DirProof,
-) -> Result<(), ProofError> {
-    match (value_hash, proof) {
-        (Some(v), DirProof::Present { index, path }) => verify_dir_leaf(root, size, key, v, *index, path),
-        (Some(_), _) => Err(ProofError::Shape("absence proof offered for presence")),
-        (None, DirProof::Present { .. }) => Err(ProofError::Shape("presence proof offered for absence")),
-        (None, DirProof::AbsentEmpty) => {
-            if size != 0 {
-                Err(ProofError::Shape("empty-tree proof for a non-empty tree"))
-            } else if *root != dir_empty_root() {
-                Err(ProofError::RootMismatch)
-            } else {
-                Ok(())
-            }
-        }
-        (None, DirProof::AbsentBefore(n)) => {
-            if n.index != 0 {
-                return Err(ProofError::Shape("before-neighbour is not leaf 0"));
-            }
-            if key >= n.key.as_slice() {
-                return Err(ProofError::NotBracketing);
-            }
-            verify_neighbour(root, size, n)
-        }
-        (None, DirProof::AbsentAfter(n)) => {
-            if size == 0 || n.index != size - 1 {
-                return Err(ProofError::Shape("after-neighbour is not the last leaf"));
-            }
-            if key <= n.key.as_slice() {
-                return Err(ProofError::NotBracketing);
-            }
-            verify_neighbour(root, size, n)
-        }
-        (None, DirProof::AbsentBetween(l, r)) => {
-            if l.index.checked_add(1) != Some(r.index) {
-                return Err(ProofError::Shape("neighbours are not adjacent"));
-            }
-            if !(l.key.as_slice() < key && key < r.key.as_slice()) {
-                return Err(ProofError::NotBracketing);
-            }
-            verify_neighbour(root, size, l)?;
-            verify_neighbour(root, size, r)
-        }
+/// Checks `proof` for `key` against the directory root `root`. `value_hash` is `Some` to
+/// check presence of exactly that value, `None` to check absence. One root admits at most
+/// one verifying outcome per key: the path is the key's index, and leaf, node and empty
+/// hashes are told apart by their labels.
+pub fn verify_dir(root: &Hash, key: &[u8], value_hash: Option<&Hash>, proof: &DirProof) -> Result<(), ProofError> {
+    let depth = usize::from(proof.depth);
+    if depth > DIR_DEPTH {
+        return Err(ProofError::Shape("path deeper than the tree"));
     }
+    if proof.siblings.len() > PROOF_HASHES_MAX {
+        return Err(ProofError::Shape("too many siblings"));
+    }
+    if (depth..DIR_DEPTH).any(|i| bit(&proof.bitmap, i)) {
+        return Err(ProofError::Shape("bitmap marks a sibling below the path"));
+    }
+    let marked: u32 = proof.bitmap.iter().map(|b| b.count_ones()).sum();
+    if marked as usize != proof.siblings.len() {
+        return Err(ProofError::Shape("bitmap and siblings disagree"));
+    }
+    let index = dir_index(key);
+    let mut h = match (value_hash, &proof.end) {
+        (Some(v), DirEnd::Leaf) => dir_leaf_hash(&index, v),
+        (Some(_), _) => return Err(ProofError::Shape("absence proof offered for presence")),
+        (None, DirEnd::Leaf) => return Err(ProofError::Shape("presence proof offered for absence")),
+        (None, DirEnd::Empty) => dir_empty_root(),
+        (None, DirEnd::Other { index: other, value_hash }) => {
+            if *other == index {
+                return Err(ProofError::Shape("the other leaf is the key's own"));
+            }
+            if !same_prefix(other, &index, depth) {
+                return Err(ProofError::Shape("the other leaf is off the key's path"));
+            }
+            dir_leaf_hash(other, value_hash)
+        }
+    };
+    let mut next = proof.siblings.len();
+    for i in (0..depth).rev() {
+        let sibling = if bit(&proof.bitmap, i) {
+            next -= 1;
+            proof.siblings[next]
+        } else {
+            dir_empty_root()
+        };
+        h = if bit(&index, i) { dir_node(&sibling, &h) } else { dir_node(&h, &sibling) };
+    }
+    if h == *root { Ok(()) } else { Err(ProofError::RootMismatch) }
 }
 
 /// The append-only head log: an RFC 6962 / RFC 9162 Merkle tree over leaf hashes.
@@ -620,13 +639,13 @@ mod tests {
         assert_eq!(t.get(b"b"), Some(v(3)));
         assert_eq!(t.get(b"c"), None);
         let root = t.root();
-        verify_dir(&root, 2, b"b", Some(&v(3)), &t.prove(b"b")).unwrap();
-        assert!(verify_dir(&root, 2, b"b", Some(&v(1)), &t.prove(b"b")).is_err());
+        verify_dir(&root, b"b", Some(&v(3)), &t.prove(b"b")).unwrap();
+        assert!(verify_dir(&root, b"b", Some(&v(1)), &t.prove(b"b")).is_err());
         for k in [&b""[..], b"aa", b"c"] {
-            verify_dir(&root, 2, k, None, &t.prove(k)).unwrap();
+            verify_dir(&root, k, None, &t.prove(k)).unwrap();
         }
         assert_eq!(DirTree::build(vec![]).root(), dir_empty_root());
-        verify_dir(&dir_empty_root(), 0, b"x", None, &DirTree::default().prove(b"x")).unwrap();
+        verify_dir(&dir_empty_root(), b"x", None, &DirTree::default().prove(b"x")).unwrap();
     }
 
     #[test]
@@ -637,9 +656,12 @@ mod tests {
         assert!(verify_consistency(u64::MAX, &h, u64::MAX, &h, &[h]).is_err());
         assert!(verify_consistency(u64::MAX - 1, &h, u64::MAX, &h, &[h; 130]).is_err());
         assert!(verify_consistency(1, &h, u64::MAX, &h, &[h; 64]).is_err());
-        let n = Neighbour { index: u64::MAX, key: vec![0; 70_000], value_hash: h, path: vec![] };
-        let p = DirProof::AbsentBetween(n.clone(), n.clone());
-        assert!(verify_dir(&h, u64::MAX, b"k", None, &p).is_err());
-        assert!(verify_dir(&h, 0, b"k", None, &DirProof::AbsentAfter(n)).is_err());
+        let deep = DirProof { depth: u16::MAX, bitmap: [0xff; 32], siblings: vec![h; 256], end: DirEnd::Empty };
+        assert!(verify_dir(&h, &[0; 70_000], None, &deep).is_err());
+        let full = DirProof { depth: 256, bitmap: [0xff; 32], siblings: vec![h; 256], end: DirEnd::Empty };
+        assert!(verify_dir(&h, b"k", None, &full).is_err());
+        let all =
+            DirProof { depth: 256, bitmap: [0; 32], siblings: vec![], end: DirEnd::Other { index: h, value_hash: h } };
+        assert!(verify_dir(&h, b"k", None, &all).is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! Federation, pure part (`SPECv1.md` §9, `specs/transparency.md`): node identity and
-//! descriptors, the per-node transparency log (a sorted Merkle tree of the directory and a
+//! descriptors, the per-node transparency log (a sparse Merkle tree of the directory and a
 //! Merkle log of epoch heads), signed tree heads, witness cosignatures, fork certificates,
 //! and the client-side verifier with its pins and trust policies.
 //!
@@ -119,7 +119,7 @@ pub struct DirEntry {
 pub struct TreeHead {
     pub node_id: NodeId,
     pub epoch: u64,
-    /// Root of the sorted directory tree ([`merkle::DirTree`]) after the epoch's mutations.
+    /// Root of the sparse directory tree ([`merkle::DirTree`]) after the epoch's mutations.
     pub dir_root: Hash,
     /// Entries in the directory tree.
     pub dir_size: u64,

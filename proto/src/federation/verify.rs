@@ -343,9 +343,7 @@ impl Verifier {
         {
             return Outcome::Inconsistent("entry is for another username".into());
         }
-        if let Err(e) =
-            merkle::verify_dir(&head.dir_root, head.dir_size, name.as_bytes(), value.as_ref(), &proof.dir_proof)
-        {
+        if let Err(e) = merkle::verify_dir(&head.dir_root, name.as_bytes(), value.as_ref(), &proof.dir_proof) {
             return Outcome::Inconsistent(format!("directory proof: {e}"));
         }
         // Head and proofs hold: the head is the newest accepted whatever the entry says.

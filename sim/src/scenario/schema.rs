@@ -478,6 +478,9 @@ pub enum AdversaryKind {
     ReplayHead,
     /// Adds `count` fresh nodes that vouch for `node`.
     Sybil,
+    /// Signs one head whose tree holds a user twice; shows the user the real leaf and
+    /// everyone else the substitute.
+    SplitView,
 }
 
 /// One `[[adversaries]]` entry: from `at`, discovery node `node` misbehaves as `kind` says.

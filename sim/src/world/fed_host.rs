@@ -8,9 +8,10 @@ use nymstr_node_core::actors::{Address, Peer};
 use nymstr_node_core::store::MemStore;
 use nymstr_proto::codec;
 use nymstr_proto::federation::NodeId;
+use nymstr_proto::identity;
 use nymstr_proto::wire::{Body, Envelope};
 
-use crate::fed_model::{Attack, FedSim, Frozen};
+use crate::fed_model::{Attack, FedSim, Frozen, Split};
 use crate::mixnet::Us;
 use crate::report;
 use crate::rng;
@@ -247,12 +248,38 @@ impl World {
                         Some(Frozen { head: head.clone(), cosignatures, entries: entries.clone(), tree });
                 }
             }
+            AdversaryKind::SplitView => {
+                // Its first settled user; the substitute (the attacker's key under the
+                // user's name) goes under a second key in every tree sealed from now on.
+                // A sparse tree places a leaf by its key, so that second key is the best
+                // it can do: the user's own position holds the real leaf.
+                let epoch = fed.scenario.epoch.us();
+                let list = &self.nodes[node as usize].registered;
+                let Some(victim) = list.iter().copied().find(|c| self.settled(*c, epoch)) else { return };
+                let fed = self.fed.as_mut().expect("federation");
+                let Some(core) = self.nodes[node as usize].core.as_mut() else { return };
+                let Ok(username) = identity::normalize_username(&self.clients[victim as usize].username) else {
+                    return;
+                };
+                let Some(real) = core.federation().and_then(|f| f.log().newest_entry(&username)).cloned() else {
+                    return;
+                };
+                let Some(first) = real.installations.first() else { return };
+                let mut entry = real.clone();
+                entry.account_key = fed.attacker.verifying_key().to_bytes();
+                entry.installations = vec![fed.attacker_cert(first)];
+                let key = format!("{username}\u{0}");
+                if let Some(f) = core.federation_mut() {
+                    f.log_mut().hide_leaf(key.clone(), entry.clone());
+                }
+                fed.attacks[index as usize].split = Some(Split { victim, username, key, entry });
+            }
             AdversaryKind::Equivocate | AdversaryKind::DropForwarded => {}
         }
     }
 
     /// What a misbehaving node changes in its own outputs: lookup answers.
-    pub(super) fn fed_intercept(&mut self, node: u32, mut env: Envelope) -> Option<Envelope> {
+    pub(super) fn fed_intercept(&mut self, node: u32, to: &Peer, mut env: Envelope) -> Option<Envelope> {
         let Some(fed) = self.fed.as_mut() else { return Some(env) };
         let Body::KtLookupResult { proof, .. } = &mut env.body else { return Some(env) };
         // Only its own answers: a remote node's answer it relays carries that node's
@@ -284,6 +311,29 @@ impl World {
                 if fed.attacks[a].spec.kind == AdversaryKind::Sybil { fed.sybils.clone() } else { Vec::new() };
             if let Some(forged) = fed.forge(node, entries, &username, proof, &cosigners) {
                 **proof = forged;
+                fed.attacks[a].acted_at.get_or_insert(now);
+            }
+            return Some(env);
+        }
+        if let Some(a) = fed.active(node, &[AdversaryKind::SplitView])
+            && let Some(split) = fed.attacks[a].split.clone()
+            && proof.entry.as_ref().is_some_and(|e| e.username == split.username)
+            && *to != Peer::Tag(self.clients[split.victim as usize].tag)
+        {
+            // Everyone but the user is shown the substitute, with the proof of its leaf,
+            // under the one head the witnesses cosigned (once that head holds it).
+            let Some(core) = self.nodes[node as usize].core.as_ref() else { return Some(env) };
+            let Some(f) = core.federation() else { return Some(env) };
+            let cfg = &self.sc.nodes.core.federation;
+            let quorum = fed.node_config(0).serve_quorum;
+            let Some((head, entries, _)) = f.log().served_view(now, quorum, cfg.serve_grace_us) else {
+                return Some(env);
+            };
+            let tree =
+                nymstr_node_core::transparency_log::tree_with(entries, Some(&(split.key.clone(), split.entry.clone())));
+            if head.head == proof.head.head && tree.root() == head.head.dir_root {
+                proof.entry = Some(split.entry.clone());
+                proof.dir_proof = tree.prove(split.key.as_bytes());
                 fed.attacks[a].acted_at.get_or_insert(now);
             }
             return Some(env);

@@ -61,7 +61,7 @@ impl World {
     }
 
     pub(super) fn node_transmit(&mut self, node: u32, to: Peer, env: Envelope) {
-        let env = match self.fed_intercept(node, env) {
+        let env = match self.fed_intercept(node, &to, env) {
             Some(env) => env,
             None => return,
         };

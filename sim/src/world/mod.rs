@@ -70,6 +70,7 @@ impl World {
                     victim: None,
                     frozen: None,
                     answers: 0,
+                    split: None,
                 })
                 .collect();
             fs

@@ -121,6 +121,11 @@ impl Federation {
         &self.log
     }
 
+    /// The log, to misbehave with (the simulator's adversaries only).
+    pub fn log_mut(&mut self) -> &mut TransparencyLog {
+        &mut self.log
+    }
+
     /// Authenticated peers, in id order.
     pub fn peers(&self) -> impl Iterator<Item = (&NodeId, &Address)> {
         self.peers.iter()
