@@ -132,9 +132,8 @@ pub struct ClientCore {
     deliveries_handled: u64,
     transmits: Vec<Envelope>,
     events: VecDeque<Event>,
-    /// Our own direct address while the host listens, and whether offers are accepted.
+    /// Our own direct address while the host listens.
     direct_addr: Option<DirectAddress>,
-    accept_offers: bool,
     direct: BTreeMap<String, DirectPeer>,
     direct_attempts: BTreeMap<u64, DirectAttempt>,
     direct_transmits: Vec<DirectTransmit>,
@@ -251,7 +250,6 @@ impl ClientCore {
             transmits: Vec::new(),
             events: VecDeque::new(),
             direct_addr: None,
-            accept_offers: false,
             direct: BTreeMap::new(),
             direct_attempts: BTreeMap::new(),
             direct_transmits: Vec::new(),
