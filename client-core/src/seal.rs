@@ -6,11 +6,15 @@
 //! associated data binds the ciphertext to `(from, to_installation, msg_id)` as routed by
 //! the node. Inside, the sender's installation signs the message (inner signature), and
 //! carries its certificate so the recipient can check it against the account key it pinned.
+//! The inner signature covers both names qualified with their node (`user@<node id>`, see
+//! [`signed_name`]), so a node cannot relabel a sender as a namesake of another namespace.
 
 use chacha20poly1305::aead::Aead;
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce};
 use ed25519_dalek::SigningKey;
 use nymstr_proto::codec;
+use nymstr_proto::federation::NodeId;
+use nymstr_proto::federation::descriptor::QualifiedName;
 use nymstr_proto::identity::{self, signing_bytes};
 use nymstr_proto::wire::{DhPublicKey, InstallationCert, InstallationId, MsgId, PublicKey};
 use rand_core::Rng;
@@ -28,7 +32,8 @@ pub struct SealedDm {
     pub ciphertext: Vec<u8>,
 }
 
-/// The plaintext inside a sealed DM.
+/// The plaintext inside a sealed DM. `from_username` and `to_username` are the names as
+/// signed: qualified with their node (`signed_name`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DmInner {
     pub from_username: String,
@@ -163,14 +168,59 @@ fn inner_signing_bytes(
     signing_bytes(LABEL_DM_INNER, &(eph_pub, from_username, to_username, to_installation, msg_id, sent_at_us, body))
 }
 
-/// Who is sending: the installation's signing key and certificate.
+/// The name a seal signs for `name` as seen by a client whose home node is `home`: a
+/// qualified name (`user@<node id>`) stays as it is, a name of the home node is qualified
+/// with the home's id, and stays bare only when the client knows no home id (a node that
+/// does not federate has one namespace).
+pub fn signed_name(name: &str, home: Option<&NodeId>) -> String {
+    match home {
+        Some(node) if !name.contains('@') => QualifiedName { username: name.to_string(), node: *node }.to_string(),
+        _ => name.to_string(),
+    }
+}
+
+/// Whether the names a sender signed fit the delivery (`specs/relay.md` §7, opening step
+/// 5): `routed_from` is the sender's name as the recipient's node routed it (`user` of
+/// the same node, or `user@<node id>`), `own` the recipient's username and `home` its home
+/// node's id if it knows it.
+///
+/// * The signed recipient is `own`, qualified with a node that is `home` when both are
+///   known.
+/// * A sender routed as `user@X` signed exactly `user@X`, and a qualified recipient: a
+///   sender of another node always knows its own node.
+/// * A sender routed as a user of the recipient's node signed that user with the same
+///   node as the recipient (both qualified with one node id, or both bare): a message
+///   signed `alice@X` to `bob@B` cannot be shown as from a local `alice`, and one signed
+///   `carol@B` cannot be shown as from `carol@Y`.
+pub fn names_fit(routed_from: &str, own: &str, home: Option<&NodeId>, signed_from: &str, signed_to: &str) -> bool {
+    fn split(name: &str) -> (&str, Option<&str>) {
+        match name.split_once('@') {
+            Some((user, node)) => (user, Some(node)),
+            None => (name, None),
+        }
+    }
+    let (to_user, to_node) = split(signed_to);
+    let home_hex = home.map(NodeId::to_hex);
+    if to_user != own || (home_hex.is_some() && to_node.is_some() && to_node != home_hex.as_deref()) {
+        return false;
+    }
+    if routed_from.contains('@') {
+        return signed_from == routed_from && to_node.is_some();
+    }
+    let (from_user, from_node) = split(signed_from);
+    from_user == routed_from && from_node == to_node
+}
+
+/// Who is sending: the installation's signing key and certificate, and the name to sign
+/// (`signed_name` of its username).
 pub struct Sender<'a> {
     pub username: &'a str,
     pub key: &'a SigningKey,
     pub cert: &'a InstallationCert,
 }
 
-/// Seals `body` for one recipient installation.
+/// Seals `body` for one recipient installation; `to_username` is the recipient's name as
+/// signed (`signed_name`).
 pub fn seal(
     rng: &mut impl Rng,
     sender: &Sender<'_>,
@@ -215,9 +265,11 @@ pub fn seal(
     codec::encode(&SealedDm { eph_pub, ciphertext })
 }
 
-/// What the recipient knows when it opens a delivery.
+/// What the recipient knows when it opens a delivery: its username (bare) and, if it
+/// knows it, its home node's id.
 pub struct Recipient<'a> {
     pub username: &'a str,
+    pub home: Option<&'a NodeId>,
     pub installation: InstallationId,
     pub dh_secret: &'a StaticSecret,
 }
@@ -252,10 +304,9 @@ pub fn open(
         .map_err(|_| OpenError::Decrypt)?;
     let inner: DmInner = codec::decode(&plain).map_err(|_| OpenError::Malformed)?;
     if inner.msg_id != *msg_id
-        || inner.from_username != from_username
+        || !names_fit(from_username, recipient.username, recipient.home, &inner.from_username, &inner.to_username)
         || identity::installation_id(&inner.from_cert.signing_key) != *from
         || inner.to_installation != recipient.installation
-        || inner.to_username != recipient.username
     {
         return Err(OpenError::Mismatch);
     }
@@ -273,7 +324,7 @@ pub fn open(
     );
     identity::verify(&inner.from_cert.signing_key, &signed, &inner.sig).map_err(|_| OpenError::BadSignature)?;
     Ok(OpenedDm {
-        from_username: inner.from_username,
+        from_username: from_username.to_string(),
         from_account_key: inner.from_cert.account_key,
         from_installation: *from,
         msg_id: inner.msg_id,
@@ -285,6 +336,15 @@ pub fn open(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const INNER_VECTOR: &str = concat!(
+        "6e796d7374722f76312f646d2d696e6e6572000101010101010101010101010101010101010101010101010101010101",
+        "01010146616c696365403131313131313131313131313131313131313131313131313131313131313131313131313131",
+        "313131313131313131313131313131313131313131313131313144626f62403232323232323232323232323232323232",
+        "323232323232323232323232323232323232323232323232323232323232323232323232323232323232323232323203",
+        "030303030303030303030303030303030303030303030303030303030303030404040404040404040404040404040405",
+        "026869",
+    );
 
     /// The vectors of `specs/direct.md` §3.
     #[test]
@@ -321,6 +381,16 @@ mod tests {
         assert!(codec::decode::<DmContent>(&[5]).is_err(), "unknown content types do not decode");
     }
 
+    /// The vector of `specs/relay.md` §7: the inner signature covers qualified names.
+    #[test]
+    fn inner_signing_bytes_match_the_spec() {
+        let from = signed_name("alice", Some(&NodeId([0x11; 32])));
+        let to = signed_name(&format!("bob@{}", NodeId([0x22; 32]).to_hex()), Some(&NodeId([0x11; 32])));
+        let bytes = inner_signing_bytes(&[1; 32], &from, &to, &[3; 32], &[4; 16], 5, b"hi");
+        let got: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(got, INNER_VECTOR);
+    }
+
     #[test]
     fn direct_addresses_are_checked() {
         let ok = |a: &str| DirectAddress::Tcp(a.into()).is_valid();
@@ -342,7 +412,7 @@ mod tests {
         assert!(identity::dh_key_is_usable(&XPublic::from(&StaticSecret::from([7; 32])).to_bytes()));
 
         let secret = StaticSecret::from([9; 32]);
-        let recipient = Recipient { username: "bob", installation: [1; 32], dh_secret: &secret };
+        let recipient = Recipient { username: "bob", home: None, installation: [1; 32], dh_secret: &secret };
         let sealed = codec::encode(&SealedDm { eph_pub: [0; 32], ciphertext: vec![0; 64] });
         assert_eq!(open(&recipient, "alice", &[2; 32], &[3; 16], &[4; 32], &sealed), Err(OpenError::WeakKey));
     }

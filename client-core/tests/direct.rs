@@ -113,10 +113,10 @@ impl World {
         std::mem::take(&mut self.clients[i].events)
     }
 
-    /// Client `i` listens at its address and accepts offers.
+    /// Client `i` listens at its address (and answers offers of the contacts it approved).
     fn listen(&mut self, i: usize) {
         self.clients[i].listening = true;
-        self.clients[i].core.set_direct_address(self.now, Some(addr(i)), true).unwrap();
+        self.clients[i].core.set_direct_address(self.now, Some(addr(i))).unwrap();
         self.pump();
     }
 
@@ -133,11 +133,14 @@ const ALICE: usize = 0;
 const BOB: usize = 1;
 const CAROL: usize = 2;
 
-/// alice and bob listen; alice offers; bob accepts.
+/// alice and bob listen and each approves the other (bob first); alice offers and bob,
+/// who approved her, accepts.
 fn handshake() -> World {
     let mut w = World::new(&["alice", "bob", "carol"]);
     w.listen(ALICE);
     w.listen(BOB);
+    w.clients[BOB].core.offer_direct(w.now, "alice").unwrap();
+    w.pump();
     w.clients[ALICE].core.offer_direct(w.now, "bob").unwrap();
     w.pump();
     assert!(w.events(ALICE).contains(&Event::DirectReady { peer: "bob".into(), addr: addr(BOB) }));
@@ -252,17 +255,45 @@ fn an_offer_to_someone_not_listening_is_noted_not_accepted() {
     // bob does not listen directly: he learns the offer but reveals nothing.
     assert!(w.events(BOB).contains(&Event::DirectOffered { peer: "alice".into(), addr: addr(ALICE) }));
     assert!(!w.events(ALICE).iter().any(|e| matches!(e, Event::DirectReady { .. })));
-    assert!(!w.clients[BOB].core.direct_peer("alice").unwrap().enabled);
+    assert!(w.clients[BOB].core.direct_peer("alice").is_none(), "nothing kept of an unapproved offer");
     // bob's messages still go through the node (he has not agreed to reveal himself).
     let before = w.relayed();
     w.clients[BOB].core.send_dm(w.now, "alice", b"via node").unwrap();
     w.pump();
     assert_eq!(w.relayed(), before + 1);
-    // Once bob listens he accepts, and both sides are ready.
+    // Once bob listens and approves alice (he offers too), both sides are ready.
     w.listen(BOB);
-    w.clients[ALICE].core.offer_direct(w.now, "bob").unwrap();
+    w.clients[BOB].core.offer_direct(w.now, "alice").unwrap();
     w.pump();
     assert!(w.events(ALICE).contains(&Event::DirectReady { peer: "bob".into(), addr: addr(BOB) }));
+    assert!(w.events(BOB).contains(&Event::DirectReady { peer: "alice".into(), addr: addr(ALICE) }));
+}
+
+#[test]
+fn a_listener_never_reveals_its_address_to_a_stranger_nor_dials_the_strangers() {
+    // bob listens directly; carol, whom bob never approved, offers him direct delivery.
+    let mut w = World::new(&["alice", "bob", "carol"]);
+    w.listen(BOB);
+    w.listen(CAROL);
+    w.clients[CAROL].core.offer_direct(w.now, "bob").unwrap();
+    w.pump();
+    // bob reports the offer and answers nothing: carol never learns bob's address.
+    assert!(w.events(BOB).contains(&Event::DirectOffered { peer: "carol".into(), addr: addr(CAROL) }));
+    assert!(!w.events(CAROL).iter().any(|e| matches!(e, Event::DirectReady { .. })), "no DirectAccept for carol");
+    assert!(w.clients[CAROL].core.direct_peer("bob").unwrap().routes.is_empty(), "carol holds no route to bob");
+    // bob kept nothing of carol's offer, and his messages to her go through the node:
+    // he never dials the address a stranger offered.
+    assert!(w.clients[BOB].core.direct_peer("carol").is_none());
+    let before = w.relayed();
+    w.clients[BOB].core.send_dm(w.now, "carol", b"who are you?").unwrap();
+    w.pump();
+    assert!(!w.events(BOB).iter().any(|e| matches!(e, Event::DirectFailed { .. } | Event::DirectDelivered { .. })));
+    assert_eq!(w.relayed(), before + 1);
+    assert_eq!(received(&w.events(CAROL)), vec![("bob".into(), b"who are you?".to_vec(), Via::Relay)]);
+    // Once bob approves carol (he offers), she learns his address.
+    w.clients[BOB].core.offer_direct(w.now, "carol").unwrap();
+    w.pump();
+    assert!(w.events(CAROL).contains(&Event::DirectReady { peer: "bob".into(), addr: addr(BOB) }));
 }
 
 #[test]

@@ -34,7 +34,7 @@ impl Party {
     }
 
     fn recipient(&self) -> Recipient<'_> {
-        Recipient { username: self.name, installation: self.id.installation_id, dh_secret: &self.id.dh }
+        Recipient { username: self.name, home: None, installation: self.id.installation_id, dh_secret: &self.id.dh }
     }
 
     /// Seals `body` from `self` to `to`, as the client does.
@@ -104,7 +104,8 @@ fn a_payload_sealed_for_another_installation_does_not_open() {
     let sealed = alice.seal_to(&bob, &MSG, b"for bob");
     // Carol with her own key, and carol routed as if she were bob's installation.
     assert_eq!(carol.open_from(&alice, &MSG, &sealed), Err(OpenError::Decrypt));
-    let impersonating = Recipient { username: "bob", installation: bob.id.installation_id, dh_secret: &carol.id.dh };
+    let impersonating =
+        Recipient { username: "bob", home: None, installation: bob.id.installation_id, dh_secret: &carol.id.dh };
     let r = seal::open(&impersonating, "alice", &alice.id.installation_id, &MSG, &alice.account_key(), &sealed);
     assert_eq!(r, Err(OpenError::Decrypt));
 }
@@ -214,5 +215,106 @@ proptest! {
         let i = bit % (sealed.len() * 8);
         sealed[i / 8] ^= 1 << (i % 8);
         prop_assert!(bob.open_from(&alice, &MSG, &sealed).is_err());
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Qualified names (`specs/relay.md` §7): a home node cannot relabel a sender as a namesake
+// of another node.
+
+mod qualified {
+    use super::*;
+    use nymstr_client_core::{ClientConfig, ClientCore, ClientState, Contact, Event};
+    use nymstr_proto::codec::encode_frame;
+    use nymstr_proto::federation::NodeId;
+    use nymstr_proto::wire::{Body, Envelope};
+
+    const X: NodeId = NodeId([0x11; 32]);
+    const B: NodeId = NodeId([0x22; 32]);
+    const Y: NodeId = NodeId([0x33; 32]);
+
+    fn contact(p: &Party) -> Contact {
+        Contact { account_key: p.account_key(), installations: vec![p.id.cert.clone()], fetched_at_us: T0 }
+    }
+
+    /// A registered client of node `home`, knowing `contacts` (name, who) as its node
+    /// answered their lookups.
+    fn client(p: &Party, home: NodeId, contacts: &[(String, &Party)]) -> ClientCore {
+        let state = ClientState {
+            identity: Some(p.id.to_state()),
+            username: Some(p.name.into()),
+            registered: true,
+            contacts: contacts.iter().map(|(n, c)| (n.clone(), contact(c))).collect(),
+            ..Default::default()
+        };
+        let mut core = ClientCore::restore(ChaCha20Rng::seed_from_u64(9), ClientConfig::default(), state).unwrap();
+        core.set_home_node(home);
+        core
+    }
+
+    /// alice of node X sends to bob@B; bob's home delivers it under `routed_as`, having
+    /// answered bob's lookup of that name with alice's real key. What does bob see?
+    fn bob_receives_as(routed_as: &str) -> Vec<Event> {
+        let (alice, bob) = alice_bob();
+        let bob_at_b = format!("bob@{}", B.to_hex());
+        let mut alice_core = client(&alice, X, &[(bob_at_b.clone(), &bob)]);
+        let msg_id = alice_core.send_dm(T0, &bob_at_b, b"from alice of X").unwrap();
+        let Some(Body::SendDm(dm)) = alice_core.drain_transmits().map(|e| e.body).next() else {
+            panic!("alice sends through her node")
+        };
+        let mut bob_core = client(&bob, B, &[(routed_as.to_string(), &alice)]);
+        let deliver = Body::Deliver {
+            delivery_id: 1,
+            from_username: routed_as.into(),
+            from: alice.id.installation_id,
+            msg_id,
+            sealed: dm.payloads[0].sealed.clone(),
+        };
+        bob_core.handle_frame(T0, &encode_frame(&Envelope { request_id: 0, body: deliver }).unwrap());
+        std::iter::from_fn(|| bob_core.poll_event()).collect()
+    }
+
+    #[test]
+    fn a_sender_relabelled_as_a_namesake_of_another_node_is_refused() {
+        let honest = bob_receives_as(&format!("alice@{}", X.to_hex()));
+        assert!(matches!(&honest[..], [Event::Received { body, .. }] if body == b"from alice of X"), "{honest:?}");
+        // bob's home shows the message as from its own "alice", or from "alice" of a node
+        // it runs (Y): same local part, other namespace. Both are refused.
+        for routed_as in ["alice".to_string(), format!("alice@{}", Y.to_hex())] {
+            let events = bob_receives_as(&routed_as);
+            assert!(
+                matches!(&events[..], [Event::Rejected { reason: OpenError::Mismatch, .. }]),
+                "{routed_as}: {events:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_signed_names_are_qualified_with_the_home_node() {
+        let (alice, bob) = alice_bob();
+        // To a user of the same node: both names carry the home's id.
+        let sealed = seal::seal(
+            &mut ChaCha20Rng::seed_from_u64(1),
+            &Sender {
+                username: &seal::signed_name("alice", Some(&B)),
+                key: &alice.id.installation,
+                cert: &alice.id.cert,
+            },
+            &seal::signed_name("bob", Some(&B)),
+            &bob.id.cert,
+            &MSG,
+            T0,
+            b"hi",
+        );
+        let recipient =
+            Recipient { username: "bob", home: Some(&B), installation: bob.id.installation_id, dh_secret: &bob.id.dh };
+        let open = |r: &Recipient<'_>, from: &str| {
+            seal::open(r, from, &alice.id.installation_id, &MSG, &alice.account_key(), &sealed)
+        };
+        assert_eq!(open(&recipient, "alice").unwrap().from_username, "alice");
+        assert_eq!(open(&recipient, &format!("alice@{}", Y.to_hex())), Err(OpenError::Mismatch));
+        // A recipient whose home is another node refuses it (it was signed to bob@B).
+        let elsewhere = Recipient { home: Some(&Y), ..recipient };
+        assert_eq!(open(&elsewhere, "alice"), Err(OpenError::Mismatch));
     }
 }

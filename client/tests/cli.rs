@@ -217,11 +217,23 @@ fn direct_messages_bypass_the_node_and_fall_back_to_it() {
     let alice = User::join("alice", &node);
     let bob = User::join("bob", &node);
 
-    // Handshake through the node: alice offers, bob (listening directly) accepts.
-    let mut bob_listen = bob.listen(&["--direct", "127.0.0.1:0"]);
+    let carol = User::join("carol", &node);
+
+    // Handshake through the node: each approves the other (`--offer`), and both are ready.
+    let mut bob_listen = bob.listen(&["--direct", "127.0.0.1:0", "--offer", "alice"]);
     let mut alice_listen = alice.listen(&["--direct", "127.0.0.1:0", "--offer", "bob"]);
     alice_listen.expect("direct_ready", |v| v["peer"] == "bob");
     bob_listen.expect("direct_ready", |v| v["peer"] == "alice");
+
+    // carol, whom bob never approved, offers too: bob shows the offer and answers nothing,
+    // so carol's messages to bob keep going through the node.
+    let mut carol_listen = carol.listen(&["--direct", "127.0.0.1:0", "--offer", "bob"]);
+    bob_listen.expect("direct_offered", |v| v["peer"] == "carol");
+    carol_listen.type_line("/msg bob hello stranger");
+    let sent = carol_listen.expect("sent", |v| v["to"] == "bob");
+    assert_eq!(sent["via"], "relay");
+    bob_listen.expect("message", |v| v["text"] == "hello stranger" && v["via"] == "relay");
+    drop(carol_listen);
 
     // With the node gone, a message still arrives: it went directly.
     node.kill();

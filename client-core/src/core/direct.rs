@@ -22,17 +22,12 @@ impl ClientCore {
     }
 
     /// Our own direct address (the host listens there), or `None` when it stops
-    /// listening. With an address, every contact we agreed direct delivery with is told
-    /// the address again (it may have changed), and with `accept_offers` an offer from
-    /// any contact is accepted by revealing the address to it. Returns the message ids.
-    pub fn set_direct_address(
-        &mut self,
-        now: TimeUs,
-        addr: Option<DirectAddress>,
-        accept_offers: bool,
-    ) -> Result<Vec<MsgId>, ClientError> {
+    /// listening. With an address, every contact the user approved for direct delivery
+    /// (`offer_direct`) is told the address again (it may have changed); an offer from
+    /// anyone else is only reported (`DirectOffered`), never answered. Returns the
+    /// message ids.
+    pub fn set_direct_address(&mut self, now: TimeUs, addr: Option<DirectAddress>) -> Result<Vec<MsgId>, ClientError> {
         self.direct_addr = addr.clone();
-        self.accept_offers = accept_offers;
         let mut sent = Vec::new();
         if let Some(addr) = addr {
             let peers: Vec<String> = self.direct.iter().filter(|(_, p)| p.enabled).map(|(n, _)| n.clone()).collect();
@@ -191,28 +186,21 @@ impl ClientCore {
             self.events.push_back(Event::Rejected { from: peer, msg_id, reason: OpenError::Content });
             return;
         }
-        if !self.direct.contains_key(&peer) && self.direct.len() >= self.config.contacts_max {
+        // Only a contact the user approved (`offer_direct`) gets an answer, and only its
+        // routes are kept: a stranger's offer is reported and forgotten, so the listener
+        // neither reveals its address to it nor ever dials the address it offered.
+        let Some(p) = self.direct.get_mut(&peer).filter(|p| p.enabled) else {
+            self.events.push_back(Event::DirectOffered { peer, addr });
             return;
-        }
-        let ours = self.direct_addr.clone();
-        let accept_offers = self.accept_offers;
-        let p = self.direct.entry(peer.clone()).or_default();
+        };
         if p.routes.get(&installation).is_some_and(|r| r.announced_at_us > announced_at_us) {
             return; // an older announcement overtaken by a newer one
         }
         p.routes
             .insert(installation, DirectRoute { addr: addr.clone(), announced_at_us, failures: 0, down_until_us: 0 });
-        let became_enabled = !p.enabled && ours.is_some() && accept_offers;
-        p.enabled |= became_enabled;
-        let enabled = p.enabled;
-        if enabled {
-            self.events.push_back(Event::DirectReady { peer: peer.clone(), addr });
-        } else {
-            self.events.push_back(Event::DirectOffered { peer: peer.clone(), addr });
-        }
-        if let Some(ours) = ours
-            && enabled
-            && (is_offer || became_enabled)
+        self.events.push_back(Event::DirectReady { peer: peer.clone(), addr });
+        if let Some(ours) = self.direct_addr.clone()
+            && is_offer
         {
             let _ = self.send_content(now, &peer, DmContent::DirectAccept { addr: ours });
         }

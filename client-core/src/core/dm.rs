@@ -13,7 +13,7 @@ use rand_core::Rng;
 
 use super::{
     BODY_BYTES_MAX, ClientCore, ClientError, DirectAttempt, DirectReply, DirectTransmit, Event, InboundDm, Operation,
-    OutgoingDm, Source, Step, TimeUs, Via, contact_name, local_part,
+    OutgoingDm, Source, Step, TimeUs, Via, contact_name,
 };
 use crate::seal::{self, DirectAddress, DmContent, OpenError, Recipient, Sender};
 
@@ -106,10 +106,22 @@ impl ClientCore {
             self.complete(dm);
             return;
         }
+        // A user of another node sees us as `user@<home id>`, which we must sign: without
+        // the home's id the message waits for it.
+        if self.home.is_none() && dm.to.contains('@') {
+            self.unacked.remove(&dm.msg_id);
+            self.outbox.entry(dm.to.clone()).or_default().push(dm);
+            if !self.pending.values().any(|p| matches!(p.step, Step::Home)) {
+                self.request(now, Step::Home, Body::NodesRequest);
+            }
+            return;
+        }
         let content = codec::encode(&dm.content);
         let id = self.identity.as_ref().expect("identity");
         let username = self.username.clone().expect("username");
-        let sender = Sender { username: &username, key: &id.installation, cert: &id.cert };
+        let signed_from = seal::signed_name(&username, self.home.as_ref());
+        let signed_to = seal::signed_name(&dm.to, self.home.as_ref());
+        let sender = Sender { username: &signed_from, key: &id.installation, cert: &id.cert };
         let routes: Option<Vec<DirectAddress>> = match self.direct.get(&dm.to) {
             Some(peer) if peer.enabled && !dm.relayed => targets
                 .iter()
@@ -125,8 +137,7 @@ impl ClientCore {
         if let Some(routes) = routes {
             for (cert, addr) in targets.iter().zip(routes) {
                 let installation = identity::installation_id(&cert.signing_key);
-                let sealed =
-                    seal::seal(&mut self.rng, &sender, local_part(&dm.to), cert, &dm.msg_id, dm.sent_at_us, &content);
+                let sealed = seal::seal(&mut self.rng, &sender, &signed_to, cert, &dm.msg_id, dm.sent_at_us, &content);
                 let attempt = self.next_rid;
                 self.next_rid += 1;
                 let body = Body::Deliver {
@@ -159,15 +170,7 @@ impl ClientCore {
             .iter()
             .map(|cert| InstallationPayload {
                 installation: identity::installation_id(&cert.signing_key),
-                sealed: seal::seal(
-                    &mut self.rng,
-                    &sender,
-                    local_part(&dm.to),
-                    cert,
-                    &dm.msg_id,
-                    dm.sent_at_us,
-                    &content,
-                ),
+                sealed: seal::seal(&mut self.rng, &sender, &signed_to, cert, &dm.msg_id, dm.sent_at_us, &content),
             })
             .collect();
         let signed = identity::send_dm_fields_bytes(&id.installation_id, &dm.to, &dm.msg_id, &payloads);
@@ -242,19 +245,13 @@ impl ClientCore {
         let id = self.identity.as_ref().expect("identity");
         let username = self.username.as_deref().expect("username");
         let Some(contact) = self.contacts.get(&dm.from_username) else { return };
-        let recipient = Recipient { username, installation: id.installation_id, dh_secret: &id.dh };
-        let result = seal::open(
-            &recipient,
-            local_part(&dm.from_username),
-            &dm.from,
-            &dm.msg_id,
-            &contact.account_key,
-            &dm.sealed,
-        )
-        .and_then(|opened| match codec::decode::<DmContent>(&opened.body) {
-            Ok(content) => Ok((opened, content)),
-            Err(_) => Err(OpenError::Content),
-        });
+        let recipient =
+            Recipient { username, home: self.home.as_ref(), installation: id.installation_id, dh_secret: &id.dh };
+        let result = seal::open(&recipient, &dm.from_username, &dm.from, &dm.msg_id, &contact.account_key, &dm.sealed)
+            .and_then(|opened| match codec::decode::<DmContent>(&opened.body) {
+                Ok(content) => Ok((opened, content)),
+                Err(_) => Err(OpenError::Content),
+            });
         let answer = match &result {
             Ok(_) => Ok(()),
             Err(OpenError::BadCertificate) => Err((ErrorCode::BadCertificate, "sender certificate refused")),

@@ -68,8 +68,8 @@ pub enum Event {
         msg_id: MsgId,
         invite: seal::GroupInvite,
     },
-    /// A contact revealed a direct address we have not agreed to use (we are not
-    /// listening directly); `offer_direct` or `set_direct_address` agrees.
+    /// Someone the user has not approved for direct delivery offered it: nothing was
+    /// answered and the address is not kept. `offer_direct` approves it (and offers).
     DirectOffered {
         peer: String,
         addr: DirectAddress,

@@ -27,6 +27,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use nymstr_proto::codec;
+use nymstr_proto::federation::NodeId;
 use nymstr_proto::federation::descriptor::QualifiedName;
 use nymstr_proto::federation::verify::{TrustPolicy, Verifier};
 use nymstr_proto::wire::{Body, Envelope, InstallationId, MsgId, PublicKey};
@@ -132,14 +133,17 @@ pub struct ClientCore {
     deliveries_handled: u64,
     transmits: Vec<Envelope>,
     events: VecDeque<Event>,
-    /// Our own direct address while the host listens, and whether offers are accepted.
+    /// Our own direct address while the host listens.
     direct_addr: Option<DirectAddress>,
-    accept_offers: bool,
     direct: BTreeMap<String, DirectPeer>,
     direct_attempts: BTreeMap<u64, DirectAttempt>,
     direct_transmits: Vec<DirectTransmit>,
     direct_replies: Vec<DirectReply>,
     verifier: Verifier,
+    /// The home node's id, which qualifies the names a seal signs (`seal::signed_name`):
+    /// set by the host or learnt from the home's first `Nodes` answer (its own descriptor
+    /// comes first), then kept. `None` for a node that does not federate.
+    home: Option<NodeId>,
     /// Lookups answered with too few witnesses so far, by name (see `on_kt_result`).
     witness_waits: BTreeMap<String, u32>,
 }
@@ -156,6 +160,8 @@ enum Step {
     Lookup(String),
     Send(MsgId),
     Nodes,
+    /// The home node's id, asked for before a first message to another node.
+    Home,
 }
 
 #[derive(Clone, Debug)]
@@ -218,12 +224,6 @@ pub fn contact_name(raw: &str) -> Result<String, ClientError> {
     }
 }
 
-/// The user part of a contact name: what the end-to-end seal binds (the node part is
-/// routing; the account key the seal checks was verified for the qualified name).
-fn local_part(name: &str) -> &str {
-    name.split_once('@').map_or(name, |(user, _)| user)
-}
-
 impl ClientCore {
     pub fn new(rng: ChaCha20Rng, config: ClientConfig) -> Self {
         let verifier = Verifier::new(config.trust.clone());
@@ -251,12 +251,12 @@ impl ClientCore {
             transmits: Vec::new(),
             events: VecDeque::new(),
             direct_addr: None,
-            accept_offers: false,
             direct: BTreeMap::new(),
             direct_attempts: BTreeMap::new(),
             direct_transmits: Vec::new(),
             direct_replies: Vec::new(),
             verifier,
+            home: None,
             witness_waits: BTreeMap::new(),
         }
     }
@@ -335,7 +335,7 @@ impl ClientCore {
             }
             Body::Error { code, detail } => self.on_error(now, rid, code, detail),
             Body::KtLookupResult { descriptor, proof } => self.on_kt_result(now, rid, descriptor, *proof),
-            Body::Nodes { descriptors } if self.pending.remove(&rid).is_some() => self.learn_nodes(&descriptors),
+            Body::Nodes { descriptors } => self.on_nodes(now, rid, &descriptors),
             Body::Gossip { items } => self.on_evidence(rid, items),
             // Requests are never sent to clients; ignore them.
             _ => {}

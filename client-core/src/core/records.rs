@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use nymstr_proto::federation::NodeId;
 use nymstr_proto::federation::verify::Verifier;
 use nymstr_proto::time::TimeUs;
 use nymstr_proto::wire::{InstallationCert, InstallationId, MsgId, PublicKey};
@@ -79,4 +80,7 @@ pub struct ClientState {
     /// Node keys, accepted heads, pins and fork certificates of key transparency.
     #[serde(default)]
     pub transparency: Option<Verifier>,
+    /// The home node's id as first learnt (it qualifies the names a seal signs).
+    #[serde(default)]
+    pub home_node: Option<NodeId>,
 }

@@ -82,6 +82,7 @@ impl ClientCore {
                     }
                 }
                 Step::Nodes => self.request_with(now, Step::Nodes, Body::NodesRequest, backoff_us),
+                Step::Home => self.request_with(now, Step::Home, Body::NodesRequest, backoff_us),
             }
         }
     }
@@ -217,6 +218,8 @@ impl ClientCore {
             }
             // A node that does not federate: no witnesses to learn.
             (Step::Nodes, _) => {}
+            // No home id, so no name of another node can be signed: those sends fail.
+            (Step::Home, code) => self.home_unknown(code, &detail),
         }
     }
 }

@@ -33,6 +33,7 @@ impl ClientCore {
         if let Some(v) = state.transparency {
             c.verifier = v;
         }
+        c.home = state.home_node;
         Ok(c)
     }
 
@@ -52,6 +53,7 @@ impl ClientCore {
             outgoing,
             direct: self.direct.clone(),
             transparency: Some(self.verifier.clone()),
+            home_node: self.home,
         }
     }
 }

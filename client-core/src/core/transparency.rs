@@ -2,12 +2,13 @@
 //! itself (node key, freshness, witnesses, pins), the node descriptors it learns as
 //! witnesses, and fork evidence from the home node.
 
-use nymstr_proto::federation::descriptor::QualifiedName;
+use nymstr_proto::federation::NodeId;
+use nymstr_proto::federation::descriptor::{self, QualifiedName};
 use nymstr_proto::federation::verify::{Outcome, Verifier};
 use nymstr_proto::federation::{LookupProof, NodeDescriptor};
 use nymstr_proto::wire::{Body, Envelope, ErrorCode, GossipItem};
 
-use super::{ClientCore, Event, Pending, Step, TimeUs, WITNESS_WAITS_MAX};
+use super::{ClientCore, Event, Operation, Pending, Step, TimeUs, WITNESS_WAITS_MAX};
 
 impl ClientCore {
     /// Asks the home node for the node descriptors it knows and learns them as witnesses
@@ -125,10 +126,58 @@ impl ClientCore {
         self.fail_contact(name, ErrorCode::BadCertificate, &detail);
     }
 
-    /// The node descriptors the home node knows, learnt as witnesses.
-    pub(super) fn learn_nodes(&mut self, descriptors: &[NodeDescriptor]) {
-        for d in descriptors {
-            let _ = self.verifier.learn_node(d);
+    /// The home node's id, if known (set by the host or learnt from `Nodes`).
+    pub fn home_node(&self) -> Option<&NodeId> {
+        self.home.as_ref()
+    }
+
+    /// The host knows the id of the home node (e.g. from its configuration): it is kept,
+    /// unless one is known already.
+    pub fn set_home_node(&mut self, node: NodeId) {
+        self.home.get_or_insert(node);
+    }
+
+    /// A `Nodes` answer: the home's own descriptor comes first and, the first time, gives
+    /// the home id (trust on first use, like a pin); for `fetch_nodes` the descriptors are
+    /// also learnt as witnesses. Messages waiting for the home id go out.
+    pub(super) fn on_nodes(&mut self, now: TimeUs, rid: u64, descriptors: &[NodeDescriptor]) {
+        let Some(p) = self.pending.remove(&rid) else { return };
+        if self.home.is_none()
+            && let Some(d) = descriptors.first().filter(|d| descriptor::verify(d).is_ok())
+        {
+            self.home = Some(d.node_id);
+        }
+        if matches!(p.step, Step::Nodes) {
+            for d in descriptors {
+                let _ = self.verifier.learn_node(d);
+            }
+        }
+        if self.home.is_none() {
+            self.home_unknown(ErrorCode::Malformed, "the home node did not name itself");
+            return;
+        }
+        let ready: Vec<String> = self.outbox.keys().filter(|n| self.contacts.contains_key(*n)).cloned().collect();
+        for name in ready {
+            for dm in self.outbox.remove(&name).unwrap_or_default() {
+                self.transmit_dm(now, dm);
+            }
+        }
+    }
+
+    /// The home id could not be learnt: messages to users of other nodes fail.
+    pub(super) fn home_unknown(&mut self, code: ErrorCode, detail: &str) {
+        let names: Vec<String> = self.outbox.keys().filter(|n| n.contains('@')).cloned().collect();
+        for name in names {
+            if !self.contacts.contains_key(&name) {
+                continue;
+            }
+            for dm in self.outbox.remove(&name).unwrap_or_default() {
+                self.events.push_back(Event::Failed {
+                    what: Operation::Send { to: dm.to, msg_id: dm.msg_id },
+                    code,
+                    detail: detail.to_string(),
+                });
+            }
         }
     }
 }

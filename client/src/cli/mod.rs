@@ -92,13 +92,14 @@ pub enum Command {
     /// NAME), /direct NAME, /direct-off NAME, /help, /quit
     Listen {
         /// Accept direct connections from contacts on this address (HOST:PORT; port 0
-        /// picks one). Contacts you agree direct delivery with learn the address
+        /// picks one). Only contacts you approve (--offer, /direct) learn the address
         #[arg(long, value_name = "HOST:PORT")]
         direct: Option<String>,
         /// The address contacts should connect to, if not the bound one (NAT, 0.0.0.0)
         #[arg(long, value_name = "HOST:PORT", requires = "direct")]
         advertise: Option<String>,
-        /// Offer direct delivery to this contact (repeatable)
+        /// Approve this contact for direct delivery and offer it (repeatable); offers
+        /// from anyone else are shown, not answered
         #[arg(long = "offer", value_name = "NAME", requires = "direct")]
         offer: Vec<String>,
         /// Use this node instead of the saved one

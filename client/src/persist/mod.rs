@@ -4,7 +4,7 @@
 //! * `identity` — the secret keys and certificate (`codec(IdentityFile)`), mode `0600`,
 //!   written once by `nymstr init`; the only file holding secrets.
 //! * `db/` — a sled database (it also locks the home: one process at a time), trees:
-//!   `meta` (account, node address, counters), `contacts` (username → `Contact`), `pins`
+//!   `meta` (account, node address, counters, the home node's id), `contacts` (username → `Contact`), `pins`
 //!   (pin seq → `(username, key)`), `seen` (seq → `(installation, msg id)`), `outgoing`
 //!   (msg id → `OutgoingDm`), `direct` (username → `DirectPeer`), `history` (seq →
 //!   `HistoryEntry`), `history_ids` (direction · peer · 0 · msg id → seq); for groups

@@ -52,6 +52,10 @@ impl Home {
                 Some(v) => Some(decode("transparency state", &v)?),
                 None => None,
             },
+            home_node: match self.meta.get("home_node")? {
+                Some(v) => decode("home node", &v)?,
+                None => None,
+            },
         };
         if !contiguous {
             // Renumber a damaged log so later saves can append to it.
@@ -84,6 +88,10 @@ impl Home {
                 Some(v) => self.meta.insert("transparency", codec::encode(v))?,
                 None => self.meta.remove("transparency")?,
             };
+            writes += 1;
+        }
+        if state.home_node != self.saved.home_node {
+            self.meta.insert("home_node", codec::encode(&state.home_node))?;
             writes += 1;
         }
         if writes > 0 {

@@ -163,7 +163,7 @@ pub async fn listen(
                 (Event::LoggedIn { queued }, _) if !self.started => {
                     self.started = true;
                     let now = now_us();
-                    if let Err(e) = s.core.set_direct_address(now, self.direct.clone(), true) {
+                    if let Err(e) = s.core.set_direct_address(now, self.direct.clone()) {
                         return Flow::Done(Err(e.into()));
                     }
                     for peer in std::mem::take(&mut self.offer) {

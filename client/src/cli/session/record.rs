@@ -74,8 +74,9 @@ impl Session {
             Event::DirectOffered { peer, addr } => out.notice(
                 "direct_offered",
                 &format!(
-                    "{peer} offers direct delivery at {addr}; run `nymstr listen --direct HOST:PORT` to accept \
-                     (it reveals your address to {peer})"
+                    "{peer} offers direct delivery (not answered: you have not approved {peer}); to accept, type \
+                     `/direct {peer}` while listening directly, or run `nymstr listen --direct HOST:PORT --offer \
+                     {peer}` (it reveals your address to {peer})"
                 ),
                 json!({ "peer": peer, "addr": addr.to_string() }),
             ),
