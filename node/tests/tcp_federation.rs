@@ -335,9 +335,8 @@ fn a_connection_naming_a_peers_address_hears_nothing_and_the_peers_keep_talking(
         let acked = ids
             .iter()
             .all(|id| alice.events.iter().any(|e| matches!(e, Event::SendAcked { msg_id, .. } if msg_id == id)));
-        let received = ids
-            .iter()
-            .all(|id| bob.events.iter().any(|e| matches!(e, Event::Received { msg_id, .. } if msg_id == id)));
+        let received =
+            ids.iter().all(|id| bob.events.iter().any(|e| matches!(e, Event::Received { msg_id, .. } if msg_id == id)));
         if acked && received {
             break;
         }

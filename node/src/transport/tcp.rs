@@ -59,8 +59,8 @@ use super::noise::{self, NoiseIdentity, Session};
 use super::{Inbound, OUTBOUND_QUEUE_MAX, Outbound, TransportHandle};
 use ed25519_dalek::SigningKey;
 use nymstr_node_core::actors::{Address, Peer, SenderTag};
-use nymstr_proto::federation::NodeId;
 use nymstr_proto::codec;
+use nymstr_proto::federation::NodeId;
 use nymstr_proto::framing::{self, FramingError};
 use nymstr_proto::wire::{Body, Envelope, ErrorCode};
 
@@ -459,12 +459,10 @@ async fn serve_accepted(
     unregister(&shared, tag);
     let name = String::from_utf8_lossy(&address.0).into_owned();
     let body = first.expect("a preface");
-    let session = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        noise::respond(&mut stream, &mut conn.decoder, &shared.noise, &body),
-    )
-    .await
-    .unwrap_or_else(|_| Err("handshake timed out".into()));
+    let session =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, noise::respond(&mut stream, &mut conn.decoder, &shared.noise, &body))
+            .await
+            .unwrap_or_else(|_| Err("handshake timed out".into()));
     let session = match session {
         Ok(s) => s,
         Err(e) => {
@@ -665,22 +663,22 @@ async fn read_loop(
     let mut started = false;
     loop {
         if std::mem::replace(&mut started, true) {
-        let read = async {
-            match idle {
-                Some(d) => tokio::time::timeout(d, rd.read(&mut buf)).await.ok(),
-                None => Some(rd.read(&mut buf).await),
-            }
-        };
-        let n = tokio::select! {
-            r = read => match r {
-                None => return End::Idle,
-                Some(Ok(0)) => return End::PeerClosed,
-                Some(Ok(n)) => n,
-                Some(Err(e)) => return End::ReadError(e.kind()),
-            },
-            _ = inbound.closed() => return End::NodeStopping,
-        };
-        decoder.push(&buf[..n]);
+            let read = async {
+                match idle {
+                    Some(d) => tokio::time::timeout(d, rd.read(&mut buf)).await.ok(),
+                    None => Some(rd.read(&mut buf).await),
+                }
+            };
+            let n = tokio::select! {
+                r = read => match r {
+                    None => return End::Idle,
+                    Some(Ok(0)) => return End::PeerClosed,
+                    Some(Ok(n)) => n,
+                    Some(Err(e)) => return End::ReadError(e.kind()),
+                },
+                _ = inbound.closed() => return End::NodeStopping,
+            };
+            decoder.push(&buf[..n]);
         }
         loop {
             let next = match pending.take() {
