@@ -20,7 +20,7 @@ use nymstr_proto::federation::evidence;
 use nymstr_proto::federation::verify::{Outcome, TrustPolicy, Verifier};
 use nymstr_proto::federation::{DirEntry, LookupProof, NodeDescriptor, NodeId, Roles};
 use nymstr_proto::identity::{self, generate_signing_key};
-use nymstr_proto::wire::{Body, Envelope, ErrorCode, GossipItem, InstallationId};
+use nymstr_proto::wire::{Body, Envelope, ErrorCode, GossipItem, InstallationCert, InstallationId, SendDm};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -136,6 +136,16 @@ impl Net {
 
     fn id(&self, i: usize) -> NodeId {
         descriptor::node_id(&self.keys[i].verifying_key().to_bytes())
+    }
+
+    /// A `ForwardDm` as node `from` sends it to node `to` now (signed, dated `now`).
+    fn forward(&self, from: usize, to: usize, from_username: String, cert: InstallationCert, dm: SendDm) -> Body {
+        let sent_at_us = self.now;
+        let sig = identity::sign(
+            &self.keys[from],
+            &identity::forward_dm_bytes(&from_username, &self.id(to), sent_at_us, &dm),
+        );
+        Body::ForwardDm { from_username, cert, dm, sent_at_us, sig }
     }
 
     fn hex(&self, i: usize) -> String {
@@ -529,6 +539,78 @@ fn dm_to_a_user_on_another_node_is_acked_and_delivered_once() {
     assert!(again.is_empty(), "the retry is not delivered a second time: {again:?}");
 }
 
+/// A forward captured on the way (or kept by anyone who saw it) and replayed once the
+/// receiver's dedupe entry expired is refused: the forwarding node signed its time, and the
+/// receiver accepts it only within a window shorter than its dedupe lifetime. A replay
+/// inside the window is deduplicated (acked, not queued again); a forwarded DM whose date
+/// or signature was altered is refused.
+#[test]
+fn a_forward_replayed_after_the_dedupe_window_is_refused() {
+    let ttl = 120_000_000;
+    let config = NodeConfig { seen_send_ttl_us: ttl, ..test_config() };
+    let mut net = Net::with_config(2, config);
+    net.run_until(T0 + 3 * EPOCH + EPOCH / 2);
+    let alice = User::new("alice", 11);
+    net.register(1, &alice);
+    net.run_for(EPOCH);
+    net.take(1, alice.tag);
+    let bob = User::new("bob", 12);
+    net.register(0, &bob);
+    net.take(0, bob.tag);
+    let to = format!("alice@{}", net.hex(1));
+    let dm = bob.dm(&to, msg_id(1), &[(alice.installation, b"sealed for alice".to_vec())]);
+    let mark = net.wire.len();
+    let (_, r) = net.ask(0, bob.tag, Body::SendDm(dm));
+    assert_eq!(r, vec![Body::SendAck { msg_id: msg_id(1) }], "{r:?}");
+    let captured = net.wire[mark..]
+        .iter()
+        .find(|w| w.from == 0 && w.to == Peer::Address(addr(1)) && matches!(w.envelope.body, Body::ForwardDm { .. }))
+        .expect("node 0 forwarded the DM to node 1")
+        .envelope
+        .clone();
+    let delivered = |net: &mut Net| -> Vec<u64> {
+        net.take(1, alice.tag)
+            .into_iter()
+            .filter_map(|e| match e.body {
+                Body::Deliver { delivery_id, .. } => Some(delivery_id),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = delivered(&mut net);
+    assert_eq!(first.len(), 1, "delivered once");
+    let (_, r) = net.ask(1, alice.tag, Body::AckDelivery { delivery_ids: first });
+    assert!(r.iter().all(|b| code_of(b).is_none()), "{r:?}");
+    let from0 = Peer::Address(addr(0));
+    let replay = |net: &mut Net, rid: u64, body: Body| -> Vec<Body> {
+        let mark = net.wire.len();
+        net.inject(1, from0.clone(), &frame(rid, body));
+        net.sent_since(mark, 1, &from0).into_iter().filter(|e| e.request_id == rid).map(|e| e.body).collect()
+    };
+
+    // Within the window: deduplicated.
+    net.run_for(EPOCH);
+    let r = replay(&mut net, 901, captured.body.clone());
+    assert_eq!(r, vec![Body::SendAck { msg_id: msg_id(1) }], "{r:?}");
+    assert!(delivered(&mut net).is_empty(), "a replay inside the dedupe window is not queued again");
+
+    // After the dedupe entry expired (and was swept): refused as stale.
+    net.run_for(ttl + 2 * EPOCH);
+    let r = replay(&mut net, 902, captured.body.clone());
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(code_of(&r[0]), Some(ErrorCode::BadSignature), "{r:?}");
+    assert!(delivered(&mut net).is_empty(), "a replay after the dedupe window is not delivered");
+    assert_eq!(net.fed(1).stats.forwards_stale, 1);
+
+    // Re-dated without the forwarding node's key: refused.
+    let Body::ForwardDm { from_username, cert, dm, sig, .. } = captured.body.clone() else { unreachable!() };
+    let redated = Body::ForwardDm { from_username, cert, dm, sent_at_us: net.now, sig };
+    let r = replay(&mut net, 903, redated);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(code_of(&r[0]), Some(ErrorCode::BadSignature), "{r:?}");
+    assert!(delivered(&mut net).is_empty());
+}
+
 // ---------------------------------------------------------------------------------------
 // 6. Failures of cross-node DMs
 
@@ -598,6 +680,8 @@ fn frames_from_unauthenticated_or_lying_addresses_are_refused() {
             from_username: format!("mallory@{}", evil_id.to_hex()),
             cert: mallory.cert.clone(),
             dm: dm.clone(),
+            sent_at_us: net.now,
+            sig: identity::sign(&evil_key, b"not a peer"),
         },
     ]
     .into_iter()
@@ -654,7 +738,7 @@ fn frames_from_unauthenticated_or_lying_addresses_are_refused() {
 
     // A forwarded DM from peer node 2 whose sender claims node 1: refused, not delivered.
     let two = Peer::Address(addr(2));
-    let lying = Body::ForwardDm { from_username: format!("mallory@{}", net.hex(1)), cert: mallory.cert.clone(), dm };
+    let lying = net.forward(2, 0, format!("mallory@{}", net.hex(1)), mallory.cert.clone(), dm);
     let mark = net.wire.len();
     net.inject(0, two.clone(), &frame(520, lying));
     let to_two: Vec<_> = net.sent_since(mark, 0, &two).into_iter().filter(|e| e.request_id == 520).collect();
@@ -663,7 +747,7 @@ fn frames_from_unauthenticated_or_lying_addresses_are_refused() {
     assert!(net.take(0, alice0.tag).is_empty(), "nothing delivered to alice");
     // The same DM named as node 2's user is accepted (control).
     let dm = mallory.dm("alice", msg_id(10), &[(alice0.installation, b"y".to_vec())]);
-    let honest = Body::ForwardDm { from_username: format!("mallory@{}", net.hex(2)), cert: mallory.cert.clone(), dm };
+    let honest = net.forward(2, 0, format!("mallory@{}", net.hex(2)), mallory.cert.clone(), dm);
     let mark = net.wire.len();
     net.inject(0, two.clone(), &frame(521, honest));
     let to_two: Vec<_> = net.sent_since(mark, 0, &two).into_iter().filter(|e| e.request_id == 521).collect();

@@ -1,8 +1,9 @@
 //! Federation over the real TCP transport (`specs/tcp.md` §6), with the real `nymstr-node`
 //! binary on loopback: two nodes joined by a descriptor file peer, seal epochs and cosign
-//! each other's heads; a connection that opens with a preface is a node connection whose
-//! replies come back on it, and the core's mutual challenge (not the preface) decides who
-//! is a peer. Every wait polls with a generous deadline; no duration is asserted.
+//! each other's heads; a connection that names a peer's address in its preface hears
+//! nothing meant for that peer (node connections are authenticated with the node keys, and
+//! a node talks to an address only on a connection it dialed there). Every wait polls
+//! with a generous deadline; no duration is asserted.
 
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
@@ -20,7 +21,6 @@ use nymstr_proto::codec::{decode_frame, encode_frame};
 use nymstr_proto::federation::descriptor;
 use nymstr_proto::federation::{NodeDescriptor, Roles};
 use nymstr_proto::framing;
-use nymstr_proto::identity;
 use nymstr_proto::wire::{Body, Envelope, ErrorCode};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nymstr-node");
@@ -221,6 +221,7 @@ impl Wire {
     }
 }
 
+/// A node key that is neither node's, and its descriptor claiming `address`.
 fn fake_node(address: &str) -> (SigningKey, NodeDescriptor) {
     let key = SigningKey::from_bytes(&[7u8; 32]);
     let roles = Roles { discovery: true, group: false };
@@ -228,55 +229,140 @@ fn fake_node(address: &str) -> (SigningKey, NodeDescriptor) {
     (key, d)
 }
 
+/// Reads whatever `wire` is sent for `d`; returns the bytes read and whether it was closed.
+fn listen(wire: &mut Wire, d: Duration) -> (Vec<u8>, bool) {
+    let until = now_us() + d.as_micros() as u64;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    while now_us() < until {
+        match wire.stream.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return (got, true),
+        }
+    }
+    (got, false)
+}
+
+/// The attack of issue 10 item 5: a plain TCP client opens a connection to node A with a
+/// preface naming node B's address (B dialed A, so A used to answer B on B's accepted
+/// connection, and the preface replaced it). A node connection must now complete a Noise
+/// handshake bound to a node key, and A talks to B's address only on a connection it dialed
+/// there: the impostor hears nothing, a second impostor that completes the handshake with
+/// its own key is refused (B's address answers with B's key), and the DMs sent meanwhile
+/// are delivered.
 #[test]
-fn a_preface_makes_a_node_connection_and_the_challenge_makes_a_peer() {
+fn a_connection_naming_a_peers_address_hears_nothing_and_the_peers_keep_talking() {
+    use nymstr_client_core::Event;
+    use nymstr_node::transport::noise::{self, NoiseIdentity};
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("n");
-    let addr = free_addr();
-    init(&dir, &addr, None);
-    let mut n = Running::start(&dir);
-    let s = n.wait_status("running", |_| true);
-    let node_id = nymstr_proto::federation::NodeId::from_hex(&s.node_id).unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (addr_a, addr_b) = (free_addr(), free_addr());
+    init(&a, &addr_a, None);
+    init(&b, &addr_b, Some(&addr_a));
+    let mut na = Running::start(&a);
+    let mut nb = Running::start(&b);
+    let sb = nb.wait_status("a peer", |s| peers(s) == 1);
+    let sa = na.wait_status("a peer", |s| peers(s) == 1);
+
+    let mut alice = User::new(1, &addr_a);
+    let mut bob = User::new(2, &addr_b);
+    alice.core.register(now_us(), "alice").unwrap();
+    alice.until("alice registered", |ev| ev.iter().any(|e| matches!(e, Event::Registered { .. })));
+    bob.core.register(now_us(), "bob").unwrap();
+    bob.until("bob registered", |ev| ev.iter().any(|e| matches!(e, Event::Registered { .. })));
+    let epoch = sb.federation.as_ref().unwrap().epoch.unwrap_or(0);
+    nb.wait_status("an epoch with bob in the directory", |s| {
+        s.federation.as_ref().is_some_and(|f| f.epoch.unwrap_or(0) >= epoch + 2 && f.dir_size == Some(1))
+    });
 
     // Without a preface a connection is a client, as before.
-    let mut client = Wire::connect(&addr);
+    let mut client = Wire::connect(&addr_a);
     client.send(5, Body::Lookup { username: "nobody".into() });
     let env = client.recv_where("a lookup answer", |_| true);
     assert_eq!(env.request_id, 5);
     assert!(matches!(env.body, Body::Error { code: ErrorCode::UnknownUser, .. }), "{:?}", env.body);
 
-    // A node connection claiming an address nobody listens on (port 1): every reply must
-    // come back on this connection, since the node could not dial that address.
-    let claimed = "127.0.0.1:1";
-    let mut peer = Wire::connect(&addr);
-    peer.send_raw(&preface_frame(claimed.as_bytes()));
+    // The impostor: a plain TCP client naming B's address, then a hello of its own.
+    let mut impostor = Wire::connect(&addr_a);
+    impostor.send_raw(&preface_frame(addr_b.as_bytes()));
+    let (_, mine) = fake_node(&addr_b);
+    impostor.send(0, Body::PeerHello { descriptor: mine, nonce: [9; 32] });
 
-    // A hello whose descriptor names another address is refused, on this connection.
-    let (_, elsewhere) = fake_node("127.0.0.1:2");
-    peer.send(0, Body::PeerHello { descriptor: elsewhere, nonce: [1; 32] });
-    let env = peer.recv_where("an error", |b| matches!(b, Body::Error { .. }));
-    assert!(matches!(env.body, Body::Error { code: ErrorCode::BadSignature, .. }), "{:?}", env.body);
+    // A second impostor completes a Noise handshake with its own node key.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (noisy_closed, noisy_bytes) = rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&addr_a).await.unwrap();
+        let mut d = framing::Decoder::new();
+        let me = NoiseIdentity::new(&fake_node(&addr_b).0).unwrap();
+        let preface = nymstr_node::transport::tcp::preface_body(addr_b.as_bytes());
+        let mut session = noise::initiate(&mut s, &mut d, &me, &preface).await.expect("the handshake itself succeeds");
+        let hello = encode_frame(&Envelope {
+            request_id: 0,
+            body: Body::PeerHello { descriptor: fake_node(&addr_b).1, nonce: [8; 32] },
+        })
+        .unwrap();
+        let _ = s.write_all(&session.sealer.seal(&hello).unwrap()).await;
+        let mut got = 0usize;
+        let mut buf = [0u8; 4096];
+        let closed = loop {
+            match tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(n)) => got += n,
+                Err(_) => break false,
+            }
+        };
+        (closed, got)
+    });
+    assert!(noisy_closed, "node A closes a connection whose key is not the one at the address it claims");
+    assert_eq!(noisy_bytes, 0, "and sends nothing on it");
 
-    // The real handshake: hello, welcome (the node proves its key), proof (we prove ours).
-    let (key, mine) = fake_node(claimed);
-    let my_id = mine.node_id;
-    let nonce = [9u8; 32];
-    peer.send(0, Body::PeerHello { descriptor: mine, nonce });
-    let env = peer.recv_where("a welcome", |b| matches!(b, Body::PeerWelcome { .. }));
-    let Body::PeerWelcome { descriptor: theirs, answer, nonce: theirs_nonce } = env.body else { unreachable!() };
-    assert_eq!(theirs.node_id, node_id);
-    assert_eq!(theirs.address, addr.as_bytes());
-    identity::verify(&theirs.key, &identity::peer_challenge_bytes(&nonce, &my_id, &node_id), &answer)
-        .expect("the node answers our challenge with its key");
-    let proof = identity::sign(&key, &identity::peer_challenge_bytes(&theirs_nonce, &node_id, &my_id));
-    peer.send(env.request_id, Body::PeerProof { answer: proof });
-    // Peered: the node catches us up with gossip, on this connection.
-    peer.recv_where("gossip", |b| matches!(b, Body::Gossip { .. }));
-    let s = n.wait_status("the fake peer", |s| peers(s) == 1);
-    let f = s.federation.unwrap();
-    assert_eq!(f.peers[0].node_id, my_id.to_hex());
-    assert_eq!(f.peers[0].address, claimed);
-    n.terminate();
+    // Meanwhile alice sends bob three DMs.
+    let to = format!("bob@{}", sb.node_id);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(alice.core.send_dm(now_us(), &to, format!("dm {i}").as_bytes()).unwrap());
+    }
+    let until = now_us() + PATIENCE_US;
+    loop {
+        alice.pump();
+        bob.pump();
+        let failed: Vec<_> =
+            alice.events.iter().filter(|e| matches!(e, Event::Failed { .. } | Event::Rejected { .. })).collect();
+        assert!(failed.is_empty(), "alice: {failed:?}\nnode a:\n{}\nnode b:\n{}", na.log(), nb.log());
+        let acked = ids
+            .iter()
+            .all(|id| alice.events.iter().any(|e| matches!(e, Event::SendAcked { msg_id, .. } if msg_id == id)));
+        let received =
+            ids.iter().all(|id| bob.events.iter().any(|e| matches!(e, Event::Received { msg_id, .. } if msg_id == id)));
+        if acked && received {
+            break;
+        }
+        assert!(now_us() < until, "the messages never crossed; alice: {:?}\nbob: {:?}", alice.events, bob.events);
+    }
+    // All the plain impostor gets is the node's handshake message (its "hello" was taken
+    // for the first handshake message): no wire frame.
+    let (heard, _) = listen(&mut impostor, Duration::from_secs(2));
+    let mut d = framing::Decoder::new();
+    d.push(&heard);
+    let mut frames = Vec::new();
+    while let Ok(Some(f)) = d.next_frame() {
+        frames.push(f);
+    }
+    assert!(frames.len() <= 1, "the impostor got {} frames", frames.len());
+    for f in &frames {
+        assert!(decode_frame(f).is_err(), "the impostor heard a wire frame meant for node B: {:?}", decode_frame(f));
+    }
+    // Both nodes still peer with each other only, at their own addresses.
+    let sa2 = na.wait_status("a peer", |s| peers(s) == 1);
+    let f = sa2.federation.unwrap();
+    assert_eq!(f.peers[0].node_id, sb.node_id);
+    assert_eq!(f.peers[0].address, addr_b);
+    assert_eq!(sa2.node_id, sa.node_id);
+    na.terminate();
+    nb.terminate();
 }
 
 /// A user: the real client core on a connection to its home node.

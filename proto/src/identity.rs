@@ -22,6 +22,7 @@ pub const LABEL_GROUP_SUBSCRIBE: &str = "nymstr/v1/group/subscribe";
 pub const LABEL_GROUP_INVITE: &str = "nymstr/v1/group/invite";
 pub const LABEL_GROUP_ADVERT: &str = "nymstr/v1/group/advert";
 pub const LABEL_PEER_CHALLENGE: &str = "nymstr/v1/peer-challenge";
+pub const LABEL_FORWARD_DM: &str = "nymstr/v1/forward-dm";
 
 /// Names nobody may register: they would impersonate the service or its operators.
 pub const RESERVED_USERNAMES: &[&str] = &[
@@ -178,6 +179,18 @@ pub fn peer_challenge_bytes(
     responder: &crate::federation::NodeId,
 ) -> Vec<u8> {
     signing_bytes(LABEL_PEER_CHALLENGE, &(nonce, challenger, responder))
+}
+
+/// What a node signs when it forwards a DM to a peer (`Body::ForwardDm`): the sender's
+/// qualified name, the receiving node, the forwarding time, and the DM's sender, id and
+/// outer signature (which covers the rest of the DM).
+pub fn forward_dm_bytes(
+    from_username: &str,
+    to_node: &crate::federation::NodeId,
+    sent_at_us: u64,
+    dm: &SendDm,
+) -> Vec<u8> {
+    signing_bytes(LABEL_FORWARD_DM, &(from_username, to_node, sent_at_us, &dm.from, &dm.msg_id, &dm.sig))
 }
 
 /// Bytes of a `SendDm` covered by its outer signature (everything but the signature).

@@ -37,6 +37,13 @@ pub const GOSSIP_ITEMS_MAX: usize = 32;
 pub const DESCRIPTORS_MAX: usize = 128;
 /// Authenticated peers one node keeps.
 pub const PEERS_MAX: usize = 256;
+/// How old a `ForwardDm` (its signed `sent_at_us`) may be when it arrives: 10 minutes.
+/// The receiver also caps it at its send-dedupe lifetime less `FORWARD_CLOCK_SKEW_US`,
+/// so a forward it accepts twice is always within the dedupe window (a replay is acked,
+/// never queued again) and a replay after that window is refused.
+pub const FORWARD_FRESHNESS_US: u64 = 600_000_000;
+/// How far in the future a `ForwardDm`'s `sent_at_us` may be (clock skew): 1 minute.
+pub const FORWARD_CLOCK_SKEW_US: u64 = 60_000_000;
 
 // Federation (SPECv1, `specs/transparency.md`, `specs/trust.md`).
 /// Longest policy text a node descriptor may carry, in bytes.

@@ -315,11 +315,16 @@ pub enum Body {
     /// A direct message for a user homed on the receiving node, forwarded by the sender's
     /// home node. `from_username` is the sender's qualified name `user@nodeid`; `cert` is
     /// the sender installation's certificate (the DM's outer signature verifies under it).
-    /// Answered with `SendAck` once durable.
+    /// Answered with `SendAck` once durable. `sent_at_us` is the forwarding node's clock
+    /// when it forwarded; `sig` is the forwarding node's signature over
+    /// `identity::forward_dm_bytes` (freshness: a captured forward cannot be replayed once
+    /// it is older than the receiver's window, `limits::FORWARD_FRESHNESS_US`).
     ForwardDm {
         from_username: String,
         cert: InstallationCert,
         dm: SendDm,
+        sent_at_us: u64,
+        sig: Sig,
     },
     /// A node's signed promise to include a registration or change by a deadline epoch;
     /// sent after `Registered`.

@@ -218,6 +218,14 @@ fn promise() -> Promise {
 }
 
 /// `FORWARDED_DM`: alice's DM to `bob@<node B>`, as her home node A forwards it.
+/// `FORWARD_SENT_AT_US`: when node A forwarded `FORWARDED_DM`.
+const FORWARD_SENT_AT_US: u64 = 1_700_000_100_000_000;
+
+/// What node A signs to forward `FORWARDED_DM` to node B.
+fn forward_dm_bytes() -> Vec<u8> {
+    identity::forward_dm_bytes(&format!("alice@{}", node_a().to_hex()), &node_b(), FORWARD_SENT_AT_US, &forwarded_dm())
+}
+
 fn forwarded_dm() -> SendDm {
     let from = alice_installation_id();
     let to = format!("bob@{}", node_b().to_hex());
@@ -348,6 +356,8 @@ fn frame(name: &str) -> Option<Envelope> {
                 from_username: format!("alice@{}", node_a().to_hex()),
                 cert: alice_cert(),
                 dm: forwarded_dm(),
+                sent_at_us: FORWARD_SENT_AT_US,
+                sig: identity::sign(&node_a_key(), &forward_dm_bytes()),
             },
         ),
         "include_promise" => env(2, Body::IncludePromise { promise: promise() }),
@@ -382,6 +392,7 @@ fn bytes(name: &str) -> Option<Vec<u8>> {
         // §8.7 federation signed bytes.
         "peer_challenge_bytes" => identity::peer_challenge_bytes(&n, &node_b(), &node_a()),
         "node_a_descriptor_signing_bytes" => descriptor::signing_bytes(&node_a_descriptor()),
+        "forward_dm_bytes" => forward_dm_bytes(),
         _ => return None,
     })
 }
@@ -504,7 +515,7 @@ const GROUP_VECTORS: [&str; 20] = [
 
 /// The federation vectors of §8.7: a frame of most federation messages and the peer
 /// challenge's signed bytes.
-const FEDERATION_VECTORS: [&str; 12] = [
+const FEDERATION_VECTORS: [&str; 13] = [
     "peer_hello",
     "peer_proof",
     "gossip_head",
@@ -517,6 +528,7 @@ const FEDERATION_VECTORS: [&str; 12] = [
     "error_unreachable",
     "peer_challenge_bytes",
     "node_a_descriptor_signing_bytes",
+    "forward_dm_bytes",
 ];
 
 #[test]
@@ -607,6 +619,8 @@ fn vector_signatures_verify() {
     identity::verify(&a_key, &identity::peer_challenge_bytes(&n, &node_b(), &node_a()), &answer).unwrap();
     let fwd = forwarded_dm();
     identity::verify(&cert.signing_key, &identity::send_dm_signing_bytes(&fwd), &fwd.sig).unwrap();
+    let Some(Envelope { body: Body::ForwardDm { sig, .. }, .. }) = frame("forward_dm") else { panic!("forward_dm") };
+    identity::verify(&a_key, &forward_dm_bytes(), &sig).unwrap();
 }
 
 #[test]

@@ -165,7 +165,7 @@ async fn serve(dir: DataDir, config: Config, options: RunOptions) -> Result<(), 
     let kind = config.transport.kind;
     // The transport starts first: a federated core needs the address it is reached at.
     // Frames that arrive meanwhile wait in the inbound channel.
-    let transport = start_transport(&dir, &config, inbound_tx).await?;
+    let transport = start_transport(&dir, &config, key.signing_key(), inbound_tx).await?;
     let TransportHandle { outbound, address } = transport;
     let started_at_us = os::now_us();
     let core = if config.federation.enabled {
@@ -313,17 +313,18 @@ async fn open_store(dir: &DataDir, config: &Config) -> Result<SledStore, RunErro
 async fn start_transport(
     dir: &DataDir,
     config: &Config,
+    node_key: &ed25519_dalek::SigningKey,
     inbound: mpsc::Sender<Inbound>,
 ) -> Result<TransportHandle, RunError> {
     match config.transport.kind {
         TransportKind::Tcp => {
-            Ok(tcp::start(config.transport.tcp.clone(), config.federation.advertise.clone(), inbound).await?)
+            Ok(tcp::start(config.transport.tcp.clone(), config.federation.advertise.clone(), node_key, inbound).await?)
         }
         #[cfg(feature = "nym")]
         TransportKind::Nym => Ok(crate::transport::nym::start(config.transport.nym.clone(), &dir.root, inbound).await?),
         #[cfg(not(feature = "nym"))]
         TransportKind::Nym => {
-            let _ = dir;
+            let _ = (dir, node_key);
             Err(RunError::Config(ConfigError::Invalid {
                 path: dir.config(),
                 key: "transport.kind".into(),

@@ -21,6 +21,7 @@
 //! node-to-node connections) and `nym`
 //! (nym-sdk, behind the `nym` feature). The simulator's mixnet model is the third.
 
+pub mod noise;
 #[cfg(feature = "nym")]
 pub mod nym;
 pub mod tcp;

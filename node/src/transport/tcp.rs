@@ -1,13 +1,19 @@
 //! The TCP transport: length-prefixed frames (`nymstr_proto::framing`) on a stream, one fresh
 //! random [`SenderTag`] per accepted client connection, and node-to-node connections
-//! (federation) opened by a [`PREFACE_MAGIC`] preface. Normative text: `specs/tcp.md`.
+//! (federation) opened by a [`PREFACE_MAGIC`] preface and authenticated with the node keys
+//! (Noise XX, `transport/noise.rs`). Normative text: `specs/tcp.md`.
 //!
-//! Nodes: a frame for `Peer::Address(a)` goes on the connection this transport dialed to
-//! `a` (`host:port` text), else on a connection `a` dialed to us (its preface named `a`),
-//! else a dial to `a` is started and the frame waits for it (a few frames at most). A dial
-//! that fails puts `a` in back-off (1 s doubling to 60 s); frames for it meanwhile are
-//! dropped (the federation core retries). The preface is a routing hint, not a proof: the
-//! core authenticates peers with its mutual challenge.
+//! Nodes: a frame for `Peer::Address(a)` goes only on the connection this transport dialed
+//! to `a` (`host:port` text); if there is none a dial to `a` is started and the frame waits
+//! for it (a few frames at most). A dial that fails puts `a` in back-off (1 s doubling to
+//! 60 s); frames for it meanwhile are dropped (the federation core retries). The first dial
+//! to `a` that completes its handshake pins `a` to the node id of the key that answered
+//! there; a later answer at `a` with another key is refused. A connection another node
+//! dialed to us is authenticated by its handshake, and its frames reach the core as
+//! `Peer::Address(a)` (the address its preface claims) only once `a` is pinned to the same
+//! node id (this transport dials `a` to check); otherwise it is closed unheard, and nothing
+//! is ever sent on it but its own error frames. So an address speaks, and is spoken to, only
+//! with the key that answers at that address.
 //!
 //! It emulates the mixnet's reply contract: the node core sees only the tag, replies to
 //! the tag go back on that connection, and the socket address of a client is dropped at
@@ -49,9 +55,12 @@ use tokio::time::Instant;
 
 use crate::runtime::os::monotonic;
 
+use super::noise::{self, NoiseIdentity, Session};
 use super::{Inbound, OUTBOUND_QUEUE_MAX, Outbound, TransportHandle};
+use ed25519_dalek::SigningKey;
 use nymstr_node_core::actors::{Address, Peer, SenderTag};
 use nymstr_proto::codec;
+use nymstr_proto::federation::NodeId;
 use nymstr_proto::framing::{self, FramingError};
 use nymstr_proto::wire::{Body, Envelope, ErrorCode};
 
@@ -134,6 +143,7 @@ pub enum TcpError {
 pub async fn start(
     config: TcpConfig,
     advertise: Option<String>,
+    node_key: &SigningKey,
     inbound: mpsc::Sender<Inbound>,
 ) -> Result<TransportHandle, TcpError> {
     config.check().map_err(|(key, message)| TcpError::Config { key, message })?;
@@ -149,9 +159,12 @@ pub async fn start(
     let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE_MAX);
     let (stop_tx, stop_rx) = watch::channel(false);
     let own = advertise.unwrap_or_else(|| local.to_string());
+    let noise = NoiseIdentity::new(node_key).map_err(|e| TcpError::Entropy(e.to_string()))?;
     let shared = Arc::new(Shared {
         config,
-        preface: preface_frame(own.as_bytes()),
+        preface: preface_body(own.as_bytes()),
+        noise,
+        dials_done: Notify::new(),
         conns: Mutex::new(BTreeMap::new()),
         nodes: Mutex::new(Nodes::default()),
         next_conn_id: AtomicU64::new(1),
@@ -179,12 +192,19 @@ struct Counters {
     framing_errors: AtomicU64,
     slow_consumers: AtomicU64,
     idle_closed: AtomicU64,
+    /// Node connections refused: a handshake that failed, or an address not the peer's own.
+    handshakes_failed: AtomicU64,
 }
 
 struct Shared {
     config: TcpConfig,
-    /// The framed preface this node sends first on every connection it dials.
+    /// The preface this node sends first on every connection it dials (unframed: it is
+    /// also the Noise prologue).
     preface: Vec<u8>,
+    /// This process's Noise static key and its node key's proof.
+    noise: NoiseIdentity,
+    /// Woken whenever a dial ends (pinned, refused or failed).
+    dials_done: Notify,
     conns: Mutex<BTreeMap<SenderTag, Conn>>,
     nodes: Mutex<Nodes>,
     next_conn_id: AtomicU64,
@@ -210,15 +230,18 @@ struct Backoff {
     delay: Duration,
 }
 
-/// Node connections by the peer's address.
+/// Node connections.
 #[derive(Default)]
 struct Nodes {
-    /// Connections this node dialed (preferred for sending).
+    /// Connections this node dialed, by address: the only ones frames are sent on.
     outbound: BTreeMap<Address, NodeConn>,
-    /// Connections another node dialed, under the address its preface named.
-    inbound: BTreeMap<Address, NodeConn>,
+    /// Connections other nodes dialed, authenticated and verified, by connection id (never
+    /// by the address they claim: a claim neither replaces nor shadows another connection).
+    accepted: BTreeMap<u64, NodeConn>,
     dialing: BTreeMap<Address, Dialing>,
     backoff: BTreeMap<Address, Backoff>,
+    /// The node id of the key that answered the first completed dial to each address.
+    pins: BTreeMap<Address, NodeId>,
 }
 
 /// First bytes of a node-to-node preface frame (`specs/tcp.md` §6). A wire frame starts
@@ -234,12 +257,22 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Node connections get this many times a client's rate limit (gossip comes in bursts).
 const NODE_RATE_FACTOR: u32 = 20;
 
+/// How long an accepted node connection may take to finish its handshake and have its
+/// claimed address checked (a dial to it, `DIAL_TIMEOUT` each).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(12);
+
+/// The preface naming `address`, without the length prefix: `PREFACE_MAGIC || address`.
+pub fn preface_body(address: &[u8]) -> Vec<u8> {
+    let mut body = PREFACE_MAGIC.to_vec();
+    body.extend_from_slice(address);
+    body
+}
+
 /// The preface frame naming `address`, length prefix included:
 /// `u32 len || PREFACE_MAGIC || address`.
 pub fn preface_frame(address: &[u8]) -> Vec<u8> {
-    let mut body = PREFACE_MAGIC.to_vec();
-    body.extend_from_slice(address);
-    framing::encode(&body).expect("a preface is never empty and fits in a frame")
+    framing::encode(&preface_body(address)).expect("a preface is never empty and fits in a frame")
 }
 
 /// The address a (de-framed) preface names, if `frame` is a valid preface.
@@ -259,9 +292,7 @@ impl Shared {
         if nodes.outbound.get(address).is_some_and(|c| c.id == id) {
             nodes.outbound.remove(address);
         }
-        if nodes.inbound.get(address).is_some_and(|c| c.id == id) {
-            nodes.inbound.remove(address);
-        }
+        nodes.accepted.remove(&id);
     }
 
     fn conns(&self) -> MutexGuard<'_, BTreeMap<SenderTag, Conn>> {
@@ -335,16 +366,8 @@ async fn accept_loop(
             tag
         };
         tracing::debug!(tag = %short(&tag), "connection opened");
-        tokio::spawn(serve(
-            stream,
-            Remote::Client(tag),
-            shared.clone(),
-            inbound.clone(),
-            queue,
-            queue_rx,
-            kill,
-            Some(permit),
-        ));
+        let conn = Served { queue, queue_rx, kill, permit: Some(permit), decoder: framing::Decoder::new() };
+        tokio::spawn(serve_accepted(stream, tag, shared.clone(), inbound.clone(), conn, stop.clone()));
     }
     tracing::debug!("tcp transport stopped accepting");
 }
@@ -359,6 +382,8 @@ enum End {
     NodeStopping,
     WriterEnded,
     SlowConsumer,
+    /// A node connection's record did not authenticate (or was malformed).
+    BadRecord(String),
 }
 
 impl std::fmt::Display for End {
@@ -371,11 +396,12 @@ impl std::fmt::Display for End {
             End::NodeStopping => write!(f, "node stopping"),
             End::WriterEnded => write!(f, "write failed or timed out"),
             End::SlowConsumer => write!(f, "write queue full (the peer does not read)"),
+            End::BadRecord(e) => write!(f, "bad sealed record: {e}"),
         }
     }
 }
 
-/// Who a connection's frames come from: a client (a tag) until a preface makes it a node.
+/// Who a connection's frames come from: a client (a tag), or an authenticated node.
 enum Remote {
     Client(SenderTag),
     /// A node connection: its peer's address and its id in `Nodes`.
@@ -391,23 +417,165 @@ impl Remote {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve(
-    stream: TcpStream,
-    mut remote: Remote,
-    shared: Arc<Shared>,
-    inbound: mpsc::Sender<Inbound>,
-    replies: mpsc::Sender<Vec<u8>>,
+/// A connection's queues and reader state, handed to [`serve`].
+struct Served {
+    queue: mpsc::Sender<Vec<u8>>,
     queue_rx: mpsc::Receiver<Vec<u8>>,
     kill: Arc<Notify>,
-    _permit: Option<OwnedSemaphorePermit>,
+    permit: Option<OwnedSemaphorePermit>,
+    /// Bytes already read (past the first frame or the handshake).
+    decoder: framing::Decoder,
+}
+
+/// An accepted connection: a client, unless its first frame is a preface; then a node
+/// connection, which must complete the Noise handshake and whose claimed address must be
+/// pinned to the key it authenticated with before any of its frames reach the core.
+async fn serve_accepted(
+    mut stream: TcpStream,
+    tag: SenderTag,
+    shared: Arc<Shared>,
+    inbound: mpsc::Sender<Inbound>,
+    mut conn: Served,
+    stop: watch::Receiver<bool>,
 ) {
+    let idle = (shared.config.idle_timeout_secs > 0).then(|| Duration::from_secs(shared.config.idle_timeout_secs));
+    let first = tokio::select! {
+        r = first_frame(&mut stream, &mut conn.decoder, idle) => r,
+        _ = inbound.closed() => Err(End::NodeStopping),
+    };
+    let first = match first {
+        Ok(first) => first,
+        Err(end) => {
+            unregister(&shared, tag);
+            tracing::debug!(tag = %short(&tag), reason = %end, "connection closed");
+            return;
+        }
+    };
+    let Some(address) = first.as_deref().and_then(parse_preface) else {
+        serve(stream, Remote::Client(tag), shared, inbound, conn, first, None).await;
+        return;
+    };
+    // A node. The core never saw this tag (no frame reached it), so nothing is owed to it.
+    unregister(&shared, tag);
+    let name = String::from_utf8_lossy(&address.0).into_owned();
+    let body = first.expect("a preface");
+    let session =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, noise::respond(&mut stream, &mut conn.decoder, &shared.noise, &body))
+            .await
+            .unwrap_or_else(|_| Err("handshake timed out".into()));
+    let session = match session {
+        Ok(s) => s,
+        Err(e) => {
+            shared.count(|c| &c.handshakes_failed);
+            tracing::debug!(claimed = %name, error = %e, "node connection refused: handshake failed");
+            return;
+        }
+    };
+    if let Err(e) = verify_claim(&shared, &address, session.peer, &inbound, &stop).await {
+        shared.count(|c| &c.handshakes_failed);
+        tracing::warn!(claimed = %name, node = %session.peer, error = %e, "node connection refused: address not its own");
+        return;
+    }
+    let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let (queue, queue_rx) = mpsc::channel(shared.config.write_queue_frames);
+    let kill = Arc::new(Notify::new());
+    shared.nodes().accepted.insert(id, NodeConn { id, queue: queue.clone(), kill: kill.clone() });
+    tracing::debug!(node = %name, id = %session.peer, "node connection (accepted, authenticated)");
+    let conn = Served { queue, queue_rx, kill, permit: conn.permit, decoder: conn.decoder };
+    serve(stream, Remote::Node(address, id), shared, inbound, conn, None, Some(session)).await;
+}
+
+/// Reads until the first whole frame (`Ok(None)`: a framing error, left in `decoder` for
+/// the client reader to report).
+async fn first_frame(
+    stream: &mut TcpStream,
+    decoder: &mut framing::Decoder,
+    idle: Option<Duration>,
+) -> Result<Option<Vec<u8>>, End> {
+    let mut buf = [0u8; 4096];
+    loop {
+        match decoder.next_frame() {
+            Ok(Some(frame)) => return Ok(Some(frame)),
+            Ok(None) => {}
+            Err(_) => return Ok(None),
+        }
+        let read = async {
+            match idle {
+                Some(d) => tokio::time::timeout(d, stream.read(&mut buf)).await.ok(),
+                None => Some(stream.read(&mut buf).await),
+            }
+        };
+        match read.await {
+            None => return Err(End::Idle),
+            Some(Ok(0)) => return Err(End::PeerClosed),
+            Some(Ok(n)) => decoder.push(&buf[..n]),
+            Some(Err(e)) => return Err(End::ReadError(e.kind())),
+        }
+    }
+}
+
+/// Waits until `address` is pinned to `peer`, dialing it if needed. An address pinned to
+/// another node, or that cannot be reached in time, is refused.
+async fn verify_claim(
+    shared: &Arc<Shared>,
+    address: &Address,
+    peer: NodeId,
+    inbound: &mpsc::Sender<Inbound>,
+    stop: &watch::Receiver<bool>,
+) -> Result<(), String> {
+    let deadline = monotonic() + VERIFY_TIMEOUT;
+    loop {
+        let done = shared.dials_done.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        {
+            let mut nodes = shared.nodes();
+            match nodes.pins.get(address) {
+                Some(id) if *id == peer => return Ok(()),
+                Some(id) => return Err(format!("the address answers as node {id}")),
+                None => {}
+            }
+            if !nodes.dialing.contains_key(address) {
+                if nodes.backoff.get(address).is_some_and(|b| monotonic() < b.next) {
+                    return Err("the address is unreachable (back-off)".into());
+                }
+                nodes.dialing.insert(address.clone(), Dialing { waiting: Vec::new() });
+                tokio::spawn(dial(shared.clone(), address.clone(), inbound.clone(), stop.clone()));
+            }
+        }
+        let now = monotonic();
+        if now >= deadline {
+            return Err("the address could not be checked in time".into());
+        }
+        tokio::select! {
+            _ = done => {}
+            _ = tokio::time::sleep(deadline - now) => {}
+            _ = inbound.closed() => return Err("node stopping".into()),
+        }
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    remote: Remote,
+    shared: Arc<Shared>,
+    inbound: mpsc::Sender<Inbound>,
+    conn: Served,
+    first: Option<Vec<u8>>,
+    session: Option<Session>,
+) {
+    let Served { queue: replies, queue_rx, kill, permit: _permit, decoder } = conn;
     let _ = stream.set_nodelay(true);
     let (mut rd, wr) = stream.into_split();
     let write_timeout = Duration::from_secs(shared.config.write_timeout_secs);
-    let mut writer = tokio::spawn(write_loop(wr, queue_rx, write_timeout));
+    let (sealer, opener) = match session {
+        Some(s) => (Some(s.sealer), Some(s.opener)),
+        None => (None, None),
+    };
+    let mut writer = tokio::spawn(write_loop(wr, queue_rx, write_timeout, sealer));
+    let reader = Reader { decoder, first, opener };
     let end = tokio::select! {
-        end = read_loop(&mut rd, &mut remote, &inbound, replies, &kill, &shared) => end,
+        end = read_loop(&mut rd, &remote, &inbound, replies, &shared, reader) => end,
         _ = &mut writer => End::WriterEnded,
         _ = kill.notified() => End::SlowConsumer,
     };
@@ -464,49 +632,60 @@ fn unregister(shared: &Shared, tag: SenderTag) {
     shared.conns().remove(&tag);
 }
 
+/// What a reader starts with: bytes already read, the first frame if it was read already,
+/// and for a node connection the session's receiving half.
+struct Reader {
+    decoder: framing::Decoder,
+    first: Option<Vec<u8>>,
+    opener: Option<noise::Opener>,
+}
+
 async fn read_loop(
     rd: &mut OwnedReadHalf,
-    remote: &mut Remote,
+    remote: &Remote,
     inbound: &mpsc::Sender<Inbound>,
     replies: mpsc::Sender<Vec<u8>>,
-    kill: &Arc<Notify>,
     shared: &Shared,
+    reader: Reader,
 ) -> End {
     let config = &shared.config;
     let idle = (config.idle_timeout_secs > 0).then(|| Duration::from_secs(config.idle_timeout_secs));
-    let node_bucket = || {
-        TokenBucket::new(
-            config.rate_limit_frames_per_sec.saturating_mul(NODE_RATE_FACTOR),
-            config.rate_limit_burst_frames.saturating_mul(NODE_RATE_FACTOR),
-        )
-    };
     let mut bucket = match remote {
         Remote::Client(_) => TokenBucket::new(config.rate_limit_frames_per_sec, config.rate_limit_burst_frames),
-        Remote::Node(..) => node_bucket(),
+        Remote::Node(..) => TokenBucket::new(
+            config.rate_limit_frames_per_sec.saturating_mul(NODE_RATE_FACTOR),
+            config.rate_limit_burst_frames.saturating_mul(NODE_RATE_FACTOR),
+        ),
     };
-    // Only the first frame of an accepted connection may be a preface.
-    let mut first = matches!(remote, Remote::Client(_));
-    let mut decoder = framing::Decoder::new();
+    let Reader { mut decoder, first, mut opener } = reader;
+    let mut pending = first;
     let mut buf = vec![0u8; 16 * 1024];
+    let mut started = false;
     loop {
-        let read = async {
-            match idle {
-                Some(d) => tokio::time::timeout(d, rd.read(&mut buf)).await.ok(),
-                None => Some(rd.read(&mut buf).await),
-            }
-        };
-        let n = tokio::select! {
-            r = read => match r {
-                None => return End::Idle,
-                Some(Ok(0)) => return End::PeerClosed,
-                Some(Ok(n)) => n,
-                Some(Err(e)) => return End::ReadError(e.kind()),
-            },
-            _ = inbound.closed() => return End::NodeStopping,
-        };
-        decoder.push(&buf[..n]);
+        if std::mem::replace(&mut started, true) {
+            let read = async {
+                match idle {
+                    Some(d) => tokio::time::timeout(d, rd.read(&mut buf)).await.ok(),
+                    None => Some(rd.read(&mut buf).await),
+                }
+            };
+            let n = tokio::select! {
+                r = read => match r {
+                    None => return End::Idle,
+                    Some(Ok(0)) => return End::PeerClosed,
+                    Some(Ok(n)) => n,
+                    Some(Err(e)) => return End::ReadError(e.kind()),
+                },
+                _ = inbound.closed() => return End::NodeStopping,
+            };
+            decoder.push(&buf[..n]);
+        }
         loop {
-            let frame = match decoder.next_frame() {
+            let next = match pending.take() {
+                Some(frame) => Ok(Some(frame)),
+                None => decoder.next_frame(),
+            };
+            let frame = match next {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(e) => {
@@ -518,23 +697,14 @@ async fn read_loop(
                     return End::Framing(e);
                 }
             };
-            if std::mem::take(&mut first)
-                && let Remote::Client(tag) = *remote
-                && let Some(address) = parse_preface(&frame)
-            {
-                // A node: its frames reach the core as `Peer::Address`, and frames for
-                // that address may go back on this connection.
-                let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-                unregister(shared, tag);
-                shared
-                    .nodes()
-                    .inbound
-                    .insert(address.clone(), NodeConn { id, queue: replies.clone(), kill: kill.clone() });
-                tracing::debug!(tag = %short(&tag), node = %String::from_utf8_lossy(&address.0), "node connection (preface)");
-                *remote = Remote::Node(address, id);
-                bucket = node_bucket();
-                continue;
-            }
+            // A node connection carries sealed records: a frame is whole once its last
+            // record is opened.
+            let frame = match opener.as_mut().map(|o| o.open(&frame)) {
+                None => frame,
+                Some(Ok(Some(frame))) => frame,
+                Some(Ok(None)) => continue,
+                Some(Err(e)) => return End::BadRecord(e),
+            };
             if !bucket.take(monotonic()) {
                 shared.count(|c| &c.rate_limited);
                 let detail =
@@ -559,17 +729,34 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(wr: OwnedWriteHalf, mut queue: mpsc::Receiver<Vec<u8>>, timeout: Duration) -> io::Result<()> {
+/// Writes queued length-prefixed frames; on a node connection each is sealed first.
+async fn write_loop(
+    wr: OwnedWriteHalf,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+    timeout: Duration,
+    mut sealer: Option<noise::Sealer>,
+) -> io::Result<()> {
     let mut w = BufWriter::with_capacity(64 * 1024, wr);
+    let mut seal = |framed: Vec<u8>| -> io::Result<Vec<u8>> {
+        match sealer.as_mut() {
+            None => Ok(framed),
+            Some(s) => s.seal(&framed[framing::PREFIX_BYTES..]).map_err(io::Error::other),
+        }
+    };
     while let Some(first) = queue.recv().await {
+        let first = seal(first)?;
+        let mut more = Vec::new();
+        // Coalesce whatever else is already queued into the same flush.
+        for _ in 0..64 {
+            match queue.try_recv() {
+                Ok(frame) => more.push(seal(frame)?),
+                Err(_) => break,
+            }
+        }
         let batch = async {
             w.write_all(&first).await?;
-            // Coalesce whatever else is already queued into the same flush.
-            for _ in 0..64 {
-                match queue.try_recv() {
-                    Ok(more) => w.write_all(&more).await?,
-                    Err(_) => break,
-                }
+            for m in &more {
+                w.write_all(m).await?;
             }
             w.flush().await
         };
@@ -637,7 +824,7 @@ async fn dispatch(
     {
         let mut nodes = shared.nodes();
         nodes.outbound.clear();
-        nodes.inbound.clear();
+        nodes.accepted.clear();
         nodes.dialing.clear();
     }
     drop(inbound);
@@ -649,12 +836,14 @@ async fn dispatch(
         framing_errors = c.framing_errors.load(Ordering::Relaxed),
         slow_consumers = c.slow_consumers.load(Ordering::Relaxed),
         idle_closed = c.idle_closed.load(Ordering::Relaxed),
+        node_handshakes_failed = c.handshakes_failed.load(Ordering::Relaxed),
         "tcp transport stopped"
     );
 }
 
-/// A frame for another node: on a connection we dialed, else on one it dialed, else
-/// after a dial (unless the address is in back-off: then the frame is dropped).
+/// A frame for another node: on the connection we dialed to its address, else after a
+/// dial (unless the address is in back-off: then the frame is dropped). Never on a
+/// connection another node dialed: only the key that answers at an address hears it.
 fn send_to_node(
     shared: &Arc<Shared>,
     address: Address,
@@ -663,26 +852,23 @@ fn send_to_node(
     stop: &watch::Receiver<bool>,
 ) {
     let mut nodes = shared.nodes();
-    for dialed in [true, false] {
-        let table = if dialed { &mut nodes.outbound } else { &mut nodes.inbound };
-        let Some(conn) = table.get(&address) else { continue };
-        match conn.queue.try_send(framed) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                // A peer that does not read: close it; the core retries later.
-                if let Some(conn) = table.remove(&address) {
-                    conn.kill.notify_one();
-                }
-                shared.count(|c| &c.slow_consumers);
-                return;
+    let Some(conn) = nodes.outbound.get(&address) else {
+        return send_after_close(shared, nodes, address, framed, inbound, stop);
+    };
+    match conn.queue.try_send(framed) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            // A peer that does not read: close it; the core retries later.
+            if let Some(conn) = nodes.outbound.remove(&address) {
+                conn.kill.notify_one();
             }
-            Err(mpsc::error::TrySendError::Closed(back)) => {
-                table.remove(&address);
-                return send_after_close(shared, nodes, address, back, inbound, stop);
-            }
+            shared.count(|c| &c.slow_consumers);
+        }
+        Err(mpsc::error::TrySendError::Closed(back)) => {
+            nodes.outbound.remove(&address);
+            send_after_close(shared, nodes, address, back, inbound, stop);
         }
     }
-    send_after_close(shared, nodes, address, framed, inbound, stop);
 }
 
 /// No live connection to `address`: wait for a dial in progress, or start one.
@@ -709,41 +895,56 @@ fn send_after_close(
     tokio::spawn(dial(shared.clone(), address, inbound.clone(), stop.clone()));
 }
 
-/// Dials `address` (`host:port` text), sends the preface and the waiting frames, then
-/// serves the connection like an accepted one (its frames come from `Peer::Address`).
+/// Dials `address` (`host:port` text), runs the handshake (preface, Noise XX), pins the
+/// address to the node that answered, sends the waiting frames, then serves the connection
+/// (its frames come from `Peer::Address(address)`).
 async fn dial(shared: Arc<Shared>, address: Address, inbound: mpsc::Sender<Inbound>, stop: watch::Receiver<bool>) {
     let name = String::from_utf8_lossy(&address.0).into_owned();
+    let mut decoder = framing::Decoder::new();
     let connected = match std::str::from_utf8(&address.0) {
-        Ok(target) => match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(target)).await {
-            Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(e)) => Err(e.to_string()),
+        Ok(target) => match tokio::time::timeout(DIAL_TIMEOUT, async {
+            let mut stream = TcpStream::connect(target).await.map_err(|e| e.to_string())?;
+            let session = noise::initiate(&mut stream, &mut decoder, &shared.noise, &shared.preface).await?;
+            Ok::<_, String>((stream, session))
+        })
+        .await
+        {
+            Ok(r) => r,
             Err(_) => Err("timed out".to_string()),
         },
         Err(_) => Err("the address is not host:port text".to_string()),
     };
-    let Some((stream, queue, queue_rx, kill, id)) = register_dialed(&shared, &address, connected, &inbound, &stop)
-    else {
-        return;
-    };
-    tracing::debug!(node = %name, "node connection (dialed)");
-    serve(stream, Remote::Node(address, id), shared, inbound, queue, queue_rx, kill, None).await;
+    let registered = register_dialed(&shared, &address, connected, &inbound, &stop);
+    shared.dials_done.notify_waiters();
+    let Some((stream, session, conn, id)) = registered else { return };
+    tracing::debug!(node = %name, id = %session.peer, "node connection (dialed, authenticated)");
+    let conn = Served { decoder, ..conn };
+    serve(stream, Remote::Node(address, id), shared, inbound, conn, None, Some(session)).await;
 }
 
-type Dialed = (TcpStream, mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>, Arc<Notify>, u64);
+type Dialed = (TcpStream, Session, Served, u64);
 
-/// After a dial: on success registers the connection with the preface and the frames that
-/// waited for it queued; on failure puts the address in back-off and drops those frames.
+/// After a dial: on success (and if the address is not pinned to another node) pins the
+/// address and registers the connection with the frames that waited for it queued; on
+/// failure puts the address in back-off and drops those frames.
 fn register_dialed(
     shared: &Shared,
     address: &Address,
-    connected: Result<TcpStream, String>,
+    connected: Result<(TcpStream, Session), String>,
     inbound: &mpsc::Sender<Inbound>,
     stop: &watch::Receiver<bool>,
 ) -> Option<Dialed> {
     let mut nodes = shared.nodes();
     let waiting = nodes.dialing.remove(address).map(|d| d.waiting).unwrap_or_default();
-    let stream = match connected {
-        Ok(stream) if !*stop.borrow() && !inbound.is_closed() => stream,
+    let connected = connected.and_then(|(stream, session)| match nodes.pins.get(address) {
+        Some(pinned) if *pinned != session.peer => {
+            shared.count(|c| &c.handshakes_failed);
+            Err(format!("answered as node {}, but the address is pinned to node {pinned}", session.peer))
+        }
+        _ => Ok((stream, session)),
+    });
+    let (stream, session) = match connected {
+        Ok(c) if !*stop.borrow() && !inbound.is_closed() => c,
         Ok(_) => return None,
         Err(e) => {
             let delay = nodes.backoff.get(address).map_or(BACKOFF_FIRST, |b| (b.delay * 2).min(BACKOFF_MAX));
@@ -759,16 +960,17 @@ fn register_dialed(
         }
     };
     nodes.backoff.remove(address);
+    nodes.pins.insert(address.clone(), session.peer);
     let capacity = shared.config.write_queue_frames.max(DIAL_WAITING_MAX + 1);
     let (queue, queue_rx) = mpsc::channel(capacity);
-    let _ = queue.try_send(shared.preface.clone());
     for frame in waiting {
         let _ = queue.try_send(frame);
     }
     let kill = Arc::new(Notify::new());
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     nodes.outbound.insert(address.clone(), NodeConn { id, queue: queue.clone(), kill: kill.clone() });
-    Some((stream, queue, queue_rx, kill, id))
+    let conn = Served { queue, queue_rx, kill, permit: None, decoder: framing::Decoder::new() };
+    Some((stream, session, conn, id))
 }
 
 /// A length-prefixed `Error` frame with `request_id`.

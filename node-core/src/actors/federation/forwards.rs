@@ -11,7 +11,8 @@ use crate::store::Store;
 use nymstr_proto::federation::NodeId;
 use nymstr_proto::federation::descriptor::QualifiedName;
 use nymstr_proto::identity;
-use nymstr_proto::wire::{Body, ErrorCode, InstallationCert, SendDm};
+use nymstr_proto::limits::{FORWARD_CLOCK_SKEW_US, FORWARD_FRESHNESS_US};
+use nymstr_proto::wire::{Body, ErrorCode, InstallationCert, SendDm, Sig};
 
 impl Federation {
     /// Refuses a new forward while `FORWARDS_PENDING_MAX` wait for their peers (a client
@@ -65,7 +66,9 @@ impl Federation {
             .insert(fwd, Pending { peer: to_node, client: tag, client_rid: rid, deadline, kind: PendingKind::Dm });
         self.stats.dms_forwarded += 1;
         let from_username = QualifiedName { username: sender.username.clone(), node: self.id }.to_string();
-        ctx.send(Peer::Address(addr), fwd, Body::ForwardDm { from_username, cert, dm });
+        let sent_at_us = ctx.now;
+        let sig = identity::sign(&self.key, &identity::forward_dm_bytes(&from_username, &to_node, sent_at_us, &dm));
+        ctx.send(Peer::Address(addr), fwd, Body::ForwardDm { from_username, cert, dm, sent_at_us, sig });
         Ok(())
     }
 
@@ -79,6 +82,8 @@ impl Federation {
         from_username: String,
         cert: InstallationCert,
         dm: SendDm,
+        sent_at_us: u64,
+        sig: Sig,
         relay: &mut Relay,
         registry: &Registry,
         stats: &mut NodeStats,
@@ -86,6 +91,18 @@ impl Federation {
         let q = QualifiedName::parse(&from_username).map_err(|e| fe(FederationError::BadName(e.to_string())))?;
         if q.node != from {
             return Err(fe(FederationError::BadForward("the sender is not a user of the forwarding node".into())));
+        }
+        // Signed by the forwarding peer, for this node, recently: a forward captured
+        // anywhere cannot be replayed once it is older than the dedupe window allows.
+        let key = self.known.get(&from).map(|d| d.key).ok_or_else(|| fe(FederationError::NotPeer))?;
+        identity::verify(&key, &identity::forward_dm_bytes(&from_username, &self.id, sent_at_us, &dm), &sig)
+            .map_err(|_| fe(FederationError::BadForward("forwarding node's signature".into())))?;
+        let window = FORWARD_FRESHNESS_US.min(ctx.config.seen_send_ttl_us.saturating_sub(FORWARD_CLOCK_SKEW_US));
+        if sent_at_us.saturating_add(window) < ctx.now || sent_at_us > ctx.now.saturating_add(FORWARD_CLOCK_SKEW_US) {
+            self.stats.forwards_stale += 1;
+            return Err(fe(FederationError::BadForward(format!(
+                "stale forward: sent at {sent_at_us} µs, outside the window of {window} µs"
+            ))));
         }
         identity::verify_cert(&cert).map_err(|_| fe(FederationError::BadForward("certificate".into())))?;
         if identity::installation_id(&cert.signing_key) != dm.from {

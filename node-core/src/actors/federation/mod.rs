@@ -226,8 +226,8 @@ impl Federation {
                 }
                 self.local_lookup(ctx, Peer::Address(from), rid, &name, from_log_size).map_err(fe)
             }
-            Body::ForwardDm { from_username, cert, dm } => {
-                self.on_forward_dm(ctx, peer, rid, from_username, cert, dm, relay, registry, stats)
+            Body::ForwardDm { from_username, cert, dm, sent_at_us, sig } => {
+                self.on_forward_dm(ctx, peer, rid, from_username, cert, dm, sent_at_us, sig, relay, registry, stats)
             }
             other => Err(fe(FederationError::Unexpected(other.kind()))),
         }

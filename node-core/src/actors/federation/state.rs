@@ -40,6 +40,8 @@ pub struct FederationStats {
     pub lookups_forwarded: u64,
     pub dms_forwarded: u64,
     pub dms_received: u64,
+    /// Forwarded DMs refused as stale (outside the freshness window).
+    pub forwards_stale: u64,
     pub forwards_timed_out: u64,
     pub peers_rejected: u64,
 }
