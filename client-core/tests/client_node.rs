@@ -526,10 +526,11 @@ fn add_device(net: &mut Net, of: usize, n: u8) -> usize {
     let tag = SenderTag([n; 16]);
 
     let challenge = net.raw_request(tag, 1, Body::RegisterRequest { username: username.clone(), cert: cert.clone() });
-    let [Envelope { body: Body::Challenge { nonce, .. }, .. }] = &challenge[..] else { panic!("{challenge:?}") };
-    let account_sig = identity::sign(&account, &identity::register_account_bytes(nonce, &username, &installation_id));
+    let [Envelope { body: Body::Challenge { nonce, node, .. }, .. }] = &challenge[..] else { panic!("{challenge:?}") };
+    let account_sig =
+        identity::sign(&account, &identity::register_account_bytes(nonce, node, &username, &installation_id));
     let installation_sig =
-        identity::sign(&installation, &identity::register_installation_bytes(nonce, &username, &installation_id));
+        identity::sign(&installation, &identity::register_installation_bytes(nonce, node, &username, &installation_id));
     let done = net.raw_request(tag, 2, Body::RegisterResponse { nonce: *nonce, account_sig, installation_sig });
     assert!(matches!(&done[..], [Envelope { body: Body::Registered { .. }, .. }]), "{done:?}");
 
@@ -698,14 +699,14 @@ fn an_installation_key_belongs_to_one_account() {
     let id = nymstr_proto::identity::installation_id(&inst_pub);
     let tag = SenderTag([0x55; 16]);
     let ch = net.raw_request(tag, 1, Body::RegisterRequest { username: "carol".into(), cert });
-    let [Envelope { body: Body::Challenge { nonce, .. }, .. }] = &ch[..] else { panic!("{ch:?}") };
+    let [Envelope { body: Body::Challenge { nonce, node, .. }, .. }] = &ch[..] else { panic!("{ch:?}") };
     let account_sig = nymstr_proto::identity::sign(
         &other_account,
-        &nymstr_proto::identity::register_account_bytes(nonce, "carol", &id),
+        &nymstr_proto::identity::register_account_bytes(nonce, node, "carol", &id),
     );
     let installation_sig = nymstr_proto::identity::sign(
         &stolen,
-        &nymstr_proto::identity::register_installation_bytes(nonce, "carol", &id),
+        &nymstr_proto::identity::register_installation_bytes(nonce, node, "carol", &id),
     );
     let res = net.raw_request(tag, 2, Body::RegisterResponse { nonce: *nonce, account_sig, installation_sig });
     assert!(

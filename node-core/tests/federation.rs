@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{T0, User, msg_id, tag};
+use common::{T0, User, msg_id, remember_challenge, tag};
 use ed25519_dalek::SigningKey;
 use nymstr_node_core::actors::federation::{Federation, FederationConfig, NodeIdentity};
 use nymstr_node_core::actors::{Address, SenderTag};
@@ -181,6 +181,7 @@ impl Net {
                 parked.extend(node.drain_outputs().map(|Output::Send { to, envelope, durable_after }| {
                     let bytes = encode_frame(&envelope).expect("every output encodes as a frame");
                     assert_eq!(decode_frame(&bytes).expect("and decodes back"), envelope);
+                    remember_challenge(&envelope.body);
                     (to, envelope, durable_after)
                 }));
                 let (ready, wait): (Vec<_>, Vec<_>) = parked.drain(..).partition(|(_, _, d)| *d <= durable);

@@ -135,7 +135,7 @@ fn a_node_only_message_from_a_client_is_unexpected_and_echoes_the_request_id() {
     let mut h = node_with_alice();
     for body in [
         Body::SendAck { msg_id: [0; 16] },
-        Body::Challenge { nonce: [0; 32], expires_at_us: 0 },
+        Body::Challenge { nonce: [0; 32], expires_at_us: 0, node: nymstr_proto::federation::NodeId([0; 32]) },
         Body::Registered { username: "alice".into(), installation: [0; 32] },
         Body::LoggedIn { installation: [0; 32], queued: 0 },
         Body::Deliver { delivery_id: 1, from_username: "x".into(), from: [0; 32], msg_id: [0; 16], sealed: vec![] },

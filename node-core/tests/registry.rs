@@ -22,7 +22,7 @@ fn registration_is_a_challenge_response_that_binds_the_sending_tag() {
     //    expiring nonce, addressed to the requesting tag under the same request id.
     let challenge = h.ask(alice.tag, alice.register_request());
     assert_eq!(challenge.durable_after, 0, "a challenge need not wait for the disk");
-    let Body::Challenge { nonce, expires_at_us } = *challenge.body() else { panic!("{challenge:?}") };
+    let Body::Challenge { nonce, expires_at_us, .. } = *challenge.body() else { panic!("{challenge:?}") };
     assert_eq!(expires_at_us, T0 + h.config().challenge_ttl_us);
     assert_ne!(nonce, [0; 32]);
 
@@ -116,7 +116,7 @@ fn a_forged_installation_signature_is_refused() {
         account_sig: alice.account_sig(&nonce),
         installation_sig: identity::sign(
             &mallory.installation_key,
-            &identity::register_installation_bytes(&nonce, "alice", &alice.installation),
+            &identity::register_installation_bytes(&nonce, &challenge_node(&nonce), "alice", &alice.installation),
         ),
     };
     assert_eq!(h.ask_err(alice.tag, forged), ErrorCode::BadSignature);
@@ -144,8 +144,9 @@ fn zeroed_signatures_are_refused() {
 #[test]
 fn signatures_made_for_another_purpose_or_nonce_are_refused() {
     let alice = User::new("alice", 1);
-    let login_sig =
-        |n: &[u8; 32]| identity::sign(&alice.installation_key, &identity::login_bytes(n, &alice.installation));
+    let login_sig = |n: &[u8; 32]| {
+        identity::sign(&alice.installation_key, &identity::login_bytes(n, &challenge_node(n), &alice.installation))
+    };
     let mut h = Harness::new();
     let nonce = h.challenge_for_register(&alice);
     let other_nonce = h.challenge_for_register(&alice);
@@ -164,7 +165,10 @@ fn signatures_made_for_another_purpose_or_nonce_are_refused() {
     }
     // Signed for "bob", presented for "alice".
     let nonce = h.challenge_for_register(&alice);
-    let sig = identity::sign(&alice.account, &identity::register_account_bytes(&nonce, "bob", &alice.installation));
+    let sig = identity::sign(
+        &alice.account,
+        &identity::register_account_bytes(&nonce, &challenge_node(&nonce), "bob", &alice.installation),
+    );
     let code = h.ask_err(
         alice.tag,
         Body::RegisterResponse { nonce, account_sig: sig, installation_sig: alice.installation_sig(&nonce) },
@@ -213,7 +217,7 @@ fn a_challenge_is_single_use() {
     let nonce = h.challenge_for_register(&alice);
     h.ask(alice.tag, alice.register_response(&nonce));
     assert_eq!(h.ask_err(alice.tag, alice.register_response(&nonce)), ErrorCode::UnknownChallenge);
-    // Replayed from another tag, too.
+    // Replayed from another tag, too (a challenge is answered only by its own tag anyway).
     assert_eq!(h.ask_err(tag(201), alice.register_response(&nonce)), ErrorCode::UnknownChallenge);
 }
 
@@ -323,7 +327,7 @@ fn login_is_a_challenge_response_that_moves_the_binding_to_the_new_tag() {
     let new_tag = tag(101);
 
     let challenge = h.ask(new_tag, Body::LoginRequest { installation: alice.installation });
-    let Body::Challenge { nonce, expires_at_us } = *challenge.body() else { panic!("{challenge:?}") };
+    let Body::Challenge { nonce, expires_at_us, .. } = *challenge.body() else { panic!("{challenge:?}") };
     assert_eq!(expires_at_us, h.now + h.config().challenge_ttl_us);
     let logged_in = h.ask(new_tag, alice.login_response(&nonce));
     assert_eq!(logged_in.body(), &Body::LoggedIn { installation: alice.installation, queued: 0 });
@@ -348,12 +352,66 @@ fn login_with_a_forged_signature_binds_nothing() {
         panic!()
     };
     // Mallory signs alice's login bytes with her own installation key.
-    let sig = identity::sign(&mallory.installation_key, &identity::login_bytes(&nonce, &alice.installation));
+    let sig = identity::sign(
+        &mallory.installation_key,
+        &identity::login_bytes(&nonce, &challenge_node(&nonce), &alice.installation),
+    );
     assert_eq!(h.ask_err(thief, Body::LoginResponse { nonce, installation_sig: sig }), ErrorCode::BadSignature);
     assert_eq!(h.ask_err(thief, Body::AckDelivery { delivery_ids: vec![] }), ErrorCode::NotLoggedIn);
     // Alice's own binding is untouched.
     let (_, out) = h.request(alice.tag, Body::AckDelivery { delivery_ids: vec![] });
     assert!(out.is_empty(), "{out:?}");
+}
+
+#[test]
+fn a_captured_login_response_replayed_first_from_another_tag_binds_nothing() {
+    let mut h = Harness::new();
+    let alice = User::new("alice", 1);
+    h.register(&alice);
+    let (victim, attacker) = (tag(110), tag(111));
+
+    // Alice logs in from a new connection; an observer captures her answer and races it
+    // to the node from its own connection.
+    let Body::Challenge { nonce, .. } = *h.ask(victim, Body::LoginRequest { installation: alice.installation }).body()
+    else {
+        panic!()
+    };
+    let captured = alice.login_response(&nonce);
+    assert_eq!(h.ask_err(attacker, captured.clone()), ErrorCode::UnknownChallenge);
+    assert_eq!(h.ask_err(attacker, Body::AckDelivery { delivery_ids: vec![] }), ErrorCode::NotLoggedIn);
+
+    // The replay neither bound the attacker nor spent alice's challenge: her own answer
+    // binds her connection.
+    let logged_in = h.ask(victim, captured);
+    assert!(matches!(logged_in.body(), Body::LoggedIn { .. }), "{logged_in:?}");
+    let (_, out) = h.request(victim, Body::AckDelivery { delivery_ids: vec![] });
+    assert!(out.is_empty(), "{out:?}");
+
+    // Registration answers are bound the same way.
+    let bob = User::new("bob", 2);
+    let nonce = h.challenge_for_register(&bob);
+    assert_eq!(h.ask_err(attacker, bob.register_response(&nonce)), ErrorCode::UnknownChallenge);
+    assert!(matches!(h.ask(bob.tag, bob.register_response(&nonce)).body(), Body::Registered { .. }));
+}
+
+#[test]
+fn a_challenge_names_its_node_and_an_answer_signed_for_another_node_fails() {
+    let mut h = Harness::new();
+    let alice = User::new("alice", 1);
+    h.register(&alice);
+    let reply = h.ask(alice.tag, Body::LoginRequest { installation: alice.installation });
+    let Body::Challenge { nonce, node, .. } = *reply.body() else { panic!("{reply:?}") };
+    assert_eq!(node, h.node.node_id());
+    // The same nonce signed for another node (a node relaying this one's challenge to
+    // alice and her answer back) does not verify here.
+    let elsewhere = nymstr_proto::federation::NodeId([0xee; 32]);
+    let sig = identity::sign(&alice.installation_key, &identity::login_bytes(&nonce, &elsewhere, &alice.installation));
+    assert_eq!(h.ask_err(alice.tag, Body::LoginResponse { nonce, installation_sig: sig }), ErrorCode::BadSignature);
+    // A node without a federation identity keeps its id across restarts.
+    let before = h.node.node_id();
+    h.flush();
+    h.crash_and_restart();
+    assert_eq!(h.node.node_id(), before);
 }
 
 #[test]
@@ -400,6 +458,51 @@ fn lookup_of_an_unknown_or_malformed_user_is_unknown_user() {
 }
 
 // --- bounds ---
+
+#[test]
+fn a_flood_of_register_requests_from_a_few_tags_leaves_room_for_everyone_else() {
+    // Ten connections send the same valid request as fast as they can (issue 10, item 6):
+    // each keeps only its latest `challenges_per_tag_max` challenges, so the table never
+    // fills and an honest newcomer gets a challenge on its first request.
+    let config = NodeConfig { challenges_pending_max: 100, ..NodeConfig::default() };
+    let per_tag = config.challenges_per_tag_max;
+    let mut h = Harness::with_config(config);
+    let flooder = User::new("flooder", 9);
+    for round in 0..50 {
+        for t in 0..10u8 {
+            let reply = h.ask(tag(150 + t), flooder.register_request());
+            assert!(matches!(reply.body(), Body::Challenge { .. }), "round {round}: {reply:?}");
+        }
+    }
+    assert_eq!(h.node.store().len(nymstr_node_core::store::Table::Challenges), 10 * per_tag);
+    let honest = User::new("honest", 3);
+    h.register(&honest);
+    // A flooding tag's latest challenge still works (its oldest were replaced).
+    let mut f = flooder.clone();
+    f.tag = tag(150);
+    let nonce = h.challenge_for_register(&f);
+    assert!(matches!(h.ask(f.tag, f.register_response(&nonce)).body(), Body::Registered { .. }));
+}
+
+#[test]
+fn a_tag_past_its_share_loses_its_oldest_challenge() {
+    let mut h = Harness::with_config(NodeConfig { challenges_per_tag_max: 2, ..NodeConfig::default() });
+    let alice = User::new("alice", 1);
+    let first = h.challenge_for_register(&alice);
+    let second = h.challenge_for_register(&alice);
+    let third = h.challenge_for_register(&alice);
+    assert_eq!(h.node.store().len(nymstr_node_core::store::Table::Challenges), 2);
+    assert_eq!(h.ask_err(alice.tag, alice.register_response(&first)), ErrorCode::UnknownChallenge);
+    assert!(matches!(h.ask(alice.tag, alice.register_response(&third)).body(), Body::Registered { .. }));
+    // The share counts login challenges too, and survives a restart.
+    h.flush();
+    let _ = second;
+    h.crash_and_restart();
+    for _ in 0..5 {
+        let _ = h.ask(alice.tag, Body::LoginRequest { installation: alice.installation });
+    }
+    assert_eq!(h.node.store().len(nymstr_node_core::store::Table::Challenges), 2);
+}
 
 #[test]
 fn the_challenge_table_at_its_bound_answers_busy() {

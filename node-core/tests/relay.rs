@@ -182,6 +182,33 @@ fn a_full_queue_refuses_the_whole_message_and_queues_nothing() {
     assert_eq!(h.node.queued_total(), 2);
 }
 
+#[test]
+fn one_sender_fills_only_its_share_of_a_queue() {
+    // Issue 10, item 6: one sender could fill any installation's queue, and everyone else
+    // then got QueueFull. Its share is bounded; others still get through.
+    let config = NodeConfig { queue_depth_max: 10, queue_per_sender_max: 3, ..NodeConfig::default() };
+    let (mut h, alice, bob) = alice_and_bob(config);
+    let carol = User::new("carol", 3);
+    h.register(&carol);
+    for n in 1..=3 {
+        let (rid, out) = h.request(alice.tag, alice.dm_to(&bob, msg_id(n), b"flood"));
+        assert_eq!(acks_for(&out, rid).len(), 1);
+    }
+    assert_eq!(h.ask_err(alice.tag, alice.dm_to(&bob, msg_id(4), b"flood")), ErrorCode::QueueFull);
+    let (rid, out) = h.request(carol.tag, carol.dm_to(&bob, msg_id(1), b"hello"));
+    assert_eq!(acks_for(&out, rid).len(), 1, "another sender still gets through: {out:?}");
+    // The share is recovered after a restart, and an ack frees a slot of it.
+    h.flush();
+    h.crash_and_restart();
+    assert_eq!(h.ask_err(alice.tag, alice.dm_to(&bob, msg_id(4), b"flood")), ErrorCode::QueueFull);
+    let delivered = delivers(&h.login(&bob, bob.tag));
+    let from_alice = delivered.iter().find(|d| d.3 != b"hello".to_vec()).map(|d| d.1).expect("a flood message");
+    h.request(bob.tag, Body::AckDelivery { delivery_ids: vec![from_alice] });
+    h.login(&alice, alice.tag);
+    let (rid, out) = h.request(alice.tag, alice.dm_to(&bob, msg_id(4), b"flood"));
+    assert_eq!(acks_for(&out, rid).len(), 1, "{out:?}");
+}
+
 // --- de-duplication ---
 
 #[test]

@@ -836,11 +836,30 @@ fn a_newer_subscription_replaces_the_old_tag_and_unsubscribing_stops_pushes() {
 }
 
 #[test]
+fn a_flood_of_subscribe_requests_from_a_few_tags_leaves_room_for_members() {
+    let config = NodeConfig { challenges_pending_max: 24, ..NodeConfig::default() };
+    let per_tag = config.challenges_per_tag_max;
+    let mut h = Harness::with_config(config);
+    let (alice, bob, _carol) = group_of_three(&mut h, true);
+    // Any member key can be named to get a challenge: five tags ask again and again.
+    for _ in 0..20 {
+        for t in 0..5u8 {
+            let reply =
+                h.ask(tag(180 + t), Body::GroupSubscribe { group_id: GID, member_key: alice.key(), from_seq: 1 });
+            assert!(matches!(reply.body(), Body::Challenge { .. }), "{reply:?}");
+        }
+    }
+    assert_eq!(h.node.store().len(nymstr_node_core::store::Table::GroupChallenges), 5 * per_tag);
+    // A member still subscribes on its first try.
+    subscribe(&mut h, &bob, 1);
+}
+
+#[test]
 fn a_subscribe_challenge_expires_and_is_swept() {
     let mut h = Harness::new();
     let (alice, _bob, _carol) = group_of_three(&mut h, true);
     let challenge = h.ask(tag(170), Body::GroupSubscribe { group_id: GID, member_key: alice.key(), from_seq: 1 });
-    let Body::Challenge { nonce, expires_at_us } = challenge.body().clone() else { panic!() };
+    let Body::Challenge { nonce, expires_at_us, .. } = challenge.body().clone() else { panic!() };
     let sig = identity::sign(&alice.user.installation_key, &identity::group_subscribe_bytes(&GID, &nonce));
     h.now = expires_at_us;
     let proof = Body::GroupSubscribeProof { group_id: GID, nonce, sig };

@@ -701,3 +701,82 @@ fn client_addresses_never_reach_the_log() {
     assert!(log.contains("connection opened"), "{log}");
     assert!(!log.contains(&format!(":{client_port}")), "a client address was logged:\n{log}");
 }
+
+/// The X25519 base point (u = 9): a usable DH public key, enough for a registration.
+const BASEPOINT_DH_KEY: [u8; 32] = {
+    let mut k = [0u8; 32];
+    k[0] = 9;
+    k
+};
+
+/// Registers `username` by hand on a fresh connection: one `RegisterRequest`, one
+/// `RegisterResponse`. Asserts each is answered as it should be on the first try (a
+/// challenge, then `Registered`: no `Busy`, no retry) and returns how long it took (µs).
+fn register_by_hand(addr: SocketAddr, username: &str, seed: u64) -> u64 {
+    use nymstr_proto::identity;
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let account = identity::generate_signing_key(&mut rng);
+    let installation = identity::generate_signing_key(&mut rng);
+    let dh = BASEPOINT_DH_KEY;
+    let inst_pub = installation.verifying_key().to_bytes();
+    let cert = identity::issue_cert(&account, &inst_pub, &dh, now_us());
+    let id = identity::installation_id(&inst_pub);
+    let mut wire = Wire::connect(addr);
+    let started = now_us();
+    wire.send(&Envelope { request_id: 1, body: Body::RegisterRequest { username: username.into(), cert } });
+    let answer = wire.recv().expect("an answer");
+    let Body::Challenge { nonce, node, .. } = answer.body else {
+        panic!("the first request gets a challenge, not {answer:?}")
+    };
+    let account_sig = identity::sign(&account, &identity::register_account_bytes(&nonce, &node, username, &id));
+    let installation_sig =
+        identity::sign(&installation, &identity::register_installation_bytes(&nonce, &node, username, &id));
+    wire.send(&Envelope { request_id: 2, body: Body::RegisterResponse { nonce, account_sig, installation_sig } });
+    let answer = wire.recv().expect("an answer");
+    assert!(matches!(answer.body, Body::Registered { .. }), "registered on the first answer, not {answer:?}");
+    now_us() - started
+}
+
+/// Issue 10, item 6: ten connections flooding valid `RegisterRequest`s filled the node's
+/// challenge table, and a newcomer's registration then got `Busy` until a sweep freed a
+/// slot. Each connection now holds only its share, so the newcomer is served at once.
+/// Run with `--nocapture` to see the flooded and unloaded durations (BENCHMARKS.md).
+#[test]
+fn a_register_flood_from_ten_connections_leaves_an_honest_registration_served_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    init(&dir, &[("challenges_pending_max = 10_000", "challenges_pending_max = 500")]);
+    let node = Node::start(&dir);
+    let unloaded_us = register_by_hand(node.addr, "calm", 1);
+
+    // Ten connections, each 150 valid requests in one write (within the rate limiter's
+    // default burst), all answered before the honest user comes.
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let account = nymstr_proto::identity::generate_signing_key(&mut rng);
+    let inst = nymstr_proto::identity::generate_signing_key(&mut rng).verifying_key().to_bytes();
+    let cert = nymstr_proto::identity::issue_cert(&account, &inst, &BASEPOINT_DH_KEY, now_us());
+    let mut flood: Vec<Wire> = (0..10).map(|_| Wire::connect(node.addr)).collect();
+    for w in &mut flood {
+        let mut bytes = Vec::new();
+        for rid in 1..=150u64 {
+            let body = Body::RegisterRequest { username: "flooder".into(), cert: cert.clone() };
+            bytes.extend(framing::encode(&encode_frame(&Envelope { request_id: rid, body }).unwrap()).unwrap());
+        }
+        w.send_raw(&bytes);
+    }
+    let mut challenges = 0;
+    for w in &mut flood {
+        for _ in 0..150 {
+            let env = w.recv().expect("every flood request is answered");
+            challenges += usize::from(matches!(env.body, Body::Challenge { .. }));
+        }
+    }
+    assert_eq!(challenges, 1500, "a flooding connection keeps getting challenges (its oldest are replaced)");
+
+    let flooded_us = register_by_hand(node.addr, "newcomer", 2);
+    eprintln!(
+        "honest registration: unloaded {unloaded_us} µs, after a 1,500-request flood {flooded_us} µs (ratio {:.2})",
+        flooded_us as f64 / unloaded_us.max(1) as f64
+    );
+    drop(flood);
+}

@@ -9,6 +9,7 @@ use rand_core::Rng;
 use serde::Serialize;
 
 use crate::codec;
+use crate::federation::NodeId;
 use crate::limits::{USERNAME_BYTES_MAX, USERNAME_BYTES_MIN};
 use crate::wire::{DhPublicKey, GroupId, InstallationCert, InstallationId, MsgId, Nonce, PublicKey, SendDm, Sig};
 
@@ -156,19 +157,25 @@ pub fn installation_id(signing_key: &PublicKey) -> InstallationId {
     blake3::derive_key(LABEL_INSTALLATION_ID, signing_key)
 }
 
-/// Bytes signed by the account key to complete a registration.
-pub fn register_account_bytes(nonce: &Nonce, username: &str, installation: &InstallationId) -> Vec<u8> {
-    signing_bytes(LABEL_REGISTER_ACCOUNT, &(nonce, username, installation))
+/// Bytes signed by the account key to complete a registration at `node` (the id its
+/// `Challenge` names): an answer is worthless at any other node.
+pub fn register_account_bytes(nonce: &Nonce, node: &NodeId, username: &str, installation: &InstallationId) -> Vec<u8> {
+    signing_bytes(LABEL_REGISTER_ACCOUNT, &(nonce, node, username, installation))
 }
 
-/// Bytes signed by the installation key to complete a registration.
-pub fn register_installation_bytes(nonce: &Nonce, username: &str, installation: &InstallationId) -> Vec<u8> {
-    signing_bytes(LABEL_REGISTER_INSTALLATION, &(nonce, username, installation))
+/// Bytes signed by the installation key to complete a registration at `node`.
+pub fn register_installation_bytes(
+    nonce: &Nonce,
+    node: &NodeId,
+    username: &str,
+    installation: &InstallationId,
+) -> Vec<u8> {
+    signing_bytes(LABEL_REGISTER_INSTALLATION, &(nonce, node, username, installation))
 }
 
-/// Bytes signed by the installation key to log in.
-pub fn login_bytes(nonce: &Nonce, installation: &InstallationId) -> Vec<u8> {
-    signing_bytes(LABEL_LOGIN, &(nonce, installation))
+/// Bytes signed by the installation key to log in at `node`.
+pub fn login_bytes(nonce: &Nonce, node: &NodeId, installation: &InstallationId) -> Vec<u8> {
+    signing_bytes(LABEL_LOGIN, &(nonce, node, installation))
 }
 
 /// What a node signs to answer a peer's challenge: the nonce, the challenger's node id
@@ -277,6 +284,11 @@ mod tests {
     fn labels_separate_purposes() {
         let nonce = [1; 32];
         let inst = [2; 32];
-        assert_ne!(register_installation_bytes(&nonce, "bob", &inst), register_account_bytes(&nonce, "bob", &inst));
+        let node = NodeId([3; 32]);
+        assert_ne!(
+            register_installation_bytes(&nonce, &node, "bob", &inst),
+            register_account_bytes(&nonce, &node, "bob", &inst)
+        );
+        assert_ne!(login_bytes(&nonce, &node, &inst), login_bytes(&nonce, &NodeId([4; 32]), &inst));
     }
 }

@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::federation::{
-    COSIGNATURES_MAX, Cosignature, ForkCertificate, Hash, LookupProof, NodeDescriptor, PROOF_HASHES_MAX, Promise,
-    SignedHead,
+    COSIGNATURES_MAX, Cosignature, ForkCertificate, Hash, LookupProof, NodeDescriptor, NodeId, PROOF_HASHES_MAX,
+    Promise, SignedHead,
 };
 use crate::limits::{
     ACK_IDS_MAX, DESCRIPTORS_MAX, DIRECTORY_ADVERTS_MAX, GOSSIP_ITEMS_MAX, GROUP_FETCH_MAX,
@@ -99,10 +99,13 @@ pub enum Body {
         username: String,
         cert: InstallationCert,
     },
-    /// Node answers a register or login request with a single-use, expiring nonce.
+    /// Node answers a register or login request with a single-use, expiring nonce, bound
+    /// to the asking tag, and names itself: the answer signs `node` (see `identity`), so
+    /// it is worthless at any other node.
     Challenge {
         nonce: Nonce,
         expires_at_us: u64,
+        node: NodeId,
     },
     /// Client proves possession of both the account and the installation key.
     RegisterResponse {

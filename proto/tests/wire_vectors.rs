@@ -248,15 +248,20 @@ fn frame(name: &str) -> Option<Envelope> {
     Some(match name {
         "lookup_alice" => env(7, Body::Lookup { username: "alice".into() }),
         "register_request" => env(1, Body::RegisterRequest { username: "alice".into(), cert: alice_cert() }),
-        "challenge" => env(1, Body::Challenge { nonce: n, expires_at_us: ALICE_CREATED_AT_US + 60_000_000 }),
+        "challenge" => {
+            env(1, Body::Challenge { nonce: n, expires_at_us: ALICE_CREATED_AT_US + 60_000_000, node: node_a() })
+        }
         "register_response" => env(
             2,
             Body::RegisterResponse {
                 nonce: n,
-                account_sig: identity::sign(&alice_account(), &identity::register_account_bytes(&n, "alice", &alice)),
+                account_sig: identity::sign(
+                    &alice_account(),
+                    &identity::register_account_bytes(&n, &node_a(), "alice", &alice),
+                ),
                 installation_sig: identity::sign(
                     &alice_installation(),
-                    &identity::register_installation_bytes(&n, "alice", &alice),
+                    &identity::register_installation_bytes(&n, &node_a(), "alice", &alice),
                 ),
             },
         ),
@@ -266,7 +271,7 @@ fn frame(name: &str) -> Option<Envelope> {
             301,
             Body::LoginResponse {
                 nonce: n,
-                installation_sig: identity::sign(&alice_installation(), &identity::login_bytes(&n, &alice)),
+                installation_sig: identity::sign(&alice_installation(), &identity::login_bytes(&n, &node_a(), &alice)),
             },
         ),
         "logged_in" => env(301, Body::LoggedIn { installation: alice, queued: 70_000 }),
@@ -381,9 +386,9 @@ fn bytes(name: &str) -> Option<Vec<u8>> {
             identity::cert_signing_bytes(&cert.account_key, &cert.signing_key, &cert.dh_key, cert.created_at_us)
         }
         "alice_cert_codec" => codec::encode(&cert),
-        "register_account_bytes" => identity::register_account_bytes(&n, "alice", &alice),
-        "register_installation_bytes" => identity::register_installation_bytes(&n, "alice", &alice),
-        "login_bytes" => identity::login_bytes(&n, &alice),
+        "register_account_bytes" => identity::register_account_bytes(&n, &node_a(), "alice", &alice),
+        "register_installation_bytes" => identity::register_installation_bytes(&n, &node_a(), "alice", &alice),
+        "login_bytes" => identity::login_bytes(&n, &node_a(), &alice),
         "send_dm_signing_bytes" => identity::send_dm_signing_bytes(&send_dm()),
         // §8.6 group signed bytes.
         "group_subscribe_bytes" => identity::group_subscribe_bytes(&group_id(), &n),
@@ -604,9 +609,18 @@ fn vector_signatures_verify() {
         panic!("register_response vector")
     };
     let cert = alice_cert();
-    identity::verify(&cert.account_key, &identity::register_account_bytes(&n, "alice", &alice), &account_sig).unwrap();
-    identity::verify(&cert.signing_key, &identity::register_installation_bytes(&n, "alice", &alice), &installation_sig)
-        .unwrap();
+    identity::verify(
+        &cert.account_key,
+        &identity::register_account_bytes(&n, &node_a(), "alice", &alice),
+        &account_sig,
+    )
+    .unwrap();
+    identity::verify(
+        &cert.signing_key,
+        &identity::register_installation_bytes(&n, &node_a(), "alice", &alice),
+        &installation_sig,
+    )
+    .unwrap();
     let dm = send_dm();
     identity::verify(&cert.signing_key, &identity::send_dm_signing_bytes(&dm), &dm.sig).unwrap();
     // §8.7: the federation evidence verifies under the node keys.

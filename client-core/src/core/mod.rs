@@ -322,7 +322,7 @@ impl ClientCore {
     fn handle_envelope(&mut self, now: TimeUs, envelope: Envelope) {
         let rid = envelope.request_id;
         match envelope.body {
-            Body::Challenge { nonce, .. } => self.on_challenge(now, rid, nonce),
+            Body::Challenge { nonce, node, .. } => self.on_challenge(now, rid, nonce, &node),
             Body::Registered { username, .. } => self.on_registered(rid, username),
             Body::LoggedIn { queued, .. } => self.on_logged_in(now, rid, queued),
             Body::LookupResult { username, account_key, installations } => {

@@ -2,6 +2,7 @@
 //! retried with doubling back-off until answered, again at once after a reconnect; the
 //! node's errors decide whether a request restarts, waits, or fails for good.
 
+use nymstr_proto::federation::NodeId;
 use nymstr_proto::identity;
 use nymstr_proto::wire::{Body, Envelope, ErrorCode, Nonce};
 
@@ -110,7 +111,7 @@ impl ClientCore {
         self.transmits.push(Envelope { request_id: rid, body });
     }
 
-    pub(super) fn on_challenge(&mut self, now: TimeUs, rid: u64, nonce: Nonce) {
+    pub(super) fn on_challenge(&mut self, now: TimeUs, rid: u64, nonce: Nonce, node: &NodeId) {
         let Some(p) = self.pending.remove(&rid) else { return };
         let id = self.identity.as_ref().expect("identity");
         match p.step {
@@ -118,18 +119,18 @@ impl ClientCore {
                 let username = self.username.clone().expect("username");
                 let account_sig = identity::sign(
                     &id.account,
-                    &identity::register_account_bytes(&nonce, &username, &id.installation_id),
+                    &identity::register_account_bytes(&nonce, node, &username, &id.installation_id),
                 );
                 let installation_sig = identity::sign(
                     &id.installation,
-                    &identity::register_installation_bytes(&nonce, &username, &id.installation_id),
+                    &identity::register_installation_bytes(&nonce, node, &username, &id.installation_id),
                 );
                 let body = Body::RegisterResponse { nonce, account_sig, installation_sig };
                 self.request_with(now, Step::RegisterAwaitResult, body, p.backoff_us);
             }
             Step::LoginAwaitChallenge => {
                 let installation_sig =
-                    identity::sign(&id.installation, &identity::login_bytes(&nonce, &id.installation_id));
+                    identity::sign(&id.installation, &identity::login_bytes(&nonce, node, &id.installation_id));
                 self.request_with(
                     now,
                     Step::LoginAwaitResult,

@@ -149,7 +149,17 @@ mod tests {
         assert_eq!(restored.unacked_sends(), 1);
         restored.login(T0 + 10).unwrap();
         let rid = restored.drain_transmits().next().unwrap().request_id;
-        restored.handle_frame(T0 + 10, &frame(rid, Body::Challenge { nonce: [1; 32], expires_at_us: T0 + 60_000_000 }));
+        restored.handle_frame(
+            T0 + 10,
+            &frame(
+                rid,
+                Body::Challenge {
+                    nonce: [1; 32],
+                    expires_at_us: T0 + 60_000_000,
+                    node: nymstr_proto::federation::NodeId([2; 32]),
+                },
+            ),
+        );
         let rid = restored.drain_transmits().next().unwrap().request_id;
         restored.handle_frame(T0 + 10, &frame(rid, Body::LoggedIn { installation: [0; 32], queued: 0 }));
         let sends: Vec<_> = restored

@@ -173,7 +173,7 @@ impl GroupCore {
                 self.on_entry(now, &group_id, entry);
                 self.after_entries(now, &group_id);
             }
-            Body::Challenge { nonce, expires_at_us } => {
+            Body::Challenge { nonce, expires_at_us, .. } => {
                 let Some((group, Step::Subscribe)) = step else { return };
                 self.pending.remove(&rid);
                 let sig = identity::sign(&self.keys.installation, &identity::group_subscribe_bytes(&group, &nonce));

@@ -11,6 +11,7 @@
 //! the step context) are in `types`, re-exported here.
 
 pub mod federation;
+mod quota;
 pub mod registry;
 pub mod relay;
 pub mod steward;
@@ -20,6 +21,7 @@ use rand_chacha::ChaCha20Rng;
 
 use crate::store::{Store, StoreError};
 use nymstr_proto::codec::{self, CodecError};
+use nymstr_proto::federation::NodeId;
 use nymstr_proto::wire::{Body, Envelope, ErrorCode, GossipItem};
 
 pub use nymstr_proto::time::TimeUs;
@@ -28,7 +30,14 @@ pub use types::{Address, CodedError, Ctx, NodeConfig, NodeStats, Output, Peer, S
 /// The step context over a node's own store, generator, configuration and outputs.
 macro_rules! step_ctx {
     ($node:expr, $now:expr) => {
-        Ctx { now: $now, store: &mut $node.store, rng: &mut $node.rng, config: &$node.config, out: &mut $node.out }
+        Ctx {
+            now: $now,
+            node: $node.node_id,
+            store: &mut $node.store,
+            rng: &mut $node.rng,
+            config: &$node.config,
+            out: &mut $node.out,
+        }
     };
 }
 
@@ -41,6 +50,8 @@ pub struct NodeCore<S: Store> {
     relay: relay::Relay,
     steward: steward::Steward,
     federation: Option<federation::Federation>,
+    /// What challenges name (see [`Ctx::node`]).
+    node_id: NodeId,
     out: Vec<Output>,
     next_sweep_us: TimeUs,
     pub stats: NodeStats,
@@ -75,7 +86,7 @@ impl<S: Store> NodeCore<S> {
 
     fn start_inner(
         now: TimeUs,
-        store: S,
+        mut store: S,
         mut rng: ChaCha20Rng,
         config: NodeConfig,
         identity: Option<federation::NodeIdentity>,
@@ -83,6 +94,10 @@ impl<S: Store> NodeCore<S> {
         let registry = registry::Registry::recover(&store)?;
         let relay = relay::Relay::recover(&store)?;
         let steward = steward::Steward::recover(&store, &mut rng)?;
+        let node_id = match &identity {
+            Some(identity) => nymstr_proto::federation::descriptor::node_id(&identity.key.verifying_key().to_bytes()),
+            None => standalone_node_id(&mut store, &mut rng)?,
+        };
         let mut node = Self {
             store,
             rng,
@@ -91,6 +106,7 @@ impl<S: Store> NodeCore<S> {
             relay,
             steward,
             federation: None,
+            node_id,
             out: Vec::new(),
             next_sweep_us: now,
             stats: NodeStats::default(),
@@ -389,6 +405,11 @@ impl<S: Store> NodeCore<S> {
         self.store
     }
 
+    /// The id this node's challenges name (its federation id, if it federates).
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
     pub fn config(&self) -> &NodeConfig {
         &self.config
     }
@@ -432,6 +453,20 @@ impl<S: Store> NodeCore<S> {
     pub fn queued_total(&self) -> u64 {
         self.relay.queued_total()
     }
+}
+
+/// Meta key of the id a node that does not federate names in its challenges.
+const META_STANDALONE_NODE_ID: &[u8] = b"standalone_node_id";
+
+/// The id a node without a federation identity names in its challenges: drawn once, kept.
+fn standalone_node_id<S: Store>(store: &mut S, rng: &mut ChaCha20Rng) -> Result<NodeId, StoreError> {
+    if let Some(id) = load::<NodeId, _>(&*store, crate::store::Table::Meta, META_STANDALONE_NODE_ID)? {
+        return Ok(id);
+    }
+    let mut id = [0u8; 32];
+    rand_core::Rng::fill_bytes(rng, &mut id);
+    store.put(crate::store::Table::Meta, META_STANDALONE_NODE_ID, &codec::encode(&NodeId(id)))?;
+    Ok(NodeId(id))
 }
 
 /// After a registration: stage the account's directory entry and send the signed promise

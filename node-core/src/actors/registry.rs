@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use rand_core::Rng;
 use serde::{Deserialize, Serialize};
 
+use super::quota::TagShares;
 use super::{CodedError, Ctx, SenderTag, TimeUs, load};
 use crate::store::{Store, StoreError, Table};
 use nymstr_proto::identity::{self, UsernameError};
@@ -32,6 +33,8 @@ enum Purpose {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct PendingChallenge {
     purpose: Purpose,
+    /// The tag it was issued to: only that tag may answer it.
+    tag: SenderTag,
     expires_at_us: TimeUs,
 }
 
@@ -87,7 +90,8 @@ impl CodedError for RegistryError {
 pub struct Registry {
     /// tag -> installation currently bound to it (inverse of `Table::Bindings`).
     tags: BTreeMap<SenderTag, InstallationId>,
-    challenges_pending: usize,
+    /// Pending challenges, per tag (a tag's share is `challenges_per_tag_max`).
+    challenges: TagShares,
 }
 
 impl Registry {
@@ -98,8 +102,16 @@ impl Registry {
             let tag: SenderTag = nymstr_proto::codec::decode(&v).map_err(|_| corrupt("bindings value"))?;
             tags.insert(tag, installation);
         }
-        let challenges_pending = store.scan_prefix(Table::Challenges, &[])?.len();
-        Ok(Self { tags, challenges_pending })
+        let mut challenges = TagShares::default();
+        for (k, v) in store.scan_prefix(Table::Challenges, &[])? {
+            // A record that does not decode is not counted; the next sweep deletes it.
+            if let (Ok(nonce), Ok(c)) =
+                (Nonce::try_from(k.as_slice()), nymstr_proto::codec::decode::<PendingChallenge>(&v))
+            {
+                challenges.admit(c.tag, c.expires_at_us, nonce, usize::MAX);
+            }
+        }
+        Ok(Self { tags, challenges })
     }
 
     /// (installation, tag) for every bound installation, in installation order.
@@ -175,19 +187,19 @@ impl Registry {
         account_sig: Sig,
         installation_sig: Sig,
     ) -> Result<InstallationId, RegistryError> {
-        let Purpose::Register { username, cert } = self.take_challenge(ctx, &nonce)? else {
+        let Purpose::Register { username, cert } = self.take_challenge(ctx, tag, &nonce)? else {
             return Err(RegistryError::WrongChallenge);
         };
         let installation = identity::installation_id(&cert.signing_key);
         identity::verify(
             &cert.account_key,
-            &identity::register_account_bytes(&nonce, &username, &installation),
+            &identity::register_account_bytes(&nonce, &ctx.node, &username, &installation),
             &account_sig,
         )
         .map_err(|_| RegistryError::BadSignature)?;
         identity::verify(
             &cert.signing_key,
-            &identity::register_installation_bytes(&nonce, &username, &installation),
+            &identity::register_installation_bytes(&nonce, &ctx.node, &username, &installation),
             &installation_sig,
         )
         .map_err(|_| RegistryError::BadSignature)?;
@@ -246,12 +258,16 @@ impl Registry {
         installation_sig: Sig,
         queued: impl FnOnce(&InstallationId) -> u32,
     ) -> Result<InstallationId, RegistryError> {
-        let Purpose::Login { installation } = self.take_challenge(ctx, &nonce)? else {
+        let Purpose::Login { installation } = self.take_challenge(ctx, tag, &nonce)? else {
             return Err(RegistryError::WrongChallenge);
         };
         let (_, cert) = self.installation(&*ctx.store, &installation)?.ok_or(RegistryError::UnknownInstallation)?;
-        identity::verify(&cert.signing_key, &identity::login_bytes(&nonce, &installation), &installation_sig)
-            .map_err(|_| RegistryError::BadSignature)?;
+        identity::verify(
+            &cert.signing_key,
+            &identity::login_bytes(&nonce, &ctx.node, &installation),
+            &installation_sig,
+        )
+        .map_err(|_| RegistryError::BadSignature)?;
         self.bind(ctx, installation, tag)?;
         let queued = queued(&installation);
         ctx.send_durable(super::Peer::Tag(tag), rid, Body::LoggedIn { installation, queued });
@@ -283,11 +299,15 @@ impl Registry {
     /// Deletes expired challenges.
     pub fn sweep<S: Store>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), StoreError> {
         for (k, v) in ctx.store.scan_prefix(Table::Challenges, &[])? {
-            let expired =
-                nymstr_proto::codec::decode::<PendingChallenge>(&v).map_or(true, |c| c.expires_at_us <= ctx.now);
-            if expired {
-                ctx.store.delete(Table::Challenges, &k)?;
-                self.challenges_pending = self.challenges_pending.saturating_sub(1);
+            match nymstr_proto::codec::decode::<PendingChallenge>(&v) {
+                Ok(c) if c.expires_at_us > ctx.now => {}
+                Ok(c) => {
+                    ctx.store.delete(Table::Challenges, &k)?;
+                    if let Ok(nonce) = Nonce::try_from(k.as_slice()) {
+                        self.challenges.forget(&c.tag, &nonce);
+                    }
+                }
+                Err(_) => ctx.store.delete(Table::Challenges, &k)?,
             }
         }
         Ok(())
@@ -300,24 +320,40 @@ impl Registry {
         rid: u64,
         purpose: Purpose,
     ) -> Result<(), RegistryError> {
-        if self.challenges_pending >= ctx.config.challenges_pending_max {
+        // A tag at its share replaces its own oldest challenge; only a new tag's first
+        // challenges can meet a full table.
+        let per_tag_max = ctx.config.challenges_per_tag_max;
+        if self.challenges.held(&tag) < per_tag_max && self.challenges.total() >= ctx.config.challenges_pending_max {
             return Err(RegistryError::Busy);
         }
         let mut nonce = [0u8; 32];
         ctx.rng.fill_bytes(&mut nonce);
         let expires_at_us = ctx.now + ctx.config.challenge_ttl_us;
-        ctx.save(Table::Challenges, &nonce, &PendingChallenge { purpose, expires_at_us })?;
-        self.challenges_pending += 1;
+        ctx.save(Table::Challenges, &nonce, &PendingChallenge { purpose, tag, expires_at_us })?;
+        if let Some(evicted) = self.challenges.admit(tag, expires_at_us, nonce, per_tag_max) {
+            ctx.store.delete(Table::Challenges, &evicted)?;
+        }
         // Challenges need not be durable: one lost in a crash makes the client retry.
-        ctx.send(super::Peer::Tag(tag), rid, Body::Challenge { nonce, expires_at_us });
+        ctx.send(super::Peer::Tag(tag), rid, Body::Challenge { nonce, expires_at_us, node: ctx.node });
         Ok(())
     }
 
-    /// Consumes a challenge: it is deleted whatever the outcome (single use).
-    fn take_challenge<S: Store>(&mut self, ctx: &mut Ctx<'_, S>, nonce: &Nonce) -> Result<Purpose, RegistryError> {
+    /// Consumes a challenge answered by the tag it was issued to: it is then deleted
+    /// whatever the outcome (single use). An answer from any other tag is refused as if the
+    /// challenge did not exist and leaves it in place, so a captured answer replayed first
+    /// from elsewhere neither binds that tag nor spends the owner's challenge.
+    fn take_challenge<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        tag: SenderTag,
+        nonce: &Nonce,
+    ) -> Result<Purpose, RegistryError> {
         let pending: PendingChallenge = ctx.load(Table::Challenges, nonce)?.ok_or(RegistryError::UnknownChallenge)?;
+        if pending.tag != tag {
+            return Err(RegistryError::UnknownChallenge);
+        }
         ctx.store.delete(Table::Challenges, nonce)?;
-        self.challenges_pending = self.challenges_pending.saturating_sub(1);
+        self.challenges.forget(&tag, nonce);
         if pending.expires_at_us <= ctx.now {
             return Err(RegistryError::ChallengeExpired);
         }

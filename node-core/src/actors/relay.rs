@@ -72,6 +72,8 @@ pub enum RelayError {
     PayloadTooLarge { len: usize, max: usize },
     #[error("recipient's queue is full ({max} messages)")]
     QueueFull { max: u32 },
+    #[error("recipient's queue already holds {max} messages from this sender")]
+    SenderShareFull { max: u32 },
     #[error("this tag is not logged in")]
     NotLoggedIn,
     #[error("{count} delivery ids exceed the limit of {max}")]
@@ -91,7 +93,7 @@ impl CodedError for RelayError {
             }
             RelayError::StaleRecipient => ErrorCode::StaleRecipient,
             RelayError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
-            RelayError::QueueFull { .. } => ErrorCode::QueueFull,
+            RelayError::QueueFull { .. } | RelayError::SenderShareFull { .. } => ErrorCode::QueueFull,
             RelayError::NotLoggedIn => ErrorCode::NotLoggedIn,
             RelayError::Store(_) => ErrorCode::Internal,
         }
@@ -108,6 +110,9 @@ struct Inflight {
 pub struct Relay {
     next_delivery_id: BTreeMap<InstallationId, u64>,
     queue_len: BTreeMap<InstallationId, u32>,
+    /// (recipient installation, sender username) -> messages queued: each sender's share
+    /// of a queue is bounded by `queue_per_sender_max`.
+    per_sender: BTreeMap<(InstallationId, String), u32>,
     inflight: BTreeMap<InstallationId, BTreeMap<u64, Inflight>>,
     timers: BTreeSet<(TimeUs, InstallationId, u64)>,
 }
@@ -137,15 +142,18 @@ impl Relay {
                 .map_err(|e| StoreError::Corrupt { table: "meta", detail: e.to_string() })?;
             relay.next_delivery_id.insert(installation, next);
         }
-        for (k, _) in store.scan_prefix(Table::Queues, &[])? {
+        for (k, v) in store.scan_prefix(Table::Queues, &[])? {
             if k.len() != 40 {
                 return Err(StoreError::Corrupt { table: "queues", detail: "key length".into() });
             }
+            let queued: QueuedDm = nymstr_proto::codec::decode(&v)
+                .map_err(|e| StoreError::Corrupt { table: "queues", detail: e.to_string() })?;
             let installation: InstallationId = k[..32].try_into().expect("32 bytes");
             let id = u64::from_be_bytes(k[32..].try_into().expect("8 bytes"));
             let next = relay.next_delivery_id.entry(installation).or_insert(1);
             *next = (*next).max(id + 1);
             *relay.queue_len.entry(installation).or_default() += 1;
+            *relay.per_sender.entry((installation, queued.from_username)).or_default() += 1;
         }
         Ok(relay)
     }
@@ -246,6 +254,11 @@ impl Relay {
         if targets.iter().any(|i| self.queue_len.get(i).copied().unwrap_or(0) >= max) {
             return Err(RelayError::QueueFull { max });
         }
+        // One sender may fill only its share of a queue, so it cannot lock everyone else out.
+        let share = ctx.config.queue_per_sender_max;
+        if targets.iter().any(|i| self.per_sender.get(&(*i, from_username.clone())).copied().unwrap_or(0) >= share) {
+            return Err(RelayError::SenderShareFull { max: share });
+        }
         for p in dm.payloads {
             let next = self.next_delivery_id.entry(p.installation).or_insert(1);
             let id = *next;
@@ -260,6 +273,7 @@ impl Relay {
             };
             ctx.save(Table::Queues, &queue_key(&p.installation, id), &queued)?;
             *self.queue_len.entry(p.installation).or_default() += 1;
+            *self.per_sender.entry((p.installation, from_username.clone())).or_default() += 1;
         }
         let expires_at_us = ctx.now + ctx.config.seen_send_ttl_us;
         ctx.save(Table::SeenSends, &seen, &SeenSend { expires_at_us })?;
@@ -288,8 +302,15 @@ impl Relay {
         let installation = registry.installation_for_tag(&tag).ok_or(RelayError::NotLoggedIn)?;
         for &id in delivery_ids {
             let key = queue_key(&installation, id);
-            if ctx.store.get(Table::Queues, &key)?.is_some() {
+            if let Some(queued) = ctx.load::<QueuedDm>(Table::Queues, &key)? {
                 ctx.store.delete(Table::Queues, &key)?;
+                let sender = (installation, queued.from_username);
+                if let Some(n) = self.per_sender.get_mut(&sender) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_sender.remove(&sender);
+                    }
+                }
                 if let Some(n) = self.queue_len.get_mut(&installation) {
                     *n -= 1;
                     if *n == 0 {

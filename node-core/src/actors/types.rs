@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::federation::config::FederationConfig;
 use crate::store::{Store, StoreError};
 use nymstr_proto::codec;
+use nymstr_proto::federation::NodeId;
 use nymstr_proto::time::TimeUs;
 use nymstr_proto::wire::{Body, Envelope, ErrorCode};
 
@@ -44,8 +45,15 @@ pub struct NodeConfig {
     pub challenge_ttl_us: u64,
     /// Pending challenges held at once; beyond this new requests get `Busy`.
     pub challenges_pending_max: usize,
+    /// Pending challenges one tag may hold (registration and login together; subscribe
+    /// challenges apart): past it, the tag's oldest is replaced, so a few tags never fill
+    /// the table every client needs.
+    pub challenges_per_tag_max: usize,
     /// Messages queued for one installation; beyond this sends get `QueueFull`.
     pub queue_depth_max: u32,
+    /// Messages one sender (account, `user@node` for a remote one) may have queued for one
+    /// installation; beyond this its sends get `QueueFull`, while others still get through.
+    pub queue_per_sender_max: u32,
     /// Deliveries sent and not yet acknowledged, per installation.
     pub deliveries_inflight_max: usize,
     /// First redelivery of an unacknowledged delivery; doubles up to the max.
@@ -75,7 +83,9 @@ impl Default for NodeConfig {
         Self {
             challenge_ttl_us: 60_000_000,
             challenges_pending_max: 10_000,
+            challenges_per_tag_max: 4,
             queue_depth_max: 1_000,
+            queue_per_sender_max: 100,
             deliveries_inflight_max: 32,
             redeliver_after_us: 30_000_000,
             redeliver_after_max_us: 300_000_000,
@@ -92,6 +102,9 @@ impl Default for NodeConfig {
 /// What a core reads and writes during one step.
 pub struct Ctx<'a, S: Store> {
     pub now: TimeUs,
+    /// The id this node names in its challenges, which clients sign (`specs/registry.md`):
+    /// its federation id, or a random id kept in its store for a node that does not federate.
+    pub node: NodeId,
     pub store: &'a mut S,
     pub rng: &'a mut ChaCha20Rng,
     pub config: &'a NodeConfig,

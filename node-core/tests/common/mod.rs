@@ -12,6 +12,7 @@ use nymstr_node_core::actors::SenderTag;
 use nymstr_node_core::store::{MemStore, Store};
 use nymstr_node_core::{NodeConfig, NodeCore, Output, Peer};
 use nymstr_proto::codec::{decode_frame, encode_frame};
+use nymstr_proto::federation::NodeId;
 use nymstr_proto::identity::{self, generate_signing_key};
 use nymstr_proto::wire::{
     Body, Envelope, ErrorCode, InstallationCert, InstallationId, InstallationPayload, MsgId, Nonce, SendDm, Sig,
@@ -21,6 +22,24 @@ use rand_core::SeedableRng;
 
 /// The instant every test starts at (an arbitrary, realistic Unix time in µs).
 pub const T0: u64 = 1_700_000_000_000_000;
+
+thread_local! {
+    /// The node each challenge seen so far named, by nonce: a user's answer signs it.
+    static CHALLENGE_NODES: std::cell::RefCell<std::collections::BTreeMap<Nonce, NodeId>> =
+        Default::default();
+}
+
+/// Notes the node a `Challenge` names, so the answer to it can sign that node's id.
+pub fn remember_challenge(body: &Body) {
+    if let Body::Challenge { nonce, node, .. } = body {
+        CHALLENGE_NODES.with(|m| m.borrow_mut().insert(*nonce, *node));
+    }
+}
+
+/// The node that issued `nonce` (all zeros for a nonce no node issued).
+pub fn challenge_node(nonce: &Nonce) -> NodeId {
+    CHALLENGE_NODES.with(|m| m.borrow().get(nonce).copied()).unwrap_or(NodeId([0; 32]))
+}
 
 /// One output of the node, flattened for assertions.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +127,7 @@ impl Harness {
                 let bytes = encode_frame(&envelope).expect("every output encodes as a frame");
                 assert_eq!(decode_frame(&bytes).expect("and decodes back"), envelope);
                 let Peer::Tag(to) = to else { panic!("a client-facing output went to an address: {to:?}") };
+                remember_challenge(&envelope.body);
                 Sent { to, envelope, durable_after }
             })
             .collect()
@@ -230,13 +250,16 @@ impl User {
     }
 
     pub fn account_sig(&self, nonce: &Nonce) -> Sig {
-        identity::sign(&self.account, &identity::register_account_bytes(nonce, &self.folded(), &self.installation))
+        identity::sign(
+            &self.account,
+            &identity::register_account_bytes(nonce, &challenge_node(nonce), &self.folded(), &self.installation),
+        )
     }
 
     pub fn installation_sig(&self, nonce: &Nonce) -> Sig {
         identity::sign(
             &self.installation_key,
-            &identity::register_installation_bytes(nonce, &self.folded(), &self.installation),
+            &identity::register_installation_bytes(nonce, &challenge_node(nonce), &self.folded(), &self.installation),
         )
     }
 
@@ -249,8 +272,10 @@ impl User {
     }
 
     pub fn login_response(&self, nonce: &Nonce) -> Body {
-        let installation_sig =
-            identity::sign(&self.installation_key, &identity::login_bytes(nonce, &self.installation));
+        let installation_sig = identity::sign(
+            &self.installation_key,
+            &identity::login_bytes(nonce, &challenge_node(nonce), &self.installation),
+        );
         Body::LoginResponse { nonce: *nonce, installation_sig }
     }
 

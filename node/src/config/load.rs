@@ -46,6 +46,12 @@ impl Config {
         if c.challenges_pending_max == 0 {
             return core("challenges_pending_max", "must be at least 1");
         }
+        if c.challenges_per_tag_max == 0 {
+            return core("challenges_per_tag_max", "must be at least 1");
+        }
+        if c.queue_per_sender_max == 0 {
+            return core("queue_per_sender_max", "must be at least 1");
+        }
         if c.queue_depth_max == 0 {
             return core("queue_depth_max", "must be at least 1");
         }

@@ -96,8 +96,15 @@ write_queue_frames = {write_queue}
 challenge_ttl_us = {challenge_ttl_us}
 # Challenges pending at once; beyond this, new registrations and logins get Error{{Busy}}.
 challenges_pending_max = {challenges_pending_max}
+# Challenges one connection (sender tag) may hold, registration and login together (and as
+# many subscribe challenges): past it the tag's oldest is replaced, so a few flooding
+# connections never fill the table above.
+challenges_per_tag_max = {challenges_per_tag_max}
 # Messages queued for one installation; beyond this, sends to it get Error{{QueueFull}}.
 queue_depth_max = {queue_depth_max}
+# Messages one sender may have queued for one installation (its share of the queue above);
+# beyond this its sends get Error{{QueueFull}}, while other senders still get through.
+queue_per_sender_max = {queue_per_sender_max}
 # Deliveries sent to one installation and not yet acknowledged.
 deliveries_inflight_max = {deliveries_inflight_max}
 # First redelivery of an unacknowledged delivery (µs); doubles up to redeliver_after_max_us.
@@ -174,6 +181,8 @@ policy = "{policy}"
         write_queue = t.write_queue_frames,
         challenge_ttl_us = grouped(c.challenge_ttl_us),
         challenges_pending_max = grouped(c.challenges_pending_max as u64),
+        challenges_per_tag_max = c.challenges_per_tag_max,
+        queue_per_sender_max = c.queue_per_sender_max,
         queue_depth_max = grouped(u64::from(c.queue_depth_max)),
         deliveries_inflight_max = c.deliveries_inflight_max,
         redeliver_after_us = grouped(c.redeliver_after_us),

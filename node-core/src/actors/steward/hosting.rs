@@ -68,7 +68,15 @@ impl Steward {
             steward.groups.insert(group_id, hosted);
         }
         steward.recover_invites(store)?;
-        steward.challenges_pending = store.scan_prefix(Table::GroupChallenges, &[])?.len();
+        for (k, v) in store.scan_prefix(Table::GroupChallenges, &[])? {
+            // A record that does not decode is not counted; the next sweep deletes it.
+            if let (Ok(nonce), Ok(c)) = (
+                nymstr_proto::wire::Nonce::try_from(k.as_slice()),
+                nymstr_proto::codec::decode::<super::subscriptions::PendingSubscribe>(&v),
+            ) {
+                steward.challenges.admit(c.tag, c.expires_at_us, nonce, usize::MAX);
+            }
+        }
         Ok(steward)
     }
 

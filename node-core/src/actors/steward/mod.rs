@@ -186,7 +186,8 @@ impl Hosted {
 pub struct Steward {
     pub stats: StewardStats,
     groups: BTreeMap<GroupId, Hosted>,
-    challenges_pending: usize,
+    /// Pending subscribe challenges, per tag.
+    challenges: crate::actors::quota::TagShares,
     /// (expiry, group, token id) of every redeemed invite still remembered (sweep index).
     used_invites: BTreeSet<(TimeUs, GroupId, [u8; 16])>,
 }

@@ -20,12 +20,12 @@ type Subs = (BTreeMap<SenderTag, PublicKey>, BTreeMap<PublicKey, SenderTag>);
 
 /// A subscribe challenge waiting for its proof (table `GroupChallenges`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct PendingSubscribe {
+pub(super) struct PendingSubscribe {
     group_id: GroupId,
     member_key: PublicKey,
-    tag: SenderTag,
+    pub(super) tag: SenderTag,
     from_seq: u64,
-    expires_at_us: TimeUs,
+    pub(super) expires_at_us: TimeUs,
 }
 
 impl Steward {
@@ -42,7 +42,9 @@ impl Steward {
         if !g.members.contains(&member_key) {
             return Err(StewardError::NotMember);
         }
-        if self.challenges_pending >= ctx.config.challenges_pending_max {
+        // As in the registry: a tag at its share replaces its own oldest challenge.
+        let per_tag_max = ctx.config.challenges_per_tag_max;
+        if self.challenges.held(&tag) < per_tag_max && self.challenges.total() >= ctx.config.challenges_pending_max {
             return Err(StewardError::Busy("too many pending subscribe challenges"));
         }
         let mut nonce: Nonce = [0u8; 32];
@@ -50,9 +52,11 @@ impl Steward {
         let expires_at_us = ctx.now + ctx.config.challenge_ttl_us;
         let pending = PendingSubscribe { group_id, member_key, tag, from_seq, expires_at_us };
         ctx.save(Table::GroupChallenges, &nonce, &pending)?;
-        self.challenges_pending += 1;
+        if let Some(evicted) = self.challenges.admit(tag, expires_at_us, nonce, per_tag_max) {
+            ctx.store.delete(Table::GroupChallenges, &evicted)?;
+        }
         // Like registry challenges: not durable on purpose (a lost one makes the member retry).
-        ctx.send(Peer::Tag(tag), rid, Body::Challenge { nonce, expires_at_us });
+        ctx.send(Peer::Tag(tag), rid, Body::Challenge { nonce, expires_at_us, node: ctx.node });
         Ok(())
     }
 
@@ -68,7 +72,7 @@ impl Steward {
         let pending: PendingSubscribe =
             ctx.load(Table::GroupChallenges, &nonce)?.ok_or(StewardError::UnknownChallenge)?;
         ctx.store.delete(Table::GroupChallenges, &nonce)?;
-        self.challenges_pending = self.challenges_pending.saturating_sub(1);
+        self.challenges.forget(&pending.tag, &nonce);
         if pending.tag != tag || pending.group_id != group_id {
             return Err(StewardError::UnknownChallenge);
         }
@@ -125,13 +129,17 @@ impl Steward {
 
     /// Deletes expired subscribe challenges.
     pub(super) fn sweep_challenges<S: Store>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), StoreError> {
-        if self.challenges_pending > 0 {
+        if self.challenges.total() > 0 {
             for (k, v) in ctx.store.scan_prefix(Table::GroupChallenges, &[])? {
-                let expired =
-                    nymstr_proto::codec::decode::<PendingSubscribe>(&v).map_or(true, |c| c.expires_at_us <= ctx.now);
-                if expired {
-                    ctx.store.delete(Table::GroupChallenges, &k)?;
-                    self.challenges_pending = self.challenges_pending.saturating_sub(1);
+                match nymstr_proto::codec::decode::<PendingSubscribe>(&v) {
+                    Ok(c) if c.expires_at_us > ctx.now => {}
+                    Ok(c) => {
+                        ctx.store.delete(Table::GroupChallenges, &k)?;
+                        if let Ok(nonce) = Nonce::try_from(k.as_slice()) {
+                            self.challenges.forget(&c.tag, &nonce);
+                        }
+                    }
+                    Err(_) => ctx.store.delete(Table::GroupChallenges, &k)?,
                 }
             }
         }
