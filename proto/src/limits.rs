@@ -67,3 +67,13 @@ pub const WITNESS_NODES_MAX: usize = 1_024;
 /// How long a node must have gone without a new head cosigned before a new node may take
 /// its place in a full witness view, in µs (one day).
 pub const WITNESS_IDLE_US: u64 = 24 * 3_600 * 1_000_000;
+/// Node keys a client's verifier knows (set-up witnesses and nodes met as the server of a
+/// lookup); accepted heads and distrusted nodes are at most one per known node. When
+/// full, a new node is not learnt (its lookups fail as `unknown_node`); no known node is
+/// ever evicted, so names on many attacker nodes cannot push out honest ones.
+pub const KT_NODES_MAX: usize = 4_096;
+/// Pins (name at node -> account key) a client's verifier keeps, one stored row each.
+/// When full, a new name still verifies but is not pinned; existing pins are never
+/// evicted, since evicting a pin would let its key change unnoticed, so a flood of
+/// sybil names (each one a registration and a DM) can only use up the free room.
+pub const KT_PINS_MAX: usize = 100_000;
