@@ -108,7 +108,9 @@ impl Federation {
         }
         let mut witness_sizes = BTreeMap::new();
         for (k, v) in ctx.store.scan_prefix(Table::FedState, PREFIX_WSIZE)? {
-            if let (Ok(arr), Ok(size)) = (<[u8; 32]>::try_from(&k[PREFIX_WSIZE.len()..]), codec::decode_record::<u64>(&v)) {
+            if let (Ok(arr), Ok(size)) =
+                (<[u8; 32]>::try_from(&k[PREFIX_WSIZE.len()..]), codec::decode_record::<u64>(&v))
+            {
                 witness_sizes.insert(NodeId(arr), size);
             }
         }
