@@ -52,7 +52,9 @@ pub enum Table {
     KtCosigs,
     /// node id -> PeerRecord (known node descriptors and peering state)
     FedPeers,
-    /// fixed keys -> federation state (witness view, fork certificates, per-witness sizes)
+    /// federation state, one row per item: `whead/` || node id || epoch -> (time, SignedHead)
+    /// (the witness view), `fork/` || node id -> ForkCertificate, `wsize/` || node id -> u64
+    /// (per-witness sizes)
     FedState,
 }
 

@@ -67,7 +67,7 @@ impl TransparencyLog {
         let mut log = LogTree::new();
         let mut heads = Vec::new();
         for (k, v) in store.scan_prefix(Table::KtHeads, &[])? {
-            let head: SignedHead = codec::decode(&v).map_err(|_| corrupt(Table::KtHeads, "head"))?;
+            let head: SignedHead = codec::decode_record(&v).map_err(|_| corrupt(Table::KtHeads, "head"))?;
             let epoch = u64::from_be_bytes(k.as_slice().try_into().map_err(|_| corrupt(Table::KtHeads, "key"))?);
             if epoch != heads.len() as u64 || head.head.epoch != epoch {
                 return Err(corrupt(Table::KtHeads, "epochs are not consecutive from 0"));
@@ -78,13 +78,13 @@ impl TransparencyLog {
         let latest_epoch = heads.last().map(|h| h.head.epoch);
         let mut entries: BTreeMap<String, DirEntry> = BTreeMap::new();
         for (k, v) in store.scan_prefix(Table::KtEntries, &[])? {
-            let e: DirEntry = codec::decode(&v).map_err(|_| corrupt(Table::KtEntries, "entry"))?;
+            let e: DirEntry = codec::decode_record(&v).map_err(|_| corrupt(Table::KtEntries, "entry"))?;
             let name = String::from_utf8(k).map_err(|_| corrupt(Table::KtEntries, "key"))?;
             entries.insert(name, e);
         }
         let mut pending = BTreeMap::new();
         for (k, v) in store.scan_prefix(Table::KtPending, &[])? {
-            let e: DirEntry = codec::decode(&v).map_err(|_| corrupt(Table::KtPending, "entry"))?;
+            let e: DirEntry = codec::decode_record(&v).map_err(|_| corrupt(Table::KtPending, "entry"))?;
             let name = String::from_utf8(k.clone()).map_err(|_| corrupt(Table::KtPending, "key"))?;
             if latest_epoch.is_some_and(|l| e.epoch <= l) {
                 // Sealed before a crash cut the seal's writes short: finish them.
@@ -306,7 +306,7 @@ pub fn tree_with(entries: &BTreeMap<String, DirEntry>, extra: Option<&(String, D
 fn load_cosigs<S: Store>(store: &S, epoch: u64) -> Result<BTreeMap<NodeId, Cosignature>, StoreError> {
     let mut out = BTreeMap::new();
     for (_, v) in store.scan_prefix(Table::KtCosigs, &epoch.to_be_bytes())? {
-        let c: Cosignature = codec::decode(&v).map_err(|_| corrupt(Table::KtCosigs, "cosignature"))?;
+        let c: Cosignature = codec::decode_record(&v).map_err(|_| corrupt(Table::KtCosigs, "cosignature"))?;
         out.insert(c.witness, c);
     }
     Ok(out)

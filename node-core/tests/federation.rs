@@ -12,14 +12,15 @@ use common::{T0, User, msg_id, remember_challenge, tag};
 use ed25519_dalek::SigningKey;
 use nymstr_node_core::actors::federation::{Federation, FederationConfig, NodeIdentity};
 use nymstr_node_core::actors::{Address, SenderTag};
-use nymstr_node_core::store::{MemStore, Store};
+use nymstr_node_core::store::{MemStore, Store, Table};
 use nymstr_node_core::{NodeConfig, NodeCore, Output, Peer};
-use nymstr_proto::codec::{decode_frame, encode_frame};
+use nymstr_proto::codec::{self, decode_frame, encode_frame};
 use nymstr_proto::federation::descriptor;
-use nymstr_proto::federation::evidence;
+use nymstr_proto::federation::evidence::{self, WitnessView};
 use nymstr_proto::federation::verify::{Outcome, TrustPolicy, Verifier};
-use nymstr_proto::federation::{DirEntry, LookupProof, NodeDescriptor, NodeId, Roles};
+use nymstr_proto::federation::{DirEntry, LookupProof, NodeDescriptor, NodeId, Roles, SignedHead};
 use nymstr_proto::identity::{self, generate_signing_key};
+use nymstr_proto::limits::{FRAME_BYTES_MAX, WITNESS_RECENT_HEADS};
 use nymstr_proto::wire::{Body, Envelope, ErrorCode, GossipItem, InstallationCert, InstallationId, SendDm};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -1194,4 +1195,73 @@ fn a_lost_cosignature_does_not_stop_a_witness() {
         !asked_from.iter().any(|e| code_of(&e.body) == Some(ErrorCode::Inconsistent)),
         "and never refused it as inconsistent"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Durability of a long-running witness (issue 10, item 1)
+
+/// Node 0's witness view as the rows of its store: the view they make, and its size as
+/// the single record of the previous layout.
+fn witness_view_of(store: &MemStore) -> (WitnessView, usize) {
+    let mut view = WitnessView::new();
+    let rows = store.scan_prefix(Table::FedState, b"whead/").unwrap();
+    for (_, v) in &rows {
+        let (_, head): (u64, SignedHead) = codec::decode(v).expect("a witness row is small and decodes");
+        view.restore(&head);
+    }
+    let encoded = codec::encode(&view).len();
+    (view, encoded)
+}
+
+/// `n` nodes, each asking every peer to witness its heads.
+fn every_peer_a_witness(n: usize) -> Net {
+    let mut config = test_config();
+    config.federation.witnesses_wanted = n;
+    Net::with_config(n, config)
+}
+
+/// Nine nodes witnessing each other for 70 epochs: node 0's witness view holds 64 heads
+/// of each of the 8 others (~74 KB as one record, past the 64 KiB decode limit that made
+/// such a node unable to restart). Stored one row per head, it restarts, remembers what it
+/// cosigned, and keeps witnessing.
+#[test]
+fn a_witness_of_many_nodes_for_many_epochs_restarts_from_its_store() {
+    let mut net = every_peer_a_witness(9);
+    net.run_until(T0 + 70 * EPOCH + EPOCH / 2);
+    let store = net.kill(0);
+    let (before, _) = witness_view_of(&store);
+    net.restart(0, store);
+    net.run_for(3 * EPOCH);
+    let witnessed: Vec<NodeId> = (1..9).map(|j| net.id(j)).collect();
+    assert_eq!(net.fed(0).forks().count(), 0, "no fork certificate after the restart");
+    let store = net.kill(0);
+    let (after, single_record) = witness_view_of(&store);
+    assert!(single_record > FRAME_BYTES_MAX, "the view outgrew one record: {single_record} bytes");
+    for id in &witnessed {
+        assert!(after.last_size(id) > before.last_size(id), "node 0 kept witnessing {id:?} from where it was");
+        assert_eq!(after.epochs(id).len(), WITNESS_RECENT_HEADS, "old heads' rows are deleted");
+    }
+}
+
+/// A store written by the previous layout (the whole witness view as one record, past
+/// 64 KiB) opens: the record is read once, rewritten as rows, and deleted.
+#[test]
+fn a_witness_view_stored_as_one_record_is_migrated_to_rows() {
+    let mut net = every_peer_a_witness(9);
+    net.run_until(T0 + 70 * EPOCH + EPOCH / 2);
+    let mut store = net.kill(0);
+    let (view, single_record) = witness_view_of(&store);
+    assert!(single_record > FRAME_BYTES_MAX);
+    for (k, _) in store.scan_prefix(Table::FedState, b"whead/").unwrap() {
+        store.delete(Table::FedState, &k).unwrap();
+    }
+    store.put(Table::FedState, b"witness-view", &codec::encode(&view)).unwrap();
+    store.flush().unwrap();
+    net.restart(0, store);
+    let store = net.kill(0);
+    assert_eq!(store.get(Table::FedState, b"witness-view").unwrap(), None, "the old record is gone");
+    let (migrated, _) = witness_view_of(&store);
+    for id in (1..9).map(|j| net.id(j)) {
+        assert!(migrated.last_size(&id) >= view.last_size(&id), "every head carried over");
+    }
 }

@@ -9,7 +9,7 @@
 use bincode::config::{self, Configuration, Limit, LittleEndian, Varint};
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::limits::FRAME_BYTES_MAX;
+use crate::limits::{FRAME_BYTES_MAX, RECORD_BYTES_MAX};
 use crate::wire::{Envelope, WIRE_VERSION};
 
 /// bincode's decode budget is an allocation guard, not the frame limit: it counts
@@ -21,6 +21,15 @@ type Config = Configuration<LittleEndian, Varint, Limit<DECODE_BUDGET_BYTES>>;
 
 fn config() -> Config {
     config::standard().with_limit::<DECODE_BUDGET_BYTES>()
+}
+
+/// The same budget rule for local records: twice the record limit.
+const RECORD_DECODE_BUDGET_BYTES: usize = 2 * RECORD_BYTES_MAX;
+
+type RecordConfig = Configuration<LittleEndian, Varint, Limit<RECORD_DECODE_BUDGET_BYTES>>;
+
+fn record_config() -> RecordConfig {
+    config::standard().with_limit::<RECORD_DECODE_BUDGET_BYTES>()
 }
 
 /// Why bytes could not be turned into a value (or a value into bytes).
@@ -57,6 +66,23 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     }
     let (value, used) =
         bincode::serde::decode_from_slice::<T, _>(bytes, config()).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::Trailing(bytes.len() - used));
+    }
+    Ok(value)
+}
+
+/// Decodes a record read back from local storage (a node's store, a client's home),
+/// rejecting trailing bytes. The same encoding as [`decode`], but bounded by
+/// [`RECORD_BYTES_MAX`], not by the frame limit: a local record never crossed the wire,
+/// and one that legitimately grew past 64 KiB is not corrupt. Stores still keep their
+/// records small (one row per item); this limit only guards the allocation.
+pub fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    if bytes.len() > RECORD_BYTES_MAX {
+        return Err(CodecError::TooLarge { len: bytes.len(), max: RECORD_BYTES_MAX });
+    }
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(bytes, record_config())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
     if used != bytes.len() {
         return Err(CodecError::Trailing(bytes.len() - used));
     }
@@ -127,6 +153,16 @@ mod tests {
         let bytes = [WIRE_VERSION, 0, 12, 0xfb, 0xe8, 0x03];
         let err = decode_frame(&bytes).unwrap_err().to_string();
         assert!(err.contains("exceed the limit"), "{err}");
+    }
+
+    #[test]
+    fn a_local_record_may_exceed_the_frame_limit() {
+        let big = vec![7u8; FRAME_BYTES_MAX * 2];
+        let bytes = encode(&serde_bytes::ByteBuf::from(big.clone()));
+        assert!(matches!(decode::<serde_bytes::ByteBuf>(&bytes), Err(CodecError::TooLarge { .. })));
+        assert_eq!(decode_record::<serde_bytes::ByteBuf>(&bytes).unwrap().into_vec(), big);
+        let huge = vec![0u8; RECORD_BYTES_MAX + 1];
+        assert!(matches!(decode_record::<u8>(&huge), Err(CodecError::TooLarge { .. })));
     }
 
     #[test]

@@ -4,6 +4,13 @@
 
 /// Largest frame accepted on any transport, in bytes (version byte included).
 pub const FRAME_BYTES_MAX: usize = 64 * 1024;
+/// Largest record a node's store or a client's home may hold, in bytes: the decode limit
+/// of local records (`codec::decode_record`), kept apart from the wire's frame limit so a
+/// local record that grew past 64 KiB is not taken for a corrupt one. Stores keep their
+/// records far smaller (one row per item: a witnessed head, a pin); this bounds only the
+/// allocation of a decode, and lets a record of the previous single-record layouts be
+/// read once to be rewritten as rows.
+pub const RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Largest end-to-end payload for one recipient installation, in bytes.
 pub const DM_PAYLOAD_BYTES_MAX: usize = 32 * 1024;
 /// Installations one account may hold (multi-device, F1).
@@ -57,3 +64,23 @@ pub const DIR_KEY_MAX: usize = u16::MAX as usize;
 /// How many recent heads a witness view keeps per node to recognise a fork of an epoch
 /// older than the last one it cosigned.
 pub const WITNESS_RECENT_HEADS: usize = 64;
+/// Nodes a witness keeps heads for (each up to [`WITNESS_RECENT_HEADS`], one stored row a
+/// head). When full, a new node takes the place of the node that got a head cosigned the
+/// longest ago, and only if that was at least [`WITNESS_IDLE_US`] ago; otherwise the
+/// cosign request is refused (`Busy`). A node that seals every epoch is never evicted: a
+/// flood of sybil nodes can only fill free or idle slots, and at worst makes this witness
+/// refuse new nodes for a while (they ask other witnesses).
+pub const WITNESS_NODES_MAX: usize = 1_024;
+/// How long a node must have gone without a new head cosigned before a new node may take
+/// its place in a full witness view, in µs (one day).
+pub const WITNESS_IDLE_US: u64 = 24 * 3_600 * 1_000_000;
+/// Node keys a client's verifier knows (set-up witnesses and nodes met as the server of a
+/// lookup); accepted heads and distrusted nodes are at most one per known node. When
+/// full, a new node is not learnt (its lookups fail as `unknown_node`); no known node is
+/// ever evicted, so names on many attacker nodes cannot push out honest ones.
+pub const KT_NODES_MAX: usize = 4_096;
+/// Pins (name at node -> account key) a client's verifier keeps, one stored row each.
+/// When full, a new name still verifies but is not pinned; existing pins are never
+/// evicted, since evicting a pin would let its key change unnoticed, so a flood of
+/// sybil names (each one a registration and a DM) can only use up the free room.
+pub const KT_PINS_MAX: usize = 100_000;

@@ -645,3 +645,44 @@ fn byte_vectors() {
         "6e796d7374722f76312f6b742f70726f6d697365006638ecd57287a4b58b0f976654b2ffbcd257d05e3fcc7caadb14fa590e084df505616c69636503030303030303030303030303030303030303030303030303030303030303030206"
     );
 }
+
+/// The verifier's tables are bounded and evict nothing: a full pin table takes no new pin
+/// and keeps every old one (a flood of sybil names cannot push out an honest pin); a full
+/// node table learns no new node.
+#[test]
+fn pins_and_nodes_are_bounded_without_evicting_honest_entries() {
+    use nymstr_proto::limits::{KT_NODES_MAX, KT_PINS_MAX};
+    let node = NodeId([3; 32]);
+    let mut v = Verifier::new(TrustPolicy::Tofu);
+    for i in 0..KT_PINS_MAX {
+        let name = format!("u{i:07}");
+        assert!(v.accept_key_change(&node, &name, &entry(&name, [1; 32], 1, 1, EntryStatus::Active)));
+    }
+    assert!(v.accept_key_change(&node, "sybil", &entry("sybil", [9; 32], 1, 1, EntryStatus::Active)));
+    assert_eq!(v.pins().len(), KT_PINS_MAX);
+    assert!(v.pin(&node, "sybil").is_none(), "no room, no pin");
+    assert_eq!(v.pin(&node, "u0000000").map(|p| p.account_key), Some([1; 32]), "the first pin is kept");
+    // An existing pin can still be updated.
+    assert!(v.accept_key_change(&node, "u0000000", &entry("u0000000", [2; 32], 2, 2, EntryStatus::Active)));
+    assert_eq!(v.pin(&node, "u0000000").map(|p| p.account_key), Some([2; 32]));
+
+    let rebuilt = Verifier::from_parts(
+        v.policy().clone(),
+        v.nodes().clone(),
+        v.witnesses().clone(),
+        v.heads().clone(),
+        v.pins().clone(),
+        v.distrusted().clone(),
+    );
+    assert_eq!(rebuilt, v, "the parts a host stores make the verifier");
+
+    let mut v = Verifier::new(TrustPolicy::Tofu);
+    let keys: Vec<SigningKey> = (0..=KT_NODES_MAX as u64).map(|i| generate_signing_key(&mut rng(10_000 + i))).collect();
+    for k in &keys[..KT_NODES_MAX] {
+        v.learn_serving_node(&descriptor_of(k)).unwrap();
+    }
+    let last = descriptor_of(&keys[KT_NODES_MAX]);
+    assert_eq!(v.learn_node(&last), Err(DescriptorError::TooManyNodes(KT_NODES_MAX)));
+    assert!(v.node_key(&last.node_id).is_none());
+    assert!(v.learn_node(&descriptor_of(&keys[0])).is_ok(), "a known node is learnt again");
+}

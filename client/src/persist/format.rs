@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use nymstr_proto::codec;
 use serde::{Serialize, de::DeserializeOwned};
 
-pub(super) const FORMAT_VERSION: u32 = 1;
+/// 2: the transparency verifier is stored one row per item (tree `transparency`), not as
+/// one record in `meta`; a home of format 1 is migrated when it opens.
+pub(super) const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
@@ -60,6 +62,7 @@ pub(super) fn decode_big<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) 
     Ok(value)
 }
 
+/// A local record: bounded by the codec's record limit, not the wire's frame limit.
 pub(super) fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
-    codec::decode(bytes).map_err(|e| PersistError::Corrupt { what, detail: e.to_string() })
+    codec::decode_record(bytes).map_err(|e| PersistError::Corrupt { what, detail: e.to_string() })
 }

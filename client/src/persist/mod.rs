@@ -12,11 +12,16 @@
 //!   MLS secrets of every group), `group_state` (`records` → every `GroupRecord`, `stats`),
 //!   `group_invites` (group id → `InviteRecord`: invitations received, not yet accepted),
 //!   `group_log` (seq → `GroupLine`: group messages and notices shown by `inbox`),
-//!   `group_log_ids` (group id · msg id → seq).
+//!   `group_log_ids` (group id · msg id → seq); `transparency` (the key-transparency
+//!   verifier, one row per item: `P` → trust policy, `n`·node → node key, `w`·node →
+//!   witness, `h`·node → accepted head, `p`·node·name → pin, `d`·node → fork certificate;
+//!   bounded by `KT_NODES_MAX` and `KT_PINS_MAX`; format 1 kept it as one `meta` record,
+//!   migrated on open).
 //!
 //! The database holds group secrets: its directory is `0700` and its files `0600`.
 //!
-//! Every record is encoded with `nymstr_proto::codec`, except the group records, which grow
+//! Every record is encoded with `nymstr_proto::codec` (read back with `decode_record`,
+//! whose limit is the local `RECORD_BYTES_MAX`, not the wire's 64 KiB), except the group records, which grow
 //! past the codec's 64 KiB decode limit (they remember up to 10,000 message ids per
 //! group) and are encoded with bincode 2 directly (standard configuration, a 256 MiB
 //! decode budget). The client state is stored record by
@@ -74,6 +79,7 @@ pub struct Home {
     group_invites: sled::Tree,
     group_log: sled::Tree,
     group_log_ids: sled::Tree,
+    transparency: sled::Tree,
     identity: IdentityState,
     /// What the trees hold now, so a save writes only the difference.
     saved: ClientState,
@@ -148,6 +154,7 @@ impl Home {
             group_invites: tree("group_invites")?,
             group_log: tree("group_log")?,
             group_log_ids: tree("group_log_ids")?,
+            transparency: tree("transparency")?,
             db,
             identity: file.identity,
             saved: ClientState::default(),
@@ -162,6 +169,9 @@ impl Home {
             }
         }
         home.saved = home.read_state()?;
+        // A home of an older format was migrated by `read_state`: mark it, so an older
+        // nymstr refuses it rather than miss what moved.
+        home.meta.insert("version", codec::encode(&FORMAT_VERSION))?;
         home.saved_group_records = home.group_state.get("records")?.map(|v| v.to_vec());
         home.saved_group_stats = home.group_state.get("stats")?.map(|v| v.to_vec());
         Ok(home)

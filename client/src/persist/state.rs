@@ -1,9 +1,11 @@
 //! The client state (`ClientState`), stored record by record in its trees: a save writes
 //! only what changed since the last one, then flushes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use nymstr_proto::codec;
+use nymstr_proto::federation::NodeId;
+use nymstr_proto::federation::verify::Verifier;
 use nymstr_proto::wire::MsgId;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -48,10 +50,7 @@ impl Home {
             seen: seen.clone(),
             outgoing,
             direct,
-            transparency: match self.meta.get("transparency")? {
-                Some(v) => Some(decode("transparency state", &v)?),
-                None => None,
-            },
+            transparency: self.read_transparency()?,
             home_node: match self.meta.get("home_node")? {
                 Some(v) => decode("home node", &v)?,
                 None => None,
@@ -84,11 +83,8 @@ impl Home {
         writes += sync_map(&self.direct, &self.saved.direct, &state.direct, |k| k.as_bytes().to_vec())?;
         writes += self.sync_seen(&state.seen)?;
         if state.transparency != self.saved.transparency {
-            match &state.transparency {
-                Some(v) => self.meta.insert("transparency", codec::encode(v))?,
-                None => self.meta.remove("transparency")?,
-            };
-            writes += 1;
+            writes +=
+                sync_transparency(&self.transparency, self.saved.transparency.as_ref(), state.transparency.as_ref())?;
         }
         if state.home_node != self.saved.home_node {
             self.meta.insert("home_node", codec::encode(&state.home_node))?;
@@ -133,6 +129,104 @@ impl Home {
         self.seen.apply_batch(batch)?;
         Ok(writes)
     }
+}
+
+impl Home {
+    /// The transparency verifier from its rows. A home of format 1 holds it as one record
+    /// in `meta` (`transparency`), which outgrew the codec's 64 KiB limit with ~850 pins:
+    /// it is read once with the local-record limit, rewritten as rows, and removed.
+    fn read_transparency(&mut self) -> Result<Option<Verifier>> {
+        if let Some(v) = self.meta.get(LEGACY_TRANSPARENCY)? {
+            let legacy: Verifier = decode("transparency state", &v)?;
+            self.transparency.clear()?;
+            sync_transparency(&self.transparency, None, Some(&legacy))?;
+            self.meta.remove(LEGACY_TRANSPARENCY)?;
+            self.flush()?;
+            return Ok(Some(legacy));
+        }
+        let mut policy = None;
+        let mut nodes = BTreeMap::new();
+        let mut witnesses = BTreeSet::new();
+        let mut heads = BTreeMap::new();
+        let mut pins = BTreeMap::new();
+        let mut distrusted = BTreeMap::new();
+        let bad = |detail: &str| PersistError::Corrupt { what: "transparency row", detail: detail.into() };
+        for item in self.transparency.iter() {
+            let (k, v) = item?;
+            let (&kind, rest) = k.split_first().ok_or_else(|| bad("empty key"))?;
+            let node =
+                || rest.get(..32).and_then(|b| <[u8; 32]>::try_from(b).ok()).map(NodeId).ok_or_else(|| bad("node id"));
+            match kind {
+                KT_POLICY => policy = Some(decode("trust policy", &v)?),
+                KT_NODE => {
+                    nodes.insert(node()?, decode("node key", &v)?);
+                }
+                KT_WITNESS => {
+                    witnesses.insert(node()?);
+                }
+                KT_HEAD => {
+                    heads.insert(node()?, decode("accepted head", &v)?);
+                }
+                KT_PIN => {
+                    let node = node()?;
+                    let name = String::from_utf8(rest[32..].to_vec()).map_err(|_| bad("pinned name"))?;
+                    pins.insert((node, name), decode("pin", &v)?);
+                }
+                KT_DISTRUSTED => {
+                    distrusted.insert(node()?, decode("fork certificate", &v)?);
+                }
+                _ => return Err(bad("unknown row kind")),
+            }
+        }
+        Ok(policy.map(|p| Verifier::from_parts(p, nodes, witnesses, heads, pins, distrusted)))
+    }
+}
+
+/// The record of the transparency verifier in `meta` in format 1 (now rows in `transparency`).
+const LEGACY_TRANSPARENCY: &str = "transparency";
+/// Row kinds of the `transparency` tree: the first key byte; node rows continue with the
+/// node id, pins with the node id and the folded name.
+const KT_POLICY: u8 = b'P';
+const KT_NODE: u8 = b'n';
+const KT_WITNESS: u8 = b'w';
+const KT_HEAD: u8 = b'h';
+const KT_PIN: u8 = b'p';
+const KT_DISTRUSTED: u8 = b'd';
+
+fn node_row(kind: u8, node: &NodeId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(33);
+    k.push(kind);
+    k.extend_from_slice(&node.0);
+    k
+}
+
+/// Makes the `transparency` tree hold `new`, given that it holds `old`: only the rows
+/// that changed are written (a lookup changes a head and a pin, not the whole verifier).
+fn sync_transparency(tree: &sled::Tree, old: Option<&Verifier>, new: Option<&Verifier>) -> Result<usize> {
+    let Some(new) = new else {
+        let had = !tree.is_empty();
+        tree.clear()?;
+        return Ok(usize::from(had));
+    };
+    let empty = Verifier::new(new.policy().clone());
+    let old_policy = old.map(Verifier::policy);
+    let old = old.unwrap_or(&empty);
+    let mut writes = 0;
+    if old_policy != Some(new.policy()) {
+        tree.insert([KT_POLICY], codec::encode(new.policy()))?;
+        writes += 1;
+    }
+    writes += sync_map(tree, old.nodes(), new.nodes(), |n| node_row(KT_NODE, n))?;
+    let as_map = |s: &BTreeSet<NodeId>| s.iter().map(|n| (*n, ())).collect::<BTreeMap<_, _>>();
+    writes += sync_map(tree, &as_map(old.witnesses()), &as_map(new.witnesses()), |n| node_row(KT_WITNESS, n))?;
+    writes += sync_map(tree, old.heads(), new.heads(), |n| node_row(KT_HEAD, n))?;
+    writes += sync_map(tree, old.pins(), new.pins(), |(n, name)| {
+        let mut k = node_row(KT_PIN, n);
+        k.extend_from_slice(name.as_bytes());
+        k
+    })?;
+    writes += sync_map(tree, old.distrusted(), new.distrusted(), |n| node_row(KT_DISTRUSTED, n))?;
+    Ok(writes)
 }
 
 fn string_key(k: &[u8]) -> Option<String> {

@@ -144,3 +144,87 @@ fn history_records_once_and_tracks_status() {
     home.mark_read(&unread[0]).unwrap();
     assert!(home.unread().unwrap().is_empty());
 }
+
+/// A client that verified and pinned `n` contacts on one node.
+fn state_with_pinned_contacts(id: &IdentityState, n: usize) -> ClientState {
+    use nymstr_proto::federation::verify::{TrustPolicy, Verifier};
+    use nymstr_proto::federation::{DirEntry, EntryStatus, NodeId};
+    let mut s = sample_state(id, 0);
+    let node = NodeId([7; 32]);
+    let mut verifier = Verifier::new(TrustPolicy::WitnessQuorum { required: 2 });
+    for i in 0..n {
+        let name = format!("contact{i:05}");
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        let entry = DirEntry {
+            username: name.clone(),
+            account_key: key,
+            installations: Vec::new(),
+            status: EntryStatus::Active,
+            seq: 1,
+            epoch: i as u64,
+        };
+        assert!(verifier.accept_key_change(&node, &name, &entry));
+        s.contacts
+            .insert(name.clone(), Contact { account_key: key, installations: vec![id.cert.clone()], fetched_at_us: 5 });
+        s.pins.insert(i as u64 + 1, (name, key));
+    }
+    assert_eq!(verifier.pins().len(), n);
+    s.transparency = Some(verifier);
+    s
+}
+
+/// Issue 10: ~850 pins made the verifier, stored as one record, outgrow the codec's 64 KiB
+/// limit and the home stopped opening. Stored one row per pin, 5,000 pinned contacts open.
+#[test]
+fn a_home_with_5000_pinned_contacts_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = identity();
+    let mut home = Home::create(dir.path(), &id).unwrap();
+    let state = state_with_pinned_contacts(&id, 5_000);
+    assert!(home.save_state(&state).unwrap());
+    // One more pin writes one row, not the whole verifier.
+    let mut later = state.clone();
+    let node = nymstr_proto::federation::NodeId([7; 32]);
+    let entry = nymstr_proto::federation::DirEntry {
+        username: "latecomer".into(),
+        account_key: [5; 32],
+        installations: Vec::new(),
+        status: nymstr_proto::federation::EntryStatus::Active,
+        seq: 1,
+        epoch: 1,
+    };
+    assert!(later.transparency.as_mut().unwrap().accept_key_change(&node, "latecomer", &entry));
+    let before = home.transparency.len();
+    assert!(home.save_state(&later).unwrap());
+    assert_eq!(home.transparency.len(), before + 1);
+    drop(home);
+    let home = Home::open(dir.path()).expect("a home with 5,000 pinned contacts opens");
+    assert_eq!(home.state(), later);
+    let every_row_small = home.transparency.iter().all(|r| r.unwrap().1.len() < 1_024);
+    assert!(every_row_small, "no record grows with the number of pins");
+}
+
+/// A home of format 1 (the verifier as one record in `meta`, past 64 KiB) opens: the record
+/// is read once, rewritten as rows and removed, and the home is marked format 2.
+#[test]
+fn a_format_1_home_is_migrated_when_it_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = identity();
+    let mut home = Home::create(dir.path(), &id).unwrap();
+    let state = state_with_pinned_contacts(&id, 2_000);
+    home.save_state(&state).unwrap();
+    let legacy = codec::encode(state.transparency.as_ref().unwrap());
+    assert!(legacy.len() > nymstr_proto::limits::FRAME_BYTES_MAX);
+    home.transparency.clear().unwrap();
+    home.meta.insert("transparency", legacy).unwrap();
+    home.meta.insert("version", codec::encode(&1u32)).unwrap();
+    home.flush().unwrap();
+    drop(home);
+    let home = Home::open(dir.path()).expect("a format 1 home opens");
+    assert_eq!(home.state(), state);
+    assert!(home.meta.get("transparency").unwrap().is_none(), "the old record is gone");
+    assert_eq!(home.transparency.len(), 2_000 + 1, "the policy and one row per pin");
+    drop(home);
+    assert_eq!(Home::open(dir.path()).unwrap().state(), state, "and opens again from the rows");
+}

@@ -150,7 +150,7 @@ pub fn load<T: serde::de::DeserializeOwned, S: Store + ?Sized>(
 ) -> Result<Option<T>, StoreError> {
     match store.get(table, key)? {
         None => Ok(None),
-        Some(bytes) => codec::decode(&bytes)
+        Some(bytes) => codec::decode_record(&bytes)
             .map(Some)
             .map_err(|e| StoreError::Corrupt { table: table.name(), detail: e.to_string() }),
     }

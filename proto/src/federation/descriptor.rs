@@ -75,6 +75,9 @@ pub enum DescriptorError {
     BadKey,
     #[error("descriptor signature does not verify")]
     BadSignature,
+    /// A verifier knows `KT_NODES_MAX` nodes already; a new one is not learnt.
+    #[error("{0} nodes known already; no room for another")]
+    TooManyNodes(usize),
 }
 
 /// Checks a descriptor: derived id, field bounds, strict signature by its own key.

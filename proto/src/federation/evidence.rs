@@ -207,6 +207,43 @@ impl WitnessView {
         self.forks.get(node)
     }
 
+    /// Number of nodes with heads in the view (a host bounds it: `WITNESS_NODES_MAX`).
+    pub fn node_count(&self) -> usize {
+        self.recent.len()
+    }
+
+    /// Whether the view holds any head of `node`.
+    pub fn knows(&self, node: &NodeId) -> bool {
+        self.recent.contains_key(node)
+    }
+
+    /// The epochs of the heads kept for `node`, oldest first.
+    pub fn epochs(&self, node: &NodeId) -> Vec<u64> {
+        self.recent.get(node).map(|m| m.keys().copied().collect()).unwrap_or_default()
+    }
+
+    /// Every head kept, by node then epoch (to store the view one row per head).
+    pub fn heads(&self) -> impl Iterator<Item = &SignedHead> {
+        self.recent.values().flat_map(BTreeMap::values)
+    }
+
+    /// Puts back a head read from storage (a head this witness checked before), keeping
+    /// the most recent [`WITNESS_RECENT_HEADS`] of its node.
+    pub fn restore(&mut self, head: &SignedHead) {
+        self.record(head);
+    }
+
+    /// Puts back a fork certificate known for `cert`'s node (verified before it was stored).
+    pub fn restore_fork(&mut self, cert: ForkCertificate) {
+        self.forks.insert(cert.a.head.node_id, cert);
+    }
+
+    /// Forgets every head of `node` (a host evicting an idle node to bound the view); a
+    /// fork found for it is kept.
+    pub fn forget(&mut self, node: &NodeId) {
+        self.recent.remove(node);
+    }
+
     /// Checks `head` (signed by `node_key`) against the heads this witness cosigned before;
     /// `consistency` proves the head log of the last cosigned head a prefix of this one's.
     /// A `Cosign` verdict records the head. Errors: the head's signature or node id.

@@ -15,6 +15,7 @@ use super::merkle;
 use super::{DirEntry, EntryStatus, ForkCertificate, Hash, LookupProof, NodeDescriptor, NodeId, SignedHead};
 use crate::identity;
 use crate::ids::PublicKey;
+use crate::limits::{KT_NODES_MAX, KT_PINS_MAX};
 
 /// How much evidence a head needs before the client believes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,7 +162,9 @@ impl Outcome {
     }
 }
 
-/// The client's transparency state; persist it with the codec.
+/// The client's transparency state. It grows with every node met and every name pinned:
+/// a host stores it one row per item (`nodes`, `heads`, `pins`, ... and `from_parts`),
+/// not as one record; `KT_NODES_MAX` and `KT_PINS_MAX` bound it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verifier {
     policy: TrustPolicy,
@@ -196,6 +199,7 @@ impl Verifier {
     /// the nodes the home node lists, or an operator's configuration).
     pub fn learn_node(&mut self, d: &NodeDescriptor) -> Result<(), DescriptorError> {
         descriptor::verify(d)?;
+        self.room_for(&d.node_id)?;
         self.nodes.insert(d.node_id, d.key);
         self.witnesses.insert(d.node_id);
         Ok(())
@@ -205,8 +209,63 @@ impl Verifier {
     /// but its cosignatures do not count for other nodes.
     pub fn learn_serving_node(&mut self, d: &NodeDescriptor) -> Result<(), DescriptorError> {
         descriptor::verify(d)?;
+        self.room_for(&d.node_id)?;
         self.nodes.insert(d.node_id, d.key);
         Ok(())
+    }
+
+    /// A known node, or room for one more (`KT_NODES_MAX`; nothing is evicted).
+    fn room_for(&self, node: &NodeId) -> Result<(), DescriptorError> {
+        if self.nodes.len() >= KT_NODES_MAX && !self.nodes.contains_key(node) {
+            return Err(DescriptorError::TooManyNodes(self.nodes.len()));
+        }
+        Ok(())
+    }
+
+    /// Rebuilds a verifier from its stored tables (`from_parts(v.policy(), v.nodes(), ...)`
+    /// is `v`): hosts store it one row per item, never as one growing record.
+    pub fn from_parts(
+        policy: TrustPolicy,
+        nodes: BTreeMap<NodeId, PublicKey>,
+        witnesses: BTreeSet<NodeId>,
+        heads: BTreeMap<NodeId, AcceptedHead>,
+        pins: BTreeMap<(NodeId, String), Pin>,
+        distrusted: BTreeMap<NodeId, ForkCertificate>,
+    ) -> Self {
+        Verifier { policy, nodes, heads, pins, distrusted, witnesses }
+    }
+
+    /// Every node key known.
+    pub fn nodes(&self) -> &BTreeMap<NodeId, PublicKey> {
+        &self.nodes
+    }
+
+    /// The nodes whose cosignatures count.
+    pub fn witnesses(&self) -> &BTreeSet<NodeId> {
+        &self.witnesses
+    }
+
+    /// The last head accepted from each node.
+    pub fn heads(&self) -> &BTreeMap<NodeId, AcceptedHead> {
+        &self.heads
+    }
+
+    /// Every pin, by (node, folded username).
+    pub fn pins(&self) -> &BTreeMap<(NodeId, String), Pin> {
+        &self.pins
+    }
+
+    /// The distrusted nodes and their fork certificates.
+    pub fn distrusted(&self) -> &BTreeMap<NodeId, ForkCertificate> {
+        &self.distrusted
+    }
+
+    /// Pins `slot` unless the table is full and the slot new (`KT_PINS_MAX`: a full table
+    /// takes no new pins and evicts none).
+    fn set_pin(&mut self, slot: (NodeId, String), pin: Pin) {
+        if self.pins.len() < KT_PINS_MAX || self.pins.contains_key(&slot) {
+            self.pins.insert(slot, pin);
+        }
     }
 
     pub fn node_key(&self, node: &NodeId) -> Option<&PublicKey> {
@@ -246,7 +305,7 @@ impl Verifier {
         if self.pins.get(&slot).is_some_and(|p| entry.seq < p.seq) {
             return false;
         }
-        self.pins.insert(slot, Pin { account_key: entry.account_key, seq: entry.seq, epoch: entry.epoch });
+        self.set_pin(slot, Pin { account_key: entry.account_key, seq: entry.seq, epoch: entry.epoch });
         true
     }
 
@@ -366,7 +425,7 @@ impl Verifier {
                 return Outcome::KeyChanged { old: pin.account_key, new: entry.account_key, entry: entry.clone() };
             }
         }
-        self.pins.insert(slot, Pin { account_key: entry.account_key, seq: entry.seq, epoch: entry.epoch });
+        self.set_pin(slot, Pin { account_key: entry.account_key, seq: entry.seq, epoch: entry.epoch });
         Outcome::Verified(entry.clone())
     }
 

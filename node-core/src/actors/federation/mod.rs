@@ -30,7 +30,7 @@ use crate::actors::relay::Relay;
 use crate::actors::types::{Address, Ctx, NodeStats, Peer, load};
 use crate::store::{Store, StoreError, Table};
 use crate::transparency_log::TransparencyLog;
-use state::{KEY_WITNESS, PREFIX_FORK, PREFIX_WSIZE, fe};
+use state::{KEY_WITNESS_LEGACY, PREFIX_FORK, PREFIX_WHEAD, PREFIX_WSIZE, fe, whead_key};
 
 use nymstr_proto::codec;
 use nymstr_proto::federation::descriptor;
@@ -38,6 +38,42 @@ use nymstr_proto::federation::evidence::WitnessView;
 use nymstr_proto::federation::{Cosignature, ForkCertificate, NodeDescriptor, NodeId, SignedHead};
 use nymstr_proto::time::TimeUs;
 use nymstr_proto::wire::{Body, ErrorCode, GroupAdvert};
+
+/// The witness view from its rows (`whead/` || node || epoch), forks included. A store
+/// of the previous layout (the whole view as one record) is rewritten as rows once.
+fn recover_witness_view<S: Store>(
+    ctx: &mut Ctx<'_, S>,
+    forks: &BTreeMap<NodeId, ForkCertificate>,
+) -> Result<(WitnessView, BTreeMap<NodeId, TimeUs>), StoreError> {
+    let corrupt = |detail: &str| StoreError::Corrupt { table: Table::FedState.name(), detail: detail.into() };
+    if let Some(old) = load::<WitnessView, _>(&*ctx.store, Table::FedState, KEY_WITNESS_LEGACY)? {
+        for head in old.heads() {
+            ctx.save(Table::FedState, &whead_key(&head.head.node_id, head.head.epoch), &(ctx.now, head))?;
+        }
+        ctx.store.delete(Table::FedState, KEY_WITNESS_LEGACY)?;
+    }
+    let mut witness = WitnessView::new();
+    let mut seen = BTreeMap::new();
+    for (k, v) in ctx.store.scan_prefix(Table::FedState, PREFIX_WHEAD)? {
+        let node = k
+            .get(PREFIX_WHEAD.len()..PREFIX_WHEAD.len() + 32)
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .map(NodeId)
+            .ok_or_else(|| corrupt("witness view key"))?;
+        let (at, head): (TimeUs, SignedHead) =
+            codec::decode_record(&v).map_err(|e| corrupt(&format!("witnessed head: {e}")))?;
+        if head.head.node_id != node {
+            return Err(corrupt("witnessed head stored under another node"));
+        }
+        witness.restore(&head);
+        let last = seen.entry(node).or_insert(at);
+        *last = (*last).max(at);
+    }
+    for cert in forks.values() {
+        witness.restore_fork(cert.clone());
+    }
+    Ok((witness, seen))
+}
 
 impl Federation {
     /// Starts the federation core: recovers the log, peers, evidence and witness view;
@@ -57,7 +93,7 @@ impl Federation {
         let log = TransparencyLog::recover(ctx.store, id)?;
         let mut known = BTreeMap::new();
         for (_, v) in ctx.store.scan_prefix(Table::FedPeers, &[])? {
-            if let Ok(d) = codec::decode::<NodeDescriptor>(&v)
+            if let Ok(d) = codec::decode_record::<NodeDescriptor>(&v)
                 && descriptor::verify(&d).is_ok()
                 && d.node_id != id
             {
@@ -66,17 +102,19 @@ impl Federation {
         }
         let mut forks = BTreeMap::new();
         for (_, v) in ctx.store.scan_prefix(Table::FedState, PREFIX_FORK)? {
-            if let Ok(c) = codec::decode::<ForkCertificate>(&v) {
+            if let Ok(c) = codec::decode_record::<ForkCertificate>(&v) {
                 forks.insert(c.a.head.node_id, c);
             }
         }
         let mut witness_sizes = BTreeMap::new();
         for (k, v) in ctx.store.scan_prefix(Table::FedState, PREFIX_WSIZE)? {
-            if let (Ok(arr), Ok(size)) = (<[u8; 32]>::try_from(&k[PREFIX_WSIZE.len()..]), codec::decode::<u64>(&v)) {
+            if let (Ok(arr), Ok(size)) =
+                (<[u8; 32]>::try_from(&k[PREFIX_WSIZE.len()..]), codec::decode_record::<u64>(&v))
+            {
                 witness_sizes.insert(NodeId(arr), size);
             }
         }
-        let witness: WitnessView = load(&*ctx.store, Table::FedState, KEY_WITNESS)?.unwrap_or_default();
+        let (witness, witness_seen) = recover_witness_view(ctx, &forks)?;
         let mut me = Self {
             key: identity.key,
             id,
@@ -91,6 +129,7 @@ impl Federation {
             recent: BTreeMap::new(),
             forks,
             witness,
+            witness_seen,
             witness_sizes,
             seen: BTreeSet::new(),
             seen_order: VecDeque::new(),

@@ -121,7 +121,12 @@ pub(super) struct Pending {
     pub(super) kind: PendingKind,
 }
 
-pub(super) const KEY_WITNESS: &[u8] = b"witness-view";
+/// The witness view as one record: the layout before rows, read once at start-up to be
+/// rewritten as `PREFIX_WHEAD` rows, then deleted (it outgrew the 64 KiB decode limit).
+pub(super) const KEY_WITNESS_LEGACY: &[u8] = b"witness-view";
+/// The witness view, one row a head: `whead/` || node id || epoch (u64 BE) ->
+/// (local time it was recorded, `SignedHead`).
+pub(super) const PREFIX_WHEAD: &[u8] = b"whead/";
 /// Lookups and DMs forwarded to peers and not yet answered, at most.
 pub const FORWARDS_PENDING_MAX: usize = 10_000;
 /// Encoded items per catch-up `Gossip` (the frame limit is 64 KiB).
@@ -132,6 +137,13 @@ pub(super) const PREFIX_WSIZE: &[u8] = b"wsize/";
 pub(super) fn prefixed(prefix: &[u8], id: &NodeId) -> Vec<u8> {
     let mut k = prefix.to_vec();
     k.extend_from_slice(&id.0);
+    k
+}
+
+/// The key of one head of the witness view.
+pub(super) fn whead_key(node: &NodeId, epoch: u64) -> Vec<u8> {
+    let mut k = prefixed(PREFIX_WHEAD, node);
+    k.extend_from_slice(&epoch.to_be_bytes());
     k
 }
 
@@ -154,6 +166,9 @@ pub struct Federation {
     pub(super) recent: BTreeMap<(NodeId, u64), SignedHead>,
     pub(super) forks: BTreeMap<NodeId, ForkCertificate>,
     pub(super) witness: WitnessView,
+    /// When each node in the witness view last had a new head recorded (local time): the
+    /// eviction order of a full view (`WITNESS_NODES_MAX`).
+    pub(super) witness_seen: BTreeMap<NodeId, TimeUs>,
     /// Head-log size each witness last cosigned for this node.
     pub(super) witness_sizes: BTreeMap<NodeId, u64>,
     pub(super) seen: BTreeSet<Hash>,

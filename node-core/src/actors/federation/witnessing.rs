@@ -2,12 +2,13 @@
 //! witness, checking and cosigning peers' heads (an inconsistent one becomes a fork
 //! certificate); cosignatures received, and where a witness asks to resume (`CosignFrom`).
 
-use super::state::{Federation, FederationError, KEY_WITNESS, PREFIX_WSIZE, prefixed, short};
+use super::state::{Federation, FederationError, PREFIX_WSIZE, prefixed, short, whead_key};
 use crate::actors::types::{Ctx, Peer};
 use crate::store::{Store, StoreError, Table};
 
 use nymstr_proto::federation::evidence::{self, WitnessVerdict};
 use nymstr_proto::federation::{Cosignature, Hash, NodeId, SignedHead};
+use nymstr_proto::limits::{WITNESS_IDLE_US, WITNESS_NODES_MAX};
 use nymstr_proto::wire::{Body, GossipItem};
 
 impl Federation {
@@ -56,9 +57,15 @@ impl Federation {
             ctx.send(Peer::Address(self.peers[&from].clone()), rid, Body::CosignFrom { log_size: last });
             return Ok(());
         }
+        if !self.make_witness_room(ctx, &from)? {
+            return Err(FederationError::Busy(self.witness.node_count()));
+        }
+        let before = self.witness.epochs(&from);
         let verdict =
             self.witness.check(&head, &key, &consistency).map_err(|e| FederationError::Inconsistent(e.to_string()))?;
-        ctx.save(Table::FedState, KEY_WITNESS, &self.witness)?;
+        if verdict == WitnessVerdict::Cosign {
+            self.store_witnessed(ctx, &head, &before)?;
+        }
         match verdict {
             WitnessVerdict::Cosign | WitnessVerdict::AlreadyCosigned => {
                 let cosignature = evidence::cosign(&self.key, &head);
@@ -144,6 +151,43 @@ impl Federation {
         let rid = self.fresh_rid(ctx);
         let addr = self.peers[&from].clone();
         ctx.send_durable(Peer::Address(addr), rid, Body::CosignRequest { head, from_log_size: log_size, consistency });
+        Ok(())
+    }
+
+    /// Whether the witness view has room for `node`: it is known, a slot is free, or the
+    /// node idle the longest (no new head for `WITNESS_IDLE_US`) is evicted to make one.
+    fn make_witness_room<S: Store>(&mut self, ctx: &mut Ctx<'_, S>, node: &NodeId) -> Result<bool, StoreError> {
+        if self.witness.knows(node) || self.witness.node_count() < WITNESS_NODES_MAX {
+            return Ok(true);
+        }
+        let idlest = self.witness_seen.iter().min_by_key(|(id, at)| (**at, **id)).map(|(id, at)| (*id, *at));
+        let Some((victim, at)) = idlest else { return Ok(false) };
+        if ctx.now.saturating_sub(at) < WITNESS_IDLE_US {
+            return Ok(false);
+        }
+        for epoch in self.witness.epochs(&victim) {
+            ctx.store.delete(Table::FedState, &whead_key(&victim, epoch))?;
+        }
+        self.witness.forget(&victim);
+        self.witness_seen.remove(&victim);
+        Ok(true)
+    }
+
+    /// Writes the head the view just recorded as its row, and deletes the rows of the
+    /// heads it let go (`WITNESS_RECENT_HEADS` a node).
+    fn store_witnessed<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        head: &SignedHead,
+        before: &[u64],
+    ) -> Result<(), StoreError> {
+        let (node, now) = (head.head.node_id, ctx.now);
+        ctx.save(Table::FedState, &whead_key(&node, head.head.epoch), &(now, head))?;
+        let after = self.witness.epochs(&node);
+        for epoch in before.iter().filter(|e| after.binary_search(e).is_err()) {
+            ctx.store.delete(Table::FedState, &whead_key(&node, *epoch))?;
+        }
+        self.witness_seen.insert(node, now);
         Ok(())
     }
 }
