@@ -137,4 +137,7 @@ pub struct GroupStats {
     /// Copies encrypted again: after `WrongEpoch`/`NotSubscribed`, or overtaken by a commit.
     #[serde(default)]
     pub app_reencryptions: u64,
+    /// Commits from the log refused because they break the group policy (skipped).
+    #[serde(default)]
+    pub refused_commits: u64,
 }

@@ -94,7 +94,7 @@ impl Steward {
                     }
                     (ContentType::Commit, Sender::NewMemberCommit) => {
                         let token = check_invite(ctx.now, &group_id, g, invite.as_ref(), &*ctx.store)?;
-                        let accepted = on_external_commit(ctx, &group_id, g, pm, &group_info)?;
+                        let accepted = on_external_commit(ctx, &group_id, g, pm, &group_info, token.as_ref())?;
                         if let Some(t) = token {
                             redeem(ctx, &mut self.used_invites, &group_id, &t)?;
                         }
