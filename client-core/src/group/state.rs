@@ -134,7 +134,7 @@ pub struct GroupRecord {
     /// Last `BLOOM_WINDOW` message ids received (ours included): the bloom filter we send.
     pub(super) window: VecDeque<MsgId>,
     /// Delivered messages by (sender, id): another sender's message reusing an id does
-    /// not pre-empt the first (`specs/groups.md` §10.3).
+    /// not pre-empt the first (`specs/sync.md` §4 step 3).
     pub(super) seen: BTreeMap<(PublicKey, MsgId), u64>,
     pub(super) seen_order: VecDeque<(u64, PublicKey, MsgId)>,
     /// Causal references below this seq are not checked (their ids were forgotten).
