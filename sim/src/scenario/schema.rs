@@ -478,6 +478,10 @@ pub enum AdversaryKind {
     ReplayHead,
     /// Adds `count` fresh nodes that vouch for `node`.
     Sybil,
+    /// Group node `node` (numbered after the discovery nodes; no federation needed) admits
+    /// an intruder's external commit, without invitation, into an invite-only group it
+    /// hosts and pushes it to the members as the next entry.
+    InjectJoin,
 }
 
 /// One `[[adversaries]]` entry: from `at`, discovery node `node` misbehaves as `kind` says.

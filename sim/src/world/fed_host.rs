@@ -247,7 +247,7 @@ impl World {
                         Some(Frozen { head: head.clone(), cosignatures, entries: entries.clone(), tree });
                 }
             }
-            AdversaryKind::Equivocate | AdversaryKind::DropForwarded => {}
+            AdversaryKind::Equivocate | AdversaryKind::DropForwarded | AdversaryKind::InjectJoin => {}
         }
     }
 
