@@ -1236,3 +1236,40 @@ fn another_senders_message_with_the_victims_id_does_not_pre_empt_it() {
     let got = texts(&net.events(2));
     assert_eq!(got, vec![("bob".into(), "meet at midnight".into()), ("alice".into(), "meet at noon".into())]);
 }
+
+/// Issue 10, item 3: the username in a credential is self-asserted. Two leaves claim
+/// "alice" under different account keys: the roster tells them apart by account key,
+/// only the one whose account key the viewer pinned is vouched for, and "alice" names
+/// exactly one leaf (the vouched one), or none while ambiguous; a key names exactly one.
+#[test]
+fn two_leaves_claiming_one_name_are_told_apart_and_removed_one_at_a_time() {
+    use nymstr_client_core::group::{GroupError, resolve_member};
+    let mut net = Net::new();
+    let a = net.add(1, "alice");
+    let b = net.add(2, "bob");
+    let m = net.add(3, "alice");
+    let g = net.create(b, "open house", true);
+    net.join(a, g, None);
+    net.join(m, g, None);
+    let members = net.core(b).members(&g);
+    let alices: Vec<_> = members.iter().filter(|x| x.username == "alice").collect();
+    assert_eq!(alices.len(), 2);
+    assert!(alices.iter().all(|x| x.verified), "both credentials are valid");
+    let real = alices.iter().find(|x| x.key == net.key(a)).unwrap().account_key.unwrap();
+    let fake = alices.iter().find(|x| x.key == net.key(m)).unwrap().account_key.unwrap();
+    assert_ne!(real, fake);
+    let vouched: Vec<_> = alices.iter().filter(|x| x.vouched(Some(&real))).map(|x| x.key).collect();
+    assert_eq!(vouched, vec![net.key(a)], "only the pinned alice is shown as alice");
+    assert_eq!(resolve_member(&members, "alice", Some(&real)), Ok(net.key(a)));
+    assert_eq!(resolve_member(&members, "alice", None), Err(GroupError::AmbiguousMember));
+    let prefix: String = net.key(m)[..6].iter().map(|x| format!("{x:02x}")).collect();
+    assert_eq!(resolve_member(&members, &prefix, None), Ok(net.key(m)));
+    // Removing "alice" removes one leaf.
+    let now = net.now;
+    let k = resolve_member(&members, "alice", Some(&real)).unwrap();
+    net.core(b).remove(now, &g, &k).unwrap();
+    net.advance(nymstr_mls::COMMIT_ROUND_US);
+    let left: Vec<_> = net.core(b).members(&g).into_iter().map(|x| x.key).collect();
+    assert_eq!(left.len(), 2);
+    assert!(left.contains(&net.key(m)) && !left.contains(&net.key(a)));
+}

@@ -54,7 +54,7 @@ pub use nymstr_proto::time::TimeUs;
 
 use self::config::seeds;
 pub use self::config::{GroupConfig, LABEL_SEED_CORE, LABEL_SEED_PROVIDER, LifetimeMode, MemberKeys};
-pub use self::events::{GroupError, GroupEvent, GroupStats, GroupTransmit, MemberInfo};
+pub use self::events::{GroupError, GroupEvent, GroupStats, GroupTransmit, MemberInfo, resolve_member};
 pub use self::policy::CommitRefusal;
 use self::roster::{IdentityCache, policy_of};
 pub use self::state::{ACKS_TRACKED, GroupMeta, GroupRecord, GroupState, GroupStateDelta, Intent, RestoreError};
