@@ -16,7 +16,7 @@ use nymstr_node_core::actors::SenderTag;
 use nymstr_node_core::store::{MemStore, Store};
 use nymstr_node_core::{NodeConfig, NodeCore, Output, Peer};
 use nymstr_proto::codec::{decode_frame, encode_frame};
-use nymstr_proto::wire::{Body, Envelope, ErrorCode, GroupId, MsgId, PublicKey};
+use nymstr_proto::wire::{Body, Envelope, ErrorCode, GroupEntry, GroupId, MsgId, PublicKey};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
@@ -1086,4 +1086,190 @@ fn a_busy_steward_is_asked_again_after_a_pause_not_at_once() {
         again.iter().any(|t| matches!(t.envelope.body, Body::GroupCreate { group_id, .. } if group_id == g)),
         "the create goes again after the pause"
     );
+}
+
+/// Issue 10, item 2: the group node joins an invite-only group on its own. Mallory holds
+/// no invitation; she relabels a token she signed for a group of her own, her client
+/// builds the external commit, and the "operator" keeps it from the honest steward and
+/// hands it to alice and bob as the next entry (and mallory its ack). Members enforce the
+/// policy: both refuse the commit alike, stay in their epoch, and mallory cannot read
+/// what bob sends next.
+#[test]
+fn an_external_join_the_policy_does_not_allow_is_refused_by_every_member() {
+    let mut net = Net::new();
+    let a = net.add(1, "alice");
+    let b = net.add(2, "bob");
+    let m = net.add(3, "mallory");
+    let g = net.create(a, "secret club", false);
+    net.join(b, g, Some(a));
+    let own = net.create(m, "mallory's", false);
+    let now = net.now;
+    let mut token = net.core(m).invite(now, &own).unwrap();
+    token.group_id = g;
+    net.core(m).skip_join_checks();
+    let captured: Rc<RefCell<Vec<(SenderTag, Envelope)>>> = Rc::new(RefCell::new(Vec::new()));
+    let keep = captured.clone();
+    net.set_filter(move |dir, tag, env| {
+        if dir == Dir::ToNode && matches!(&env.body, Body::GroupUpload { group_id, .. } if *group_id == g) {
+            keep.borrow_mut().push((tag, env));
+            return Vec::new();
+        }
+        // The operator answers mallory itself from here on (her subscription, say).
+        if dir == Dir::ToNode && tag == SenderTag([3; 16]) && !matches!(env.body, Body::GroupInfoRequest { .. }) {
+            return Vec::new();
+        }
+        vec![env]
+    });
+    net.core(m).join(now, NODE.to_vec(), g, Some(token), None).unwrap();
+    net.pump();
+    let (_, up) = captured.borrow_mut().pop().expect("mallory's client built the external commit");
+    let Body::GroupUpload { upload_id, mls, .. } = up.body else { unreachable!() };
+    let seq = net.core(a).next_seq(&g).unwrap();
+    for i in [a, b] {
+        let push = Body::GroupPush { group_id: g, entry: GroupEntry { seq, epoch: 1, mls: mls.clone() } };
+        net.core(i).handle_envelope(now, NODE, Envelope { request_id: 0, body: push });
+    }
+    let ack = Body::GroupUploadAck { group_id: g, upload_id, seq, epoch: 1 };
+    net.core(m).handle_envelope(now, NODE, Envelope { request_id: up.request_id, body: ack });
+    net.pump();
+    assert_eq!(net.core(m).epoch(&g), Some(2), "mallory thinks she is in");
+    for i in [a, b] {
+        assert_eq!(net.core(i).members(&g).len(), 2, "member {i} merged the injected join");
+        assert_eq!(net.core(i).epoch(&g), Some(1));
+        let stats = net.core(i).stats().clone();
+        assert_eq!(stats.refused_commits, 1, "{stats:?}");
+        let ev = net.events(i);
+        assert!(ev.iter().any(|e| matches!(e, GroupEvent::Error { code: ErrorCode::NotAllowed, .. })), "{ev:?}");
+    }
+    // bob's next message, handed to mallory as the operator would.
+    captured.borrow_mut().clear();
+    net.send(b, &g, "the secret plan");
+    let (_, up) = captured.borrow_mut().pop().expect("bob's upload");
+    let Body::GroupUpload { mls, .. } = up.body else { unreachable!() };
+    let push = Body::GroupPush { group_id: g, entry: GroupEntry { seq: seq + 1, epoch: 2, mls } };
+    let now = net.now;
+    net.core(m).handle_envelope(now, NODE, Envelope { request_id: 0, body: push });
+    net.pump();
+    let ev = net.events(m);
+    assert!(texts(&ev).is_empty(), "mallory read bob: {ev:?}");
+}
+
+/// The joiner's side: a node that answers with the GroupInfo of a group whose policy does
+/// not name the inviting admin (here: the token relabelled onto another group) is refused
+/// before any commit is built.
+#[test]
+fn a_joiner_refuses_a_group_info_whose_policy_does_not_name_the_inviter() {
+    let mut net = Net::new();
+    let a = net.add(1, "alice");
+    let m = net.add(3, "mallory");
+    let g = net.create(a, "secret club", false);
+    let own = net.create(m, "mallory's", false);
+    let now = net.now;
+    let mut token = net.core(m).invite(now, &own).unwrap();
+    token.group_id = g;
+    net.core(m).join(now, NODE.to_vec(), g, Some(token), None).unwrap();
+    net.pump();
+    let ev = net.events(m);
+    assert!(ev.iter().any(|e| matches!(e, GroupEvent::Error { code: ErrorCode::BadMlsMessage, .. })), "{ev:?}");
+    assert!(!net.core(m).groups().contains(&g));
+}
+
+/// The token the steward checks and redeems must be the one the joiner signed into its
+/// commit (which members check): a frame carrying another valid token is refused.
+#[test]
+fn the_steward_refuses_a_join_whose_token_is_not_the_one_in_the_commit() {
+    let mut net = Net::new();
+    let a = net.add(1, "alice");
+    let c = net.add(3, "carol");
+    let g = net.create(a, "secret club", false);
+    let now = net.now;
+    let signed = net.core(a).invite(now, &g).unwrap();
+    let other = net.core(a).invite(now, &g).unwrap();
+    net.set_filter(move |dir, _, mut env| {
+        if let (Dir::ToNode, Body::GroupUpload { invite: Some(t), .. }) = (dir, &mut env.body) {
+            *t = other.clone();
+        }
+        vec![env]
+    });
+    net.core(c).join(now, NODE.to_vec(), g, Some(signed), None).unwrap();
+    net.pump();
+    let ev = net.events(c);
+    assert!(ev.iter().any(|e| matches!(e, GroupEvent::Error { code: ErrorCode::BadInvite, .. })), "{ev:?}");
+    assert_eq!(net.core(a).members(&g).len(), 1);
+}
+
+/// Issue 10, item 10: de-duplication is on (sender, id). bob (with the steward holding
+/// alice's upload back) logs a message of his own under alice's id first; alice's message
+/// still reaches carol.
+#[test]
+fn another_senders_message_with_the_victims_id_does_not_pre_empt_it() {
+    let (mut net, g) = three(true);
+    let held: Rc<RefCell<Vec<Envelope>>> = Rc::new(RefCell::new(Vec::new()));
+    let keep = held.clone();
+    net.set_filter(move |dir, tag, env| {
+        if dir == Dir::ToNode && tag == SenderTag([1; 16]) && matches!(env.body, Body::GroupUpload { .. }) {
+            keep.borrow_mut().push(env);
+            return Vec::new();
+        }
+        vec![env]
+    });
+    let victim = net.send(0, &g, "meet at noon");
+    let bob_key = net.key(1);
+    let squatter = SyncMessage {
+        version: SYNC_VERSION,
+        lamport: 1,
+        sender: bob_key,
+        msg_id: victim,
+        history: Vec::new(),
+        bloom: BloomFilter::new().into_bytes(),
+        body: SyncBody::Text { text: "meet at midnight".into() },
+    };
+    let now = net.now;
+    net.core(1).send_sync_unchecked(now, &g, squatter).unwrap();
+    net.pump();
+    net.clear_filter();
+    for env in held.borrow_mut().drain(..) {
+        let bytes = encode_frame(&env).unwrap();
+        net.node.handle_frame(now, Peer::Tag(SenderTag([1; 16])), &bytes);
+    }
+    net.pump();
+    let got = texts(&net.events(2));
+    assert_eq!(got, vec![("bob".into(), "meet at midnight".into()), ("alice".into(), "meet at noon".into())]);
+}
+
+/// Issue 10, item 3: the username in a credential is self-asserted. Two leaves claim
+/// "alice" under different account keys: the roster tells them apart by account key,
+/// only the one whose account key the viewer pinned is vouched for, and "alice" names
+/// exactly one leaf (the vouched one), or none while ambiguous; a key names exactly one.
+#[test]
+fn two_leaves_claiming_one_name_are_told_apart_and_removed_one_at_a_time() {
+    use nymstr_client_core::group::{GroupError, resolve_member};
+    let mut net = Net::new();
+    let a = net.add(1, "alice");
+    let b = net.add(2, "bob");
+    let m = net.add(3, "alice");
+    let g = net.create(b, "open house", true);
+    net.join(a, g, None);
+    net.join(m, g, None);
+    let members = net.core(b).members(&g);
+    let alices: Vec<_> = members.iter().filter(|x| x.username == "alice").collect();
+    assert_eq!(alices.len(), 2);
+    assert!(alices.iter().all(|x| x.verified), "both credentials are valid");
+    let real = alices.iter().find(|x| x.key == net.key(a)).unwrap().account_key.unwrap();
+    let fake = alices.iter().find(|x| x.key == net.key(m)).unwrap().account_key.unwrap();
+    assert_ne!(real, fake);
+    let vouched: Vec<_> = alices.iter().filter(|x| x.vouched(Some(&real))).map(|x| x.key).collect();
+    assert_eq!(vouched, vec![net.key(a)], "only the pinned alice is shown as alice");
+    assert_eq!(resolve_member(&members, "alice", Some(&real)), Ok(net.key(a)));
+    assert_eq!(resolve_member(&members, "alice", None), Err(GroupError::AmbiguousMember));
+    let prefix: String = net.key(m)[..6].iter().map(|x| format!("{x:02x}")).collect();
+    assert_eq!(resolve_member(&members, &prefix, None), Ok(net.key(m)));
+    // Removing "alice" removes one leaf.
+    let now = net.now;
+    let k = resolve_member(&members, "alice", Some(&real)).unwrap();
+    net.core(b).remove(now, &g, &k).unwrap();
+    net.advance(nymstr_mls::COMMIT_ROUND_US);
+    let left: Vec<_> = net.core(b).members(&g).into_iter().map(|x| x.key).collect();
+    assert_eq!(left.len(), 2);
+    assert!(left.contains(&net.key(m)) && !left.contains(&net.key(a)));
 }

@@ -143,10 +143,16 @@ impl Member {
     /// Builds an external commit from `group_info` and merges it locally (as if accepted);
     /// returns (commit, new epoch's GroupInfo).
     fn join_external(&mut self, group_info: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        self.join_external_with_aad(group_info, Vec::new())
+    }
+
+    /// As `join_external`, with the commit's authenticated data (an invitation, encoded).
+    fn join_external_with_aad(&mut self, group_info: &[u8], aad: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
         let msg = MlsMessageIn::tls_deserialize_exact_bytes(group_info).expect("group info parses");
         let MlsMessageBodyIn::GroupInfo(vgi) = msg.extract() else { panic!("not a group info") };
         let (mut group, bundle) = MlsGroup::external_commit_builder()
             .with_config(join_config())
+            .with_aad(aad)
             .build_group(&self.provider, vgi, self.credential())
             .expect("build group")
             .leaf_node_parameters(LeafNodeParameters::builder().with_capabilities(capabilities()).build())
@@ -310,7 +316,8 @@ fn group_of_three(h: &mut Harness, open: bool) -> (Member, Member, Member) {
         let token = (!open).then(|| alice.invite(GID, 100 + n, T0 + 3_600_000_000));
         let gi = group_info(h, &alice);
         let joiner = if n == 0 { &mut bob } else { &mut carol };
-        let (commit, new_gi) = joiner.join_external(&gi);
+        let aad = token.as_ref().map(nymstr_proto::codec::encode).unwrap_or_default();
+        let (commit, new_gi) = joiner.join_external_with_aad(&gi, aad);
         let (_, out) = accept(h, joiner, upload_body(commit, new_gi, 10 + n, token));
         // Members process the join (bob is not subscribed yet: he applies carol's join
         // from alice's view of the log).
@@ -632,9 +639,13 @@ fn an_external_join_to_an_invite_only_group_needs_a_valid_unused_unexpired_token
     let expired = alice.invite(GID, 4, T0 - 1);
     assert_eq!(refused(&mut h, &dave, up(94, Some(expired))).0, ErrorCode::InviteExpired);
 
-    // A good token admits dave once.
+    // A good token, but not the one signed into the commit: refused.
     let token = alice.invite(GID, 5, T0 + 3_600_000_000);
-    accept(&mut h, &dave, up(95, Some(token.clone())));
+    assert_eq!(refused(&mut h, &dave, up(95, Some(token.clone()))).0, ErrorCode::BadInvite);
+    // The good token, signed into the commit (members check it there), admits dave once.
+    let mut dave = Member::new("dave", 4);
+    let (commit, new_gi) = dave.join_external_with_aad(&gi, nymstr_proto::codec::encode(&token));
+    accept(&mut h, &dave, upload_body(commit, new_gi, 98, Some(token.clone())));
     assert_eq!(h.node.steward().epoch(&GID), Some(3));
 
     // Replayed by someone else (for the new epoch): refused as used.

@@ -82,3 +82,25 @@ fn a_steward_that_acks_before_flushing_is_caught() {
     let r = run(sc);
     assert!(!r.ok(), "a lossy steward went unnoticed: {:?}", r.groups);
 }
+
+/// Issue 10, item 2: a group node admits an intruder's external commit into an
+/// invite-only group without invitation and pushes it to the members. Members enforce
+/// the policy: nobody merges it, and the intruder decrypts nothing.
+#[test]
+fn a_group_node_that_injects_its_own_join_is_refused_by_every_member() {
+    let mut sc = groups(
+        7,
+        r#"
+[[adversaries]]
+kind = "inject_join"
+node = 1
+at = "1m"
+"#,
+    );
+    sc.workload.groups.open_fraction = 0.0;
+    sc.workload.groups.joins_per_min = 0.0;
+    sc.workload.groups.leaves_per_min = 0.0;
+    let r = run(sc.clone());
+    assert!(r.ok(), "violations: {:#?}", r.invariants.violations);
+    assert_eq!(run(sc).trace_hash, r.trace_hash, "the run replays by seed");
+}

@@ -2,8 +2,10 @@
 //! (our external commit follows), an upload acknowledged (our join merged; our other
 //! entries buffered at their seq, to be recognised when the log reaches them).
 
+use nymstr_mls::GroupPolicy;
+use nymstr_proto::codec;
 use nymstr_proto::time::TimeUs;
-use nymstr_proto::wire::{ErrorCode, GroupEntry, GroupId, UploadId};
+use nymstr_proto::wire::{ErrorCode, GroupEntry, GroupId, InviteToken, UploadId};
 use openmls::prelude::{
     LeafNodeParameters, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupJoinConfig, MlsMessageBodyIn,
     MlsMessageIn,
@@ -13,7 +15,8 @@ use tls_codec::DeserializeBytes;
 
 use super::GroupCore;
 use super::events::{GroupError, GroupEvent};
-use super::mls_util::{err, leaf_capabilities, mls_bytes};
+use super::mls_util::{err, leaf_capabilities, mls_bytes, mls_id};
+use super::policy::check_invite;
 use super::roster::roster_of;
 use super::state::{Phase, Upload, UploadKind};
 
@@ -41,7 +44,7 @@ impl GroupCore {
             self.drop_group(group, false);
             return;
         }
-        match self.external_commit(group_info) {
+        match self.external_commit(group, group_info, invite.as_ref()) {
             Ok((mls, commit, new_info)) => {
                 let g = self.groups.get_mut(group).expect("present");
                 g.mls = Some(mls);
@@ -63,14 +66,38 @@ impl GroupCore {
         }
     }
 
-    pub(super) fn external_commit(&self, group_info: &[u8]) -> Result<(MlsGroup, Vec<u8>, Vec<u8>), GroupError> {
+    /// Joins by external commit from the node's GroupInfo, which must be the group we asked
+    /// for and, with an invitation, one whose policy names the inviting admin (§6.5): the
+    /// node cannot lead us into another group. The invitation goes in the commit's
+    /// authenticated data, where every member checks it (§6.6).
+    pub(super) fn external_commit(
+        &self,
+        group: &GroupId,
+        group_info: &[u8],
+        invite: Option<&InviteToken>,
+    ) -> Result<(MlsGroup, Vec<u8>, Vec<u8>), GroupError> {
         let msg = MlsMessageIn::tls_deserialize_exact_bytes(group_info).map_err(err)?;
         let MlsMessageBodyIn::GroupInfo(vgi) = msg.extract() else {
             return Err(GroupError::Mls("not a GroupInfo".into()));
         };
+        if vgi.group_id() != &mls_id(group) {
+            return Err(GroupError::Mls("the GroupInfo is for another group".into()));
+        }
+        let policy = GroupPolicy::from_extensions(vgi.group_context().extensions())
+            .unwrap_or(GroupPolicy { admins: Vec::new(), open: false })
+            .normalized();
+        match invite {
+            _ if self.skip_join_checks => {}
+            Some(t) => check_invite(group, &policy, &codec::encode(t))
+                .map_err(|e| GroupError::Mls(format!("the group's policy refuses our invitation: {e}")))?,
+            None if !policy.open => return Err(GroupError::Mls("the group is invite-only".into())),
+            None => {}
+        }
         let join_config = self.join_config();
+        let aad = invite.map(codec::encode).unwrap_or_default();
         let (mls, bundle) = MlsGroup::external_commit_builder()
             .with_config(join_config)
+            .with_aad(aad)
             .build_group(&self.provider, vgi, self.credential())
             .map_err(err)?
             .leaf_node_parameters(

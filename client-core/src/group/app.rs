@@ -52,12 +52,13 @@ impl GroupCore {
                 && r.seq < seq
                 && !g.rec.pre_join.contains(&r.seq)
                 && r.seq >= g.rec.seen_floor
-                && !g.rec.seen.contains_key(&r.msg_id)
-                && !g.rec.missing.contains_key(&r.msg_id)
+                && !g.rec.seen.contains_key(&(r.sender, r.msg_id))
+                && !g.rec.missing.contains_key(&(r.sender, r.msg_id))
             {
-                g.rec
-                    .missing
-                    .insert(r.msg_id, MissingRef { sender: r.sender, seq: r.seq, deadline_us: now + repair_timeout });
+                g.rec.missing.insert(
+                    (r.sender, r.msg_id),
+                    MissingRef { sender: r.sender, seq: r.seq, deadline_us: now + repair_timeout },
+                );
                 self.events.push_back(GroupEvent::Missing {
                     group: *group,
                     msg_id: r.msg_id,
@@ -84,15 +85,17 @@ impl GroupCore {
     ) -> bool {
         let seen_max = self.config.seen_max;
         let g = self.groups.get_mut(group).expect("present");
-        if g.rec.seen.contains_key(&m.msg_id) {
+        // De-duplication on (sender, id): ids are chosen by their sender, so only the
+        // sender's own copies (an overtaken message sent again) are duplicates.
+        if g.rec.seen.contains_key(&(sender, m.msg_id)) {
             return false;
         }
         g.rec.lamport = g.rec.lamport.max(m.lamport);
-        g.rec.seen.insert(m.msg_id, seq);
-        g.rec.seen_order.push_back((seq, m.msg_id));
+        g.rec.seen.insert((sender, m.msg_id), seq);
+        g.rec.seen_order.push_back((seq, sender, m.msg_id));
         while g.rec.seen_order.len() > seen_max {
-            if let Some((s, id)) = g.rec.seen_order.pop_front() {
-                g.rec.seen.remove(&id);
+            if let Some((s, by, id)) = g.rec.seen_order.pop_front() {
+                g.rec.seen.remove(&(by, id));
                 g.rec.seen_floor = g.rec.seen_floor.max(s + 1);
             }
         }
@@ -117,7 +120,7 @@ impl GroupCore {
                 }
             }
         }
-        let repaired = g.rec.missing.remove(&m.msg_id);
+        let repaired = g.rec.missing.remove(&(sender, m.msg_id));
         match m.body {
             SyncBody::Text { text } => {
                 self.events.push_back(GroupEvent::Message {

@@ -13,7 +13,50 @@ pub struct MemberInfo {
     pub key: PublicKey,
     pub admin: bool,
     /// False if the leaf's credential does not bind it to a certified installation.
+    /// The username is self-asserted either way: show it as the user's only if
+    /// [`MemberInfo::vouched`] (its account key is the one the viewer pinned).
     pub verified: bool,
+    /// The account key that certified the leaf's installation (`None` if `!verified`).
+    pub account_key: Option<PublicKey>,
+}
+
+impl MemberInfo {
+    /// Whether the viewer may show this member under its username: the credential is
+    /// valid and its account key is `pinned`, the key the viewer verified for that name.
+    pub fn vouched(&self, pinned: Option<&PublicKey>) -> bool {
+        self.verified && self.account_key.is_some() && self.account_key.as_ref() == pinned
+    }
+}
+
+/// The one member `who` addresses: a leaf key given as hex (at least 8 digits, a unique
+/// prefix), else the single leaf claiming the username `who`, else, among several leaves
+/// claiming it, the single one `vouched` (pinned account key). Never several leaves.
+pub fn resolve_member(members: &[MemberInfo], who: &str, pinned: Option<&PublicKey>) -> Result<PublicKey, GroupError> {
+    // A key as `group members` prints it (grouped hex) or plain.
+    let hex: String = who.chars().filter(|c| !c.is_whitespace() && *c != ':').collect::<String>().to_ascii_lowercase();
+    if hex.len() >= 8 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        let by_key: Vec<&MemberInfo> = members
+            .iter()
+            .filter(|m| m.key.iter().map(|b| format!("{b:02x}")).collect::<String>().starts_with(&hex))
+            .collect();
+        match by_key.as_slice() {
+            [m] => return Ok(m.key),
+            [] => {}
+            _ => return Err(GroupError::AmbiguousMember),
+        }
+    }
+    let named: Vec<&MemberInfo> = members.iter().filter(|m| m.username == who).collect();
+    match named.as_slice() {
+        [] => Err(GroupError::UnknownMember),
+        [m] => Ok(m.key),
+        several => {
+            let vouched: Vec<&&MemberInfo> = several.iter().filter(|m| m.vouched(pinned)).collect();
+            match vouched.as_slice() {
+                [m] => Ok(m.key),
+                _ => Err(GroupError::AmbiguousMember),
+            }
+        }
+    }
 }
 
 /// An envelope for the host to deliver to the group node `group_node`.
@@ -110,6 +153,8 @@ pub enum GroupError {
     NotAdmin,
     #[error("no member with this key")]
     UnknownMember,
+    #[error("several members answer to this name; name one by its key")]
+    AmbiguousMember,
     #[error("the last admin cannot leave while others remain; promote someone first")]
     LastAdmin,
     #[error("{what} of {len} bytes exceeds {max}")]
@@ -137,4 +182,7 @@ pub struct GroupStats {
     /// Copies encrypted again: after `WrongEpoch`/`NotSubscribed`, or overtaken by a commit.
     #[serde(default)]
     pub app_reencryptions: u64,
+    /// Commits from the log refused because they break the group policy (skipped).
+    #[serde(default)]
+    pub refused_commits: u64,
 }

@@ -4,7 +4,7 @@
 
 use nymstr_proto::identity;
 use nymstr_proto::time::TimeUs;
-use nymstr_proto::wire::{Body, Envelope, GroupId, MsgId};
+use nymstr_proto::wire::{Body, Envelope, GroupId, MsgId, PublicKey};
 
 use super::GroupCore;
 use super::events::{GroupEvent, GroupTransmit};
@@ -116,10 +116,11 @@ impl GroupCore {
                 continue;
             }
             // Repairs out of time.
-            let lost: Vec<(MsgId, MissingRef)> =
+            let lost: Vec<((PublicKey, MsgId), MissingRef)> =
                 g.rec.missing.iter().filter(|(_, m)| m.deadline_us <= now).map(|(k, m)| (*k, m.clone())).collect();
-            for (msg_id, m) in lost {
-                g.rec.missing.remove(&msg_id);
+            for (key, m) in lost {
+                g.rec.missing.remove(&key);
+                let msg_id = key.1;
                 self.events.push_back(GroupEvent::Lost { group: id, msg_id, sender: m.sender, seq: m.seq });
             }
             let g = self.groups.get_mut(&id).expect("present");

@@ -5,7 +5,7 @@
 
 use nymstr_mls as nmls;
 use nymstr_proto::time::TimeUs;
-use nymstr_proto::wire::{ErrorCode, GroupEntry, GroupId, MsgId};
+use nymstr_proto::wire::{ErrorCode, GroupEntry, GroupId, MsgId, PublicKey};
 use openmls::prelude::{MlsMessageIn, ProcessedMessageContent, Sender, StagedCommit};
 use openmls_traits::OpenMlsProvider;
 use tls_codec::DeserializeBytes;
@@ -13,6 +13,7 @@ use tls_codec::DeserializeBytes;
 use super::GroupCore;
 use super::events::{GroupEvent, MemberInfo};
 use super::mls_util::{pending_refs, purge_proposals};
+use super::policy::check_commit;
 use super::roster::{member_index_of, policy_of, roster_of, sender_of};
 use super::state::{Intent, MissingRef, OutMsg, Phase, UploadKind};
 use crate::sync::SyncBody;
@@ -39,10 +40,11 @@ impl GroupCore {
                 // A repair: if the reply skips the seq we asked for, it is gone for good.
                 let gone = entries.first().map_or(next_seq > from_seq, |e| e.seq > from_seq);
                 if gone {
-                    let lost: Vec<(MsgId, MissingRef)> =
+                    let lost: Vec<((PublicKey, MsgId), MissingRef)> =
                         g.rec.missing.iter().filter(|(_, m)| m.seq == from_seq).map(|(k, m)| (*k, m.clone())).collect();
-                    for (msg_id, m) in lost {
-                        g.rec.missing.remove(&msg_id);
+                    for (key, m) in lost {
+                        g.rec.missing.remove(&key);
+                        let msg_id = key.1;
                         self.events.push_back(GroupEvent::Lost { group: *group, msg_id, sender: m.sender, seq: m.seq });
                     }
                 }
@@ -209,6 +211,7 @@ impl GroupCore {
         let sender = processed.sender().clone();
         let app = matches!(processed.content(), ProcessedMessageContent::ApplicationMessage(_));
         let from = if app { sender_of(mls, &processed, &g.roster, &mut self.identities) } else { None };
+        let aad = processed.aad().to_vec();
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
                 if !matches!(sender, Sender::Member(_)) {
@@ -223,7 +226,20 @@ impl GroupCore {
                     g.proposals_since = Some(now);
                 }
             }
-            ProcessedMessageContent::StagedCommitMessage(staged) => self.on_commit(now, group, *staged),
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                // Members, not the steward, enforce the policy (§6.6): a commit that breaks
+                // it is skipped by every honest member alike, and the epoch stays.
+                if let Err(why) = check_commit(group, mls, &sender, &aad, &staged) {
+                    self.stats.refused_commits += 1;
+                    self.error_event(
+                        *group,
+                        ErrorCode::NotAllowed,
+                        format!("refused the commit at seq {}: {why}", entry.seq),
+                    );
+                    return;
+                }
+                self.on_commit(now, group, *staged)
+            }
             _ => {}
         }
     }

@@ -44,6 +44,7 @@ mod log;
 mod mls_util;
 mod ops;
 mod persist;
+mod policy;
 mod requests;
 mod roster;
 mod send;
@@ -53,7 +54,8 @@ pub use nymstr_proto::time::TimeUs;
 
 use self::config::seeds;
 pub use self::config::{GroupConfig, LABEL_SEED_CORE, LABEL_SEED_PROVIDER, LifetimeMode, MemberKeys};
-pub use self::events::{GroupError, GroupEvent, GroupStats, GroupTransmit, MemberInfo};
+pub use self::events::{GroupError, GroupEvent, GroupStats, GroupTransmit, MemberInfo, resolve_member};
+pub use self::policy::CommitRefusal;
 use self::roster::{IdentityCache, policy_of};
 pub use self::state::{ACKS_TRACKED, GroupMeta, GroupRecord, GroupState, GroupStateDelta, Intent, RestoreError};
 use self::state::{Group, Pending, Phase, Step};
@@ -75,6 +77,8 @@ pub struct GroupCore {
     /// Digests of the storage records at the last `export_changes`.
     exported: BTreeMap<Vec<u8>, [u8; 32]>,
     identities: IdentityCache,
+    /// Tests only: join whatever GroupInfo the node serves (an attacker's client).
+    skip_join_checks: bool,
 }
 
 impl GroupCore {
@@ -98,7 +102,15 @@ impl GroupCore {
             resubscribe: false,
             exported: BTreeMap::new(),
             identities: BTreeMap::new(),
+            skip_join_checks: false,
         }
+    }
+
+    /// For tests of members: this core joins by external commit without checking the
+    /// node's GroupInfo against the invitation (plays a dishonest joiner).
+    #[doc(hidden)]
+    pub fn skip_join_checks(&mut self) {
+        self.skip_join_checks = true;
     }
 
     pub fn member_key(&self) -> PublicKey {

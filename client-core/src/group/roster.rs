@@ -33,7 +33,7 @@ pub(super) fn member_index_of(mls: &MlsGroup, key: &PublicKey) -> Option<LeafNod
 
 /// Verified credentials by (leaf key, credential digest): a certificate is checked once,
 /// not on every commit and message.
-pub(super) type IdentityCache = BTreeMap<(PublicKey, [u8; 32]), Option<String>>;
+pub(super) type IdentityCache = BTreeMap<(PublicKey, [u8; 32]), Option<(String, PublicKey)>>;
 
 /// Entries of the identity cache before it is emptied.
 pub(super) const IDENTITY_CACHE_MAX: usize = 100_000;
@@ -49,13 +49,18 @@ pub(super) fn roster_of(mls: &MlsGroup, cache: &mut IdentityCache) -> Vec<Member
         .filter_map(|m| {
             let key = key32(&m.signature_key)?;
             let digest = *blake3::hash(m.credential.serialized_content()).as_bytes();
-            let username = cache
+            let id = cache
                 .entry((key, digest))
-                .or_insert_with(|| MemberIdentity::verify(&m.credential, &m.signature_key).ok().map(|i| i.username))
+                .or_insert_with(|| {
+                    MemberIdentity::verify(&m.credential, &m.signature_key)
+                        .ok()
+                        .map(|i| (i.username, i.cert.account_key))
+                })
                 .clone();
             Some(MemberInfo {
-                verified: username.is_some(),
-                username: username.unwrap_or_default(),
+                verified: id.is_some(),
+                account_key: id.as_ref().map(|(_, a)| *a),
+                username: id.map(|(u, _)| u).unwrap_or_default(),
                 key,
                 admin: policy.is_admin(&key),
             })
@@ -95,11 +100,11 @@ pub(super) fn sender_of(
         cache.clear();
     }
     let digest = *blake3::hash(credential.serialized_content()).as_bytes();
-    let username = cache
+    let id = cache
         .entry((key, digest))
-        .or_insert_with(|| MemberIdentity::verify(credential, &key).ok().map(|i| i.username))
+        .or_insert_with(|| MemberIdentity::verify(credential, &key).ok().map(|i| (i.username, i.cert.account_key)))
         .clone();
-    Some((key, username.unwrap_or_default()))
+    Some((key, id.map(|(u, _)| u).unwrap_or_default()))
 }
 
 pub(super) fn username_in(roster: &[MemberInfo], key: &PublicKey) -> String {

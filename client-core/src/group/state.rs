@@ -133,15 +133,17 @@ pub struct GroupRecord {
     pub(super) history: VecDeque<CausalRef>,
     /// Last `BLOOM_WINDOW` message ids received (ours included): the bloom filter we send.
     pub(super) window: VecDeque<MsgId>,
-    pub(super) seen: BTreeMap<MsgId, u64>,
-    pub(super) seen_order: VecDeque<(u64, MsgId)>,
+    /// Delivered messages by (sender, id): another sender's message reusing an id does
+    /// not pre-empt the first (`specs/sync.md` §4 step 3).
+    pub(super) seen: BTreeMap<(PublicKey, MsgId), u64>,
+    pub(super) seen_order: VecDeque<(u64, PublicKey, MsgId)>,
     /// Causal references below this seq are not checked (their ids were forgotten).
     pub(super) seen_floor: u64,
     /// Seqs of entries that did not process.
     pub(super) failed: BTreeSet<u64>,
     /// Log ranges `from..to` the steward pruned before we had them (skipped).
     pub(super) pruned: BTreeMap<u64, u64>,
-    pub(super) missing: BTreeMap<MsgId, MissingRef>,
+    pub(super) missing: BTreeMap<(PublicKey, MsgId), MissingRef>,
     pub(super) outbox: VecDeque<OutMsg>,
     pub(super) uploads: BTreeMap<UploadId, Upload>,
     pub(super) intents: Vec<IntentState>,

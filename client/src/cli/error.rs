@@ -99,6 +99,7 @@ impl CliError {
                 source:
                     GroupError::UnknownGroup
                     | GroupError::UnknownMember
+                    | GroupError::AmbiguousMember
                     | GroupError::AlreadyMember
                     | GroupError::TooLarge { .. },
                 ..
@@ -140,6 +141,7 @@ impl CliError {
                 GroupError::NotMember => "not_member",
                 GroupError::NotAdmin => "not_admin",
                 GroupError::UnknownMember => "unknown_member",
+                GroupError::AmbiguousMember => "ambiguous_member",
                 GroupError::LastAdmin => "last_admin",
                 GroupError::TooLarge { .. } => "usage",
                 GroupError::Backlog => "backlog",

@@ -420,6 +420,12 @@ impl<S: Store> NodeCore<S> {
     }
 
     /// The steward's counters (kept apart from [`NodeStats`], which hosts sum field by field).
+    /// Buggify for the simulator: see [`steward::Steward::buggify_admit_any_join`].
+    #[doc(hidden)]
+    pub fn buggify_steward_admits_any_join(&mut self) {
+        self.steward.buggify_admit_any_join();
+    }
+
     pub fn group_stats(&self) -> &steward::StewardStats {
         &self.steward.stats
     }

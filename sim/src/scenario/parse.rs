@@ -194,6 +194,15 @@ impl Scenario {
         for adv in &self.adversaries {
             let span = adv.span();
             let a = adv.get_ref();
+            if a.kind == AdversaryKind::InjectJoin {
+                if a.node < discovery || a.node >= discovery + self.nodes.group {
+                    return Err(invalid(
+                        key_line_in(src, span, "node"),
+                        format!("adversaries: `node` = {} is not a group node (inject_join)", a.node),
+                    ));
+                }
+                continue;
+            }
             if self.federation.is_none() {
                 return Err(invalid(
                     line_of(src, span.start),

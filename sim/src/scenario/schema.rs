@@ -481,6 +481,10 @@ pub enum AdversaryKind {
     /// Signs one head whose tree holds a user twice; shows the user the real leaf and
     /// everyone else the substitute.
     SplitView,
+    /// Group node `node` (numbered after the discovery nodes; no federation needed) admits
+    /// an intruder's external commit, without invitation, into an invite-only group it
+    /// hosts and pushes it to the members as the next entry.
+    InjectJoin,
 }
 
 /// One `[[adversaries]]` entry: from `at`, discovery node `node` misbehaves as `kind` says.

@@ -274,7 +274,7 @@ impl World {
                 }
                 fed.attacks[index as usize].split = Some(Split { victim, username, key, entry });
             }
-            AdversaryKind::Equivocate | AdversaryKind::DropForwarded => {}
+            AdversaryKind::Equivocate | AdversaryKind::DropForwarded | AdversaryKind::InjectJoin => {}
         }
     }
 

@@ -108,6 +108,9 @@ impl World {
             }
             _ => {}
         }
+        if self.deliver_to_intruder(tag, &env) {
+            return;
+        }
         let bytes = codec::encode_frame(&env).expect("node frames fit the limit");
         let leg = match &env.body {
             Body::Deliver { msg_id, .. } => Some(Leg::Deliver(*msg_id)),

@@ -10,6 +10,7 @@
 
 mod client_host;
 mod fed_host;
+mod group_adversary;
 mod group_host;
 mod mixnet_host;
 mod node_host;
@@ -158,6 +159,7 @@ impl World {
             fed,
             fed_rng,
             forks_seen: BTreeMap::new(),
+            intruder: None,
             sc,
         };
         // Schedule joins, faults, background flushes and the end of traffic.
@@ -182,6 +184,14 @@ impl World {
                     Ev::LossStart { loss: packet_loss, until: EPOCH_US + at.us() + duration.us() },
                 ),
             }
+        }
+        let injections: Vec<(Us, u32)> =
+            w.sc.adversaries()
+                .filter(|a| a.kind == AdversaryKind::InjectJoin)
+                .map(|a| (EPOCH_US + a.at.us(), a.node))
+                .collect();
+        for (at, node) in injections {
+            w.schedule(at, Ev::InjectJoin { node });
         }
         if w.fed.is_some() {
             for index in 0..w.sc.adversaries.len() as u32 {
@@ -263,6 +273,7 @@ impl World {
             Ev::FedLookupTick { client } => self.on_fed_lookup_tick(client),
             Ev::SelfCheck { client } => self.on_self_check(client),
             Ev::AdversaryStart { index } => self.on_adversary_start(index),
+            Ev::InjectJoin { node } => self.on_inject_join(node),
             Ev::PartitionStart { index } => self.on_partition_start(index),
             Ev::PartitionEnd => self.on_partition_end(),
             Ev::DrainCheck => self.on_drain_check(),

@@ -13,7 +13,7 @@ use nymstr_proto::wire::Body;
 use crate::fed_model::FedSim;
 use crate::mixnet::{Us, ms_to_us};
 use crate::rng::{self, Stream};
-use crate::scenario::Scenario;
+use crate::scenario::{AdversaryKind, Scenario};
 
 use super::state::{Ev, World, node_address};
 
@@ -176,6 +176,12 @@ pub(super) fn start_node(
         }
         None => NodeCore::start(now, store, rng, config),
     }
+    .map(|mut core| {
+        if sc.adversaries().any(|a| a.kind == AdversaryKind::InjectJoin && a.node == i) {
+            core.buggify_steward_admits_any_join();
+        }
+        core
+    })
 }
 
 fn add_stats(a: &NodeStats, b: &NodeStats) -> NodeStats {

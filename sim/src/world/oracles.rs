@@ -161,7 +161,12 @@ impl World {
                     keys_as_clients.len()
                 ));
             }
-            if let Some(g) = self.groups.group(id) {
+            // A steward that admitted an intruder is an epoch ahead of the members who
+            // refused it (its own oracle: `judge_intruder`).
+            let injected = self.intruder.as_ref().is_some_and(|i| i.group == *id);
+            if let Some(g) = self.groups.group(id)
+                && !injected
+            {
                 let steward = self.nodes[g.node as usize].core.as_ref().and_then(|n| n.steward().epoch(id));
                 if steward != *epoch {
                     self.violations.push(format!(
@@ -172,6 +177,7 @@ impl World {
             }
         }
         checks += self.groups.judge(&final_members);
+        checks += self.judge_intruder();
         // No node holds a group message's plaintext.
         let markers: BTreeSet<[u8; 16]> = self.groups.messages.values().map(|m| m.marker).collect();
         let (scanned, found) = self.stores_holding(&markers);

@@ -110,6 +110,10 @@ pub(super) enum Ev {
     AdversaryStart {
         index: u32,
     },
+    /// An `inject_join` adversary acts (`group_adversary.rs`).
+    InjectJoin {
+        node: u32,
+    },
     PartitionStart {
         index: u32,
     },
@@ -149,6 +153,7 @@ impl Ev {
             Ev::PartitionStart { .. } => 24,
             Ev::PartitionEnd => 25,
             Ev::SelfCheck { .. } => 26,
+            Ev::InjectJoin { .. } => 27,
         }
     }
 }
@@ -337,6 +342,8 @@ pub struct World {
     pub(super) fed_rng: ChaCha20Rng,
     /// Fork certificates each node held at its last step (to notice new ones).
     pub(super) forks_seen: BTreeMap<u32, usize>,
+    /// The `inject_join` adversary's member core, once it acted.
+    pub(super) intruder: Option<super::group_adversary::Intruder>,
 }
 
 /// A group node's address as the group cores carry it: its index, big-endian.

@@ -13,7 +13,7 @@ use crate::cli::session::{Flow, Goal, Session};
 use crate::net;
 use crate::persist::{GroupLine, HistoryEntry};
 use nymstr_client_core::core::Event;
-use nymstr_client_core::group::{GroupError, GroupEvent};
+use nymstr_client_core::group::{GroupError, GroupEvent, resolve_member};
 
 pub(super) enum Op {
     Create,
@@ -77,19 +77,27 @@ impl GroupGoal {
             }
             Op::Remove { user, keys } => {
                 let members = s.gcore().members(&g);
-                *keys = members.iter().filter(|m| m.username == *user).map(|m| m.key).collect();
+                // One leaf, never every leaf that claims the name (the username in a
+                // credential is self-asserted): a key, or the one leaf vouched by our pin.
+                let pinned = s.core.pinned(user).copied();
+                match resolve_member(&members, user, pinned.as_ref()) {
+                    Ok(k) => *keys = vec![k],
+                    Err(source) => {
+                        let name = s.group_name(&g);
+                        let message = match source {
+                            GroupError::AmbiguousMember => format!(
+                                "several members of \"{name}\" claim to be {user}; name one by its key \
+                                 (`nymstr group members`)"
+                            ),
+                            _ => format!("{user} is not a member of \"{name}\""),
+                        };
+                        return Flow::Done(Err(CliError::Group { group: name, source, message }));
+                    }
+                }
                 if keys.contains(&me) {
                     return Flow::Done(Err(CliError::Usage(
                         "to remove yourself, use `nymstr group leave GROUP`".into(),
                     )));
-                }
-                if keys.is_empty() {
-                    let name = s.group_name(&g);
-                    return Flow::Done(Err(CliError::Group {
-                        group: name.clone(),
-                        source: GroupError::UnknownMember,
-                        message: format!("{user} is not a member of \"{name}\""),
-                    }));
                 }
                 let keys = keys.clone();
                 keys.iter().try_for_each(|k| s.gcore().remove(now, &g, k))
@@ -284,6 +292,8 @@ fn print_members(s: &mut Session, g: &GroupId) {
     let name = s.group_name(g);
     for m in &members {
         let you = m.key == me;
+        // Shown under its name only if that name's pinned account key certified it.
+        let vouched = you || m.vouched(s.core.pinned(&m.username));
         s.out.data(
             || {
                 let mut tags = Vec::new();
@@ -295,6 +305,8 @@ fn print_members(s: &mut Session, g: &GroupId) {
                 }
                 if !m.verified {
                     tags.push("UNVERIFIED");
+                } else if !vouched {
+                    tags.push("name not verified");
                 }
                 let tags = if tags.is_empty() { String::new() } else { format!(" ({})", tags.join(", ")) };
                 let short: String = fingerprint(&m.key).chars().take(19).collect();
@@ -309,7 +321,9 @@ fn print_members(s: &mut Session, g: &GroupId) {
                     "key": hex(&m.key),
                     "admin": m.admin,
                     "you": you,
-                    "verified": m.verified,
+                    "verified": vouched,
+                    "credential_valid": m.verified,
+                    "account_key": m.account_key.map(|k| hex(&k)),
                 })
             },
         );

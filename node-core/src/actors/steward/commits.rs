@@ -18,8 +18,9 @@ use super::{Hosted, StewardError, bad_mls, seed, state_err};
 use crate::actors::Ctx;
 use crate::store::{Store, Table};
 use nymstr_mls::{GroupPolicy, NymstrProvider, may_commit};
+use nymstr_proto::codec;
 use nymstr_proto::limits::GROUP_MEMBERS_MAX;
-use nymstr_proto::wire::{GroupId, PublicKey};
+use nymstr_proto::wire::{GroupId, InviteToken, PublicKey};
 
 /// What kind of handshake an upload carried, once accepted.
 pub(super) enum Accepted {
@@ -148,11 +149,19 @@ pub(super) fn on_external_commit<S: Store>(
     g: &mut Hosted,
     pm: PublicMessageIn,
     group_info: &[u8],
+    token: Option<&InviteToken>,
 ) -> Result<Accepted, StewardError> {
     let processed = g
         .public
         .process_message(g.provider.crypto(), pm)
         .map_err(|e| bad_mls("external commit does not validate", e))?;
+    // Members check the invitation themselves (specs/groups.md §6.6), from the commit's
+    // authenticated data, which the joiner signed: it must be the token checked here.
+    if let Some(t) = token
+        && processed.aad() != codec::encode(t).as_slice()
+    {
+        return Err(StewardError::BadInvite("the commit's authenticated data is not the token"));
+    }
     let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
         return Err(StewardError::BadMls("not a commit".into()));
     };

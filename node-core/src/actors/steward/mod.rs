@@ -190,6 +190,9 @@ pub struct Steward {
     challenges: crate::actors::quota::TagShares,
     /// (expiry, group, token id) of every redeemed invite still remembered (sweep index).
     used_invites: BTreeSet<(TimeUs, GroupId, [u8; 16])>,
+    /// Buggify (simulator): admit every external commit, invitation or not, as a group
+    /// node that joins its own groups would (`specs/sim.md`, `inject_join`).
+    admit_any_join: bool,
 }
 
 impl std::fmt::Debug for Steward {
@@ -217,6 +220,13 @@ impl Steward {
     /// The seq the next entry of a hosted group will get.
     pub fn next_seq(&self, group_id: &GroupId) -> Option<u64> {
         self.groups.get(group_id).map(|g| g.next_seq)
+    }
+
+    /// Buggify for the simulator: from now on this steward admits external commits to
+    /// invite-only groups without checking any invitation (members must refuse them).
+    #[doc(hidden)]
+    pub fn buggify_admit_any_join(&mut self) {
+        self.admit_any_join = true;
     }
 
     /// Tags subscribed to a group (including members removed by the last commit, whose

@@ -93,8 +93,12 @@ impl Steward {
                         on_member_commit(ctx, &group_id, g, index, pm, &group_info)?
                     }
                     (ContentType::Commit, Sender::NewMemberCommit) => {
-                        let token = check_invite(ctx.now, &group_id, g, invite.as_ref(), &*ctx.store)?;
-                        let accepted = on_external_commit(ctx, &group_id, g, pm, &group_info)?;
+                        let token = if self.admit_any_join {
+                            None
+                        } else {
+                            check_invite(ctx.now, &group_id, g, invite.as_ref(), &*ctx.store)?
+                        };
+                        let accepted = on_external_commit(ctx, &group_id, g, pm, &group_info, token.as_ref())?;
                         if let Some(t) = token {
                             redeem(ctx, &mut self.used_invites, &group_id, &t)?;
                         }
