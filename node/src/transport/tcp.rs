@@ -245,7 +245,7 @@ struct Nodes {
 }
 
 /// First bytes of a node-to-node preface frame (`specs/tcp.md` §6). A wire frame starts
-/// with its version byte (1), never with 0, so a preface cannot be mistaken for one.
+/// with its version byte (`WIRE_VERSION`), never with 0, so a preface cannot be mistaken for one.
 pub const PREFACE_MAGIC: &[u8; 16] = b"\0nymstr-node/v1\0";
 /// Longest address a preface may name (`federation::descriptor::ADDRESS_BYTES_MAX`).
 pub const PREFACE_ADDRESS_MAX: usize = 256;
