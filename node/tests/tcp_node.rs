@@ -469,7 +469,7 @@ fn garbage_on_the_port_is_answered_and_closed_while_a_client_keeps_working() {
     // Well-framed bytes that do not decode: the core answers, the connection stays.
     let mut undecodable = Wire::connect(node.addr);
     undecodable.send_raw(&framing::encode(&noise[..300]).unwrap());
-    undecodable.send_raw(&framing::encode(&[0x02, 0x07, 0x07, 0x05]).unwrap());
+    undecodable.send_raw(&framing::encode(&[nymstr_proto::wire::WIRE_VERSION + 1, 0x07, 0x07, 0x05]).unwrap());
     // A connection that sends half a frame and stalls.
     let mut stalled = Wire::connect(node.addr);
     stalled.send_raw(&[0, 0, 1, 0, 1, 2, 3]);
