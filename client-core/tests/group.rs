@@ -11,7 +11,7 @@ use std::rc::Rc;
 use nymstr_client_core::Identity;
 use nymstr_client_core::group::{GroupConfig, GroupCore, GroupEvent, GroupMeta, LifetimeMode, MemberKeys};
 use nymstr_client_core::sync::{BloomFilter, SYNC_VERSION, SyncBody, SyncMessage};
-use nymstr_mls::designated_steward;
+use nymstr_mls::designated_committer;
 use nymstr_node_core::actors::SenderTag;
 use nymstr_node_core::store::{MemStore, Store};
 use nymstr_node_core::{NodeConfig, NodeCore, Output, Peer};
@@ -457,7 +457,7 @@ fn when_the_designated_admin_is_silent_the_next_admin_commits_after_the_timeout(
     net.pump();
     let epoch = net.core(carol).epoch(&g).unwrap();
     let admins: Vec<PublicKey> = net.core(carol).members(&g).iter().filter(|m| m.admin).map(|m| m.key).collect();
-    let designated = designated_steward(&g, epoch, 0, &admins).unwrap();
+    let designated = designated_committer(&g, epoch, 0, &admins).unwrap();
     let (silent, other) = if designated == net.key(alice) { (alice, bob) } else { (bob, alice) };
     // The designated admin hears nothing (it is offline).
     let silent_tag = net.members[silent].tag;
@@ -811,7 +811,7 @@ fn a_commit_that_loses_the_race_is_dropped_and_the_winner_applied() {
     net.pump();
     let epoch = net.core(carol).epoch(&g).unwrap();
     let admins: Vec<PublicKey> = net.core(carol).members(&g).iter().filter(|m| m.admin).map(|m| m.key).collect();
-    let first = designated_steward(&g, epoch, 0, &admins).unwrap();
+    let first = designated_committer(&g, epoch, 0, &admins).unwrap();
     let (x, y) = if first == net.key(alice) { (alice, bob) } else { (bob, alice) };
     // x hears everything, but its uploads are lost until the other admin has committed.
     let x_tag = net.members[x].tag;

@@ -20,8 +20,9 @@ use nymstr_proto::wire::{GroupId, InstallationCert, PublicKey};
 /// 0xF000-0xFFFF are reserved for private use). Readable by the steward.
 pub const POLICY_EXTENSION_TYPE: u16 = 0xF0A1;
 
-/// Domain-separation label of the steward order hash.
-pub const LABEL_STEWARD_ORDER: &str = "nymstr/v1/group/steward-order";
+/// Domain-separation label of the commit order (the string predates the name "designated
+/// committer" and stays: it is in every rank ever computed).
+pub const LABEL_COMMIT_ORDER: &str = "nymstr/v1/group/steward-order";
 
 /// An MLS signer over an installation's ed25519 signing key: a member's leaf signature
 /// key is its installation signing key (the credential binds them, see [`MemberIdentity`]).
@@ -118,20 +119,20 @@ impl GroupPolicy {
 }
 
 /// The designated committer of `epoch` in retry `round` (de-MLS style): the admin with the
-/// smallest `blake3::derive_key(LABEL_STEWARD_ORDER, epoch ‖ round ‖ member ‖ group)`.
+/// smallest `blake3::derive_key(LABEL_COMMIT_ORDER, epoch ‖ round ‖ member ‖ group)`.
 /// Both u64s are big-endian. `None` if there are no admins.
-pub fn designated_steward(group_id: &GroupId, epoch: u64, round: u64, admins: &[PublicKey]) -> Option<PublicKey> {
-    admins.iter().min_by_key(|k| steward_rank(group_id, epoch, round, k)).copied()
+pub fn designated_committer(group_id: &GroupId, epoch: u64, round: u64, admins: &[PublicKey]) -> Option<PublicKey> {
+    admins.iter().min_by_key(|k| committer_rank(group_id, epoch, round, k)).copied()
 }
 
 /// The rank hash of one admin for (epoch, round).
-pub fn steward_rank(group_id: &GroupId, epoch: u64, round: u64, member: &PublicKey) -> [u8; 32] {
+pub fn committer_rank(group_id: &GroupId, epoch: u64, round: u64, member: &PublicKey) -> [u8; 32] {
     let mut input = Vec::with_capacity(8 + 8 + 32 + 16);
     input.extend_from_slice(&epoch.to_be_bytes());
     input.extend_from_slice(&round.to_be_bytes());
     input.extend_from_slice(member);
     input.extend_from_slice(group_id);
-    blake3::derive_key(LABEL_STEWARD_ORDER, &input)
+    blake3::derive_key(LABEL_COMMIT_ORDER, &input)
 }
 
 /// Length of one commit round (SPECv1 §6, `specs/groups.md` §6.4): the admin designated
@@ -156,7 +157,7 @@ pub fn round_cap(admins: usize) -> u64 {
 /// designated steward of some round `0..=round_now`.
 pub fn may_commit(group_id: &GroupId, epoch: u64, round_now: u64, admins: &[PublicKey], member: &PublicKey) -> bool {
     let rounds = round_now.min(round_cap(admins.len()));
-    (0..=rounds).any(|r| designated_steward(group_id, epoch, r, admins).as_ref() == Some(member))
+    (0..=rounds).any(|r| designated_committer(group_id, epoch, r, admins).as_ref() == Some(member))
 }
 
 /// Key package / leaf lifetime from the host's clock, in seconds since the Unix epoch.

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use nymstr_mls::{
     DEFAULT_CIPHERSUITE, GroupPolicy, InstallationSigner, MemberIdentity, NymstrProvider, POLICY_EXTENSION_TYPE,
-    designated_steward,
+    designated_committer,
 };
 use nymstr_node_core::NodeConfig;
 use nymstr_proto::identity;
@@ -386,7 +386,7 @@ fn the_stewards_commit_advances_the_epoch_and_a_second_commit_for_that_epoch_is_
     let (mut alice, mut bob, mut carol) = group_of_three(&mut h, true);
     let admins = make_bob_admin(&mut h, &mut alice, &mut bob, &mut carol);
     assert_eq!(h.node.steward().epoch(&GID), Some(3));
-    let steward = designated_steward(&GID, 3, 0, &admins).expect("a steward");
+    let steward = designated_committer(&GID, 3, 0, &admins).expect("a steward");
     let (first, second) = if steward == alice.key() { (&mut alice, &mut bob) } else { (&mut bob, &mut alice) };
 
     let (c1, gi1) = first.commit_update();
@@ -525,12 +525,12 @@ fn an_admin_commits_only_from_its_round_on() {
     let (mut alice, mut bob, mut carol) = group_of_three(&mut h, true);
     let epoch_start = h.now;
     let admins = make_bob_admin(&mut h, &mut alice, &mut bob, &mut carol);
-    let steward = designated_steward(&GID, 3, 0, &admins).expect("a steward");
+    let steward = designated_committer(&GID, 3, 0, &admins).expect("a steward");
     let other = if steward == alice.key() { &mut bob } else { &mut alice };
     let (c, gi) = other.commit_update();
     assert_eq!(refused(&mut h, other, upload_body(c.clone(), gi.clone(), 70, None)).0, ErrorCode::NotSteward);
     // Its first round as designated steward (the order reshuffles every round).
-    let round = (1..64).find(|r| designated_steward(&GID, 3, *r, &admins) == Some(other.key())).expect("a turn");
+    let round = (1..64).find(|r| designated_committer(&GID, 3, *r, &admins) == Some(other.key())).expect("a turn");
     h.now = epoch_start + round * timeout;
     accept(&mut h, other, upload_body(c, gi, 70, None));
     assert_eq!(h.node.steward().epoch(&GID), Some(4));

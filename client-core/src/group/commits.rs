@@ -1,5 +1,5 @@
 //! Commit timing: when the steward rounds of the current epoch make this admin a committer
-//! (`nymstr_mls::designated_steward`, holds after a refusal), and the commit itself.
+//! (`nymstr_mls::designated_committer`, holds after a refusal), and the commit itself.
 
 use nymstr_mls as nmls;
 use nymstr_proto::time::TimeUs;
@@ -32,7 +32,7 @@ impl GroupCore {
         let origin = g.epoch_started_at.max(g.proposals_since.unwrap_or(0));
         let epoch = mls.epoch().as_u64();
         (0..=nmls::round_cap(policy.admins.len()))
-            .find(|r| nmls::designated_steward(&g.rec.id, epoch, *r, &policy.admins) == Some(me))
+            .find(|r| nmls::designated_committer(&g.rec.id, epoch, *r, &policy.admins) == Some(me))
             .map(|r| (origin + r * nmls::COMMIT_ROUND_US).max(g.commit_hold_until))
     }
 

@@ -283,7 +283,7 @@ impl GroupCore {
         let joined = after.iter().any(|m| !before.iter().any(|b| b.key == m.key));
         let resend_meta = joined
             && policy.is_admin(&me)
-            && nmls::designated_steward(group, epoch, 0, &policy.admins) == Some(me)
+            && nmls::designated_committer(group, epoch, 0, &policy.admins) == Some(me)
             && g.rec.meta.version > 0;
         let meta = g.rec.meta.clone();
         for m in after.iter().filter(|m| !m.verified) {
