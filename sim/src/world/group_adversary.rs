@@ -9,25 +9,13 @@ use nymstr_client_core::group::{GroupConfig, GroupCore, GroupEvent, LifetimeMode
 use nymstr_node_core::actors::{Peer, SenderTag};
 use nymstr_proto::codec;
 use nymstr_proto::identity;
-use nymstr_proto::wire::{Envelope, GroupId, InviteToken};
+use nymstr_proto::wire::{Envelope, InviteToken};
 use rand_core::Rng;
 
 use crate::groups;
 use crate::rng::{self, Stream};
 
-use super::state::{World, node_address};
-
-/// The adversary's member core and what it managed.
-pub(crate) struct Intruder {
-    pub(crate) core: GroupCore,
-    pub(crate) tag: SenderTag,
-    pub(crate) node: u32,
-    pub(crate) group: GroupId,
-    /// Group messages the intruder's core surfaced (must stay 0).
-    pub(crate) decrypted: u64,
-    /// The steward acknowledged the intruder's join (else the run attacked nothing).
-    pub(crate) joined: bool,
-}
+use super::state::{Intruder, World, node_address};
 
 /// The intruder's tag: no client's (clients draw theirs from their transport stream).
 const INTRUDER_TAG: SenderTag = SenderTag([0xEE; 16]);

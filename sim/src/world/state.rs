@@ -12,7 +12,7 @@ use nymstr_node_core::NodeCore;
 use nymstr_node_core::actors::steward::StewardStats;
 use nymstr_node_core::actors::{NodeStats, Peer, SenderTag};
 use nymstr_node_core::store::MemStore;
-use nymstr_proto::wire::{Envelope, MsgId};
+use nymstr_proto::wire::{Envelope, GroupId, MsgId};
 use rand_chacha::ChaCha20Rng;
 
 use crate::fed_model::FedSim;
@@ -343,7 +343,19 @@ pub struct World {
     /// Fork certificates each node held at its last step (to notice new ones).
     pub(super) forks_seen: BTreeMap<u32, usize>,
     /// The `inject_join` adversary's member core, once it acted.
-    pub(super) intruder: Option<super::group_adversary::Intruder>,
+    pub(super) intruder: Option<Intruder>,
+}
+
+/// The `inject_join` adversary's member core and what it managed (`group_adversary.rs`).
+pub(crate) struct Intruder {
+    pub(crate) core: GroupCore,
+    pub(crate) tag: SenderTag,
+    pub(crate) node: u32,
+    pub(crate) group: GroupId,
+    /// Group messages the intruder's core surfaced (must stay 0).
+    pub(crate) decrypted: u64,
+    /// The steward acknowledged the intruder's join (else the run attacked nothing).
+    pub(crate) joined: bool,
 }
 
 /// A group node's address as the group cores carry it: its index, big-endian.
