@@ -52,6 +52,7 @@ impl InProcessNode {
         config.transport.tcp.rate_limit_frames_per_sec = 0;
         config.transport.tcp.write_queue_frames = 65_536;
         config.core.queue_depth_max = u32::MAX;
+        config.core.queue_per_sender_max = u32::MAX;
         let (stop, signal) = runtime::stop_pair();
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = std::thread::spawn(move || {
