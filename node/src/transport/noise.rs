@@ -173,6 +173,13 @@ async fn write_frame(stream: &mut TcpStream, frame: &[u8]) -> Result<(), String>
     stream.write_all(&framed).await.map_err(|e| e.to_string())
 }
 
+/// A handshake state over this process's static key with the preface as prologue.
+fn handshake(me: &NoiseIdentity, prologue: &[u8], initiator: bool) -> Result<snow::HandshakeState, String> {
+    let b = Builder::new(params()).local_private_key(&me.private).and_then(|b| b.prologue(prologue));
+    if initiator { b.and_then(|b| b.build_initiator()) } else { b.and_then(|b| b.build_responder()) }
+        .map_err(|e| e.to_string())
+}
+
 /// The dialer's side: writes the framed `preface` (whose body is the prologue), then the
 /// handshake. Bytes read past the handshake stay in `decoder`.
 pub async fn initiate(
@@ -181,11 +188,7 @@ pub async fn initiate(
     me: &NoiseIdentity,
     preface_body: &[u8],
 ) -> Result<Session, String> {
-    let mut hs = Builder::new(params())
-        .local_private_key(&me.private)
-        .and_then(|b| b.prologue(preface_body))
-        .and_then(|b| b.build_initiator())
-        .map_err(|e| e.to_string())?;
+    let mut hs = handshake(me, preface_body, true)?;
     let mut buf = vec![0u8; MSG_MAX];
     write_frame(stream, preface_body).await?;
     let n = hs.write_message(&[], &mut buf).map_err(|e| e.to_string())?;
@@ -206,11 +209,7 @@ pub async fn respond(
     me: &NoiseIdentity,
     preface_body: &[u8],
 ) -> Result<Session, String> {
-    let mut hs = Builder::new(params())
-        .local_private_key(&me.private)
-        .and_then(|b| b.prologue(preface_body))
-        .and_then(|b| b.build_responder())
-        .map_err(|e| e.to_string())?;
+    let mut hs = handshake(me, preface_body, false)?;
     let mut buf = vec![0u8; MSG_MAX];
     let mut payload = vec![0u8; MSG_MAX];
     let msg1 = read_frame(stream, decoder).await?;
