@@ -10,7 +10,7 @@ use nymstr_proto::wire::MsgId;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::Home;
-use super::format::{PersistError, Result, decode};
+use super::format::{FORMAT_VERSION, PersistError, Result, decode};
 use nymstr_client_core::core::{ClientState, Contact, DirectPeer, OutgoingDm, SeenLog};
 
 /// The account as the CLI sees it.
@@ -135,11 +135,15 @@ impl Home {
     /// The transparency verifier from its rows. A home of format 1 holds it as one record
     /// in `meta` (`transparency`), which outgrew the codec's 64 KiB limit with ~850 pins:
     /// it is read once with the local-record limit, rewritten as rows, and removed.
-    fn read_transparency(&mut self) -> Result<Option<Verifier>> {
+    pub(super) fn read_transparency(&mut self) -> Result<Option<Verifier>> {
         if let Some(v) = self.meta.get(LEGACY_TRANSPARENCY)? {
             let legacy: Verifier = decode("transparency state", &v)?;
             self.transparency.clear()?;
             sync_transparency(&self.transparency, None, Some(&legacy))?;
+            // Mark the home as the new format before the old record goes, in one flush: a
+            // crash between the two must not leave a home an older nymstr opens as format 1
+            // with no verifier (it would start over with no pins or heads).
+            self.meta.insert("version", codec::encode(&FORMAT_VERSION))?;
             self.meta.remove(LEGACY_TRANSPARENCY)?;
             self.flush()?;
             return Ok(Some(legacy));

@@ -228,3 +228,24 @@ fn a_format_1_home_is_migrated_when_it_opens() {
     drop(home);
     assert_eq!(Home::open(dir.path()).unwrap().state(), state, "and opens again from the rows");
 }
+
+/// The migration marks the home format 2 in the same flush that removes the old record: a
+/// crash right after that flush must not leave a home an older nymstr reads as format 1
+/// with no verifier (it would silently start over without pins or heads).
+#[test]
+fn the_migration_marks_the_format_in_the_flush_that_drops_the_old_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = identity();
+    let mut home = Home::create(dir.path(), &id).unwrap();
+    let state = state_with_pinned_contacts(&id, 10);
+    home.save_state(&state).unwrap();
+    home.transparency.clear().unwrap();
+    home.meta.insert("transparency", codec::encode(state.transparency.as_ref().unwrap())).unwrap();
+    home.meta.insert("version", codec::encode(&1u32)).unwrap();
+    home.flush().unwrap();
+    let migrated = home.read_transparency().unwrap();
+    assert_eq!(migrated.as_ref(), state.transparency.as_ref());
+    assert!(home.meta.get("transparency").unwrap().is_none(), "the old record is gone");
+    let version: u32 = codec::decode(&home.meta.get("version").unwrap().unwrap()).unwrap();
+    assert_eq!(version, 2, "and the home says so in the same flush");
+}
