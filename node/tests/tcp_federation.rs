@@ -473,3 +473,92 @@ fn a_direct_message_crosses_nodes_by_qualified_name() {
     na.terminate();
     nb.terminate();
 }
+
+/// Review follow-up to issue 10 item 5: every accepted node connection that claims an
+/// address makes the node dial that address to check the claim. Those dials were unbounded
+/// (and did not count against `max_connections`), so one key answering at many addresses
+/// held as many connections open in the node as it liked. Now at most `CLAIM_DIALED_MAX`
+/// (64) connections dialed only for a claim stay open, the oldest closed first, and the
+/// node keeps serving clients.
+#[test]
+fn claims_of_many_addresses_leave_a_bounded_number_of_dialed_connections() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use nymstr_node::transport::noise::{self, NoiseIdentity};
+    use tokio::io::AsyncReadExt;
+
+    const CLAIMS: usize = 90;
+    const CLAIM_DIALED_MAX: usize = 64;
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    let addr_a = free_addr();
+    init(&a, &addr_a, None);
+    let mut na = Running::start(&a);
+    na.wait_status("the node serving", |_| true);
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (open, dialed) = rt.block_on(async {
+        // The attacker: one key answering at 127.0.0.k:port for every k (all loopback).
+        let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let me = Arc::new(NoiseIdentity::new(&SigningKey::from_bytes(&[7u8; 32])).unwrap());
+        let open = Arc::new(AtomicUsize::new(0));
+        let dialed = Arc::new(AtomicUsize::new(0));
+        let (me2, open2, dialed2) = (me.clone(), open.clone(), dialed.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else { return };
+                let (me, open, dialed) = (me2.clone(), open2.clone(), dialed2.clone());
+                tokio::spawn(async move {
+                    let mut d = framing::Decoder::new();
+                    let mut buf = [0u8; 4096];
+                    let preface = loop {
+                        if let Ok(Some(f)) = d.next_frame() {
+                            break f;
+                        }
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => d.push(&buf[..n]),
+                        }
+                    };
+                    if noise::respond(&mut s, &mut d, &me, &preface).await.is_err() {
+                        return;
+                    }
+                    dialed.fetch_add(1, Ordering::SeqCst);
+                    open.fetch_add(1, Ordering::SeqCst);
+                    while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        // The claims: one accepted connection per address, each kept open.
+        let mut claims = Vec::new();
+        for k in 0..CLAIMS {
+            let claimed = format!("127.0.{}.{}:{port}", 1 + k / 200, 2 + k % 200);
+            let mut s = tokio::net::TcpStream::connect(&addr_a).await.unwrap();
+            let mut d = framing::Decoder::new();
+            let preface = nymstr_node::transport::tcp::preface_body(claimed.as_bytes());
+            noise::initiate(&mut s, &mut d, &me, &preface).await.expect("the handshake succeeds");
+            claims.push(s);
+            // The node checks the claim by dialing it; wait for that dial before the next.
+            let until = now_us() + PATIENCE_US;
+            while dialed.load(Ordering::SeqCst) < k + 1 {
+                assert!(now_us() < until, "node A never dialed the claimed address {claimed}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        (open.load(Ordering::SeqCst), dialed.load(Ordering::SeqCst))
+    });
+    assert_eq!(dialed, CLAIMS, "every claim was checked by a dial");
+    assert!(open <= CLAIM_DIALED_MAX, "{open} connections dialed for claims are still open");
+    assert!(open > 0, "the newest claims keep their connections");
+
+    // The node keeps serving clients.
+    let mut client = Wire::connect(&addr_a);
+    client.send(5, Body::Lookup { username: "nobody".into() });
+    let env = client.recv_where("a lookup answer", |_| true);
+    assert!(matches!(env.body, Body::Error { code: ErrorCode::UnknownUser, .. }), "{:?}", env.body);
+    na.terminate();
+}

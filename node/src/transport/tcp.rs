@@ -217,11 +217,23 @@ struct NodeConn {
     id: u64,
     queue: mpsc::Sender<Vec<u8>>,
     kill: Arc<Notify>,
+    /// Dialed only to check an accepted connection's claim, and not used by the core since:
+    /// such connections are capped (`CLAIM_DIALED_MAX`), the oldest closed first.
+    claim_only: bool,
 }
 
 /// A dial in progress: frames waiting for it.
 struct Dialing {
     waiting: Vec<Vec<u8>>,
+    /// Started to check a claim (no frame of the core asked for it).
+    claim: bool,
+}
+
+/// The node id an address answered with, and whether the core has sent to that address
+/// (pins the core relies on are never evicted to make room).
+struct Pin {
+    node: NodeId,
+    by_core: bool,
 }
 
 /// When a failed address may be dialed again.
@@ -241,7 +253,55 @@ struct Nodes {
     dialing: BTreeMap<Address, Dialing>,
     backoff: BTreeMap<Address, Backoff>,
     /// The node id of the key that answered the first completed dial to each address.
-    pins: BTreeMap<Address, NodeId>,
+    pins: BTreeMap<Address, Pin>,
+}
+
+impl Nodes {
+    /// Makes room for one more pin: forgets a pin the core never used whose address has no
+    /// connection or dial; `false` if every pin is in use (the new one is then refused).
+    fn room_for_pin(&mut self) -> bool {
+        if self.pins.len() < PINS_MAX {
+            return true;
+        }
+        let spare = self
+            .pins
+            .iter()
+            .find(|(a, p)| !p.by_core && !self.outbound.contains_key(*a) && !self.dialing.contains_key(*a))
+            .map(|(a, _)| a.clone());
+        spare.is_some_and(|a| self.pins.remove(&a).is_some())
+    }
+
+    /// Puts `address` in back-off; past `BACKOFF_ENTRIES_MAX` entries, expired ones go first,
+    /// then the one due soonest.
+    fn back_off(&mut self, address: &Address, now: Instant) -> Duration {
+        let delay = self.backoff.get(address).map_or(BACKOFF_FIRST, |b| (b.delay * 2).min(BACKOFF_MAX));
+        if !self.backoff.contains_key(address) && self.backoff.len() >= BACKOFF_ENTRIES_MAX {
+            self.backoff.retain(|_, b| now < b.next);
+            if self.backoff.len() >= BACKOFF_ENTRIES_MAX {
+                let soonest = self.backoff.iter().min_by_key(|(_, b)| b.next).map(|(a, _)| a.clone());
+                if let Some(a) = soonest {
+                    self.backoff.remove(&a);
+                }
+            }
+        }
+        self.backoff.insert(address.clone(), Backoff { next: now + delay, delay });
+        delay
+    }
+
+    /// Closes the oldest claim-only dialed connections until fewer than `CLAIM_DIALED_MAX`
+    /// remain, so one more fits.
+    fn room_for_claim_dial(&mut self) {
+        loop {
+            let claim_only = self.outbound.iter().filter(|(_, c)| c.claim_only);
+            if claim_only.clone().count() < CLAIM_DIALED_MAX {
+                return;
+            }
+            let Some(oldest) = claim_only.min_by_key(|(_, c)| c.id).map(|(a, _)| a.clone()) else { return };
+            if let Some(conn) = self.outbound.remove(&oldest) {
+                conn.kill.notify_one();
+            }
+        }
+    }
 }
 
 /// First bytes of a node-to-node preface frame (`specs/tcp.md` §6). A wire frame starts
@@ -254,6 +314,14 @@ const DIAL_WAITING_MAX: usize = 64;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Addresses kept in back-off at most (any accepted connection may name a new one).
+const BACKOFF_ENTRIES_MAX: usize = 4_096;
+/// Address pins kept at most (`specs/tcp.md` §6.3).
+const PINS_MAX: usize = 4_096;
+/// Dials checking claims that may be in progress at once; a claim past it is refused.
+const CLAIM_DIALS_IN_FLIGHT_MAX: usize = 16;
+/// Connections dialed only to check a claim (the core has not used them) kept open at once.
+const CLAIM_DIALED_MAX: usize = 64;
 /// Node connections get this many times a client's rate limit (gossip comes in bursts).
 const NODE_RATE_FACTOR: u32 = 20;
 
@@ -479,7 +547,7 @@ async fn serve_accepted(
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
     let (queue, queue_rx) = mpsc::channel(shared.config.write_queue_frames);
     let kill = Arc::new(Notify::new());
-    shared.nodes().accepted.insert(id, NodeConn { id, queue: queue.clone(), kill: kill.clone() });
+    shared.nodes().accepted.insert(id, NodeConn { id, queue: queue.clone(), kill: kill.clone(), claim_only: false });
     tracing::debug!(node = %name, id = %session.peer, "node connection (accepted, authenticated)");
     let conn = Served { queue, queue_rx, kill, permit: conn.permit, decoder: conn.decoder };
     serve(stream, Remote::Node(address, id), shared, inbound, conn, None, Some(session)).await;
@@ -531,15 +599,18 @@ async fn verify_claim(
         {
             let mut nodes = shared.nodes();
             match nodes.pins.get(address) {
-                Some(id) if *id == peer => return Ok(()),
-                Some(id) => return Err(format!("the address answers as node {id}")),
+                Some(pin) if pin.node == peer => return Ok(()),
+                Some(pin) => return Err(format!("the address answers as node {}", pin.node)),
                 None => {}
             }
             if !nodes.dialing.contains_key(address) {
                 if nodes.backoff.get(address).is_some_and(|b| monotonic() < b.next) {
                     return Err("the address is unreachable (back-off)".into());
                 }
-                nodes.dialing.insert(address.clone(), Dialing { waiting: Vec::new() });
+                if nodes.dialing.values().filter(|d| d.claim).count() >= CLAIM_DIALS_IN_FLIGHT_MAX {
+                    return Err("too many addresses being checked".into());
+                }
+                nodes.dialing.insert(address.clone(), Dialing { waiting: Vec::new(), claim: true });
                 tokio::spawn(dial(shared.clone(), address.clone(), inbound.clone(), stop.clone()));
             }
         }
@@ -852,9 +923,13 @@ fn send_to_node(
     stop: &watch::Receiver<bool>,
 ) {
     let mut nodes = shared.nodes();
-    let Some(conn) = nodes.outbound.get(&address) else {
+    if let Some(pin) = nodes.pins.get_mut(&address) {
+        pin.by_core = true;
+    }
+    let Some(conn) = nodes.outbound.get_mut(&address) else {
         return send_after_close(shared, nodes, address, framed, inbound, stop);
     };
+    conn.claim_only = false;
     match conn.queue.try_send(framed) {
         Ok(()) => {}
         Err(mpsc::error::TrySendError::Full(_)) => {
@@ -890,7 +965,7 @@ fn send_after_close(
         tracing::trace!(node = %String::from_utf8_lossy(&address.0), "frame dropped: peer unreachable (back-off)");
         return;
     }
-    nodes.dialing.insert(address.clone(), Dialing { waiting: vec![framed] });
+    nodes.dialing.insert(address.clone(), Dialing { waiting: vec![framed], claim: false });
     drop(nodes);
     tokio::spawn(dial(shared.clone(), address, inbound.clone(), stop.clone()));
 }
@@ -935,20 +1010,22 @@ fn register_dialed(
     stop: &watch::Receiver<bool>,
 ) -> Option<Dialed> {
     let mut nodes = shared.nodes();
-    let waiting = nodes.dialing.remove(address).map(|d| d.waiting).unwrap_or_default();
-    let connected = connected.and_then(|(stream, session)| match nodes.pins.get(address) {
-        Some(pinned) if *pinned != session.peer => {
+    let (waiting, claim) = nodes.dialing.remove(address).map_or((Vec::new(), false), |d| (d.waiting, d.claim));
+    let claim_only = claim && waiting.is_empty();
+    let connected = connected.and_then(|(stream, session)| match nodes.pins.get(address).map(|p| p.node) {
+        Some(pinned) if pinned != session.peer => {
             shared.count(|c| &c.handshakes_failed);
             Err(format!("answered as node {}, but the address is pinned to node {pinned}", session.peer))
         }
-        _ => Ok((stream, session)),
+        Some(_) => Ok((stream, session)),
+        None if nodes.room_for_pin() => Ok((stream, session)),
+        None => Err("every address pin is in use".to_string()),
     });
     let (stream, session) = match connected {
         Ok(c) if !*stop.borrow() && !inbound.is_closed() => c,
         Ok(_) => return None,
         Err(e) => {
-            let delay = nodes.backoff.get(address).map_or(BACKOFF_FIRST, |b| (b.delay * 2).min(BACKOFF_MAX));
-            nodes.backoff.insert(address.clone(), Backoff { next: monotonic() + delay, delay });
+            let delay = nodes.back_off(address, monotonic());
             tracing::debug!(
                 node = %String::from_utf8_lossy(&address.0),
                 error = %e,
@@ -960,7 +1037,11 @@ fn register_dialed(
         }
     };
     nodes.backoff.remove(address);
-    nodes.pins.insert(address.clone(), session.peer);
+    let by_core = !claim_only || nodes.pins.get(address).is_some_and(|p| p.by_core);
+    nodes.pins.insert(address.clone(), Pin { node: session.peer, by_core });
+    if claim_only {
+        nodes.room_for_claim_dial();
+    }
     let capacity = shared.config.write_queue_frames.max(DIAL_WAITING_MAX + 1);
     let (queue, queue_rx) = mpsc::channel(capacity);
     for frame in waiting {
@@ -968,7 +1049,7 @@ fn register_dialed(
     }
     let kill = Arc::new(Notify::new());
     let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    nodes.outbound.insert(address.clone(), NodeConn { id, queue: queue.clone(), kill: kill.clone() });
+    nodes.outbound.insert(address.clone(), NodeConn { id, queue: queue.clone(), kill: kill.clone(), claim_only });
     let conn = Served { queue, queue_rx, kill, permit: None, decoder: framing::Decoder::new() };
     Some((stream, session, conn, id))
 }
@@ -1070,6 +1151,26 @@ mod tests {
         assert_eq!(parse_preface(&long), None);
         let wire = codec::encode_frame(&Envelope { request_id: 1, body: Body::DirectoryRequest }).unwrap();
         assert_eq!(parse_preface(&wire), None);
+    }
+
+    #[test]
+    fn pins_and_back_off_stay_bounded_and_keep_what_the_core_uses() {
+        let addr = |i: usize| Address(format!("10.0.{}.{}:1", i / 250, i % 250).into_bytes());
+        let mut nodes = Nodes::default();
+        nodes.pins.insert(addr(0), Pin { node: NodeId([1; 32]), by_core: true });
+        for i in 1..PINS_MAX + 100 {
+            if nodes.room_for_pin() {
+                nodes.pins.insert(addr(i), Pin { node: NodeId([2; 32]), by_core: false });
+            }
+        }
+        assert_eq!(nodes.pins.len(), PINS_MAX);
+        assert!(nodes.pins.contains_key(&addr(0)), "a pin the core used is never evicted");
+        let now = monotonic();
+        for i in 0..BACKOFF_ENTRIES_MAX + 100 {
+            nodes.back_off(&addr(i), now);
+        }
+        assert_eq!(nodes.backoff.len(), BACKOFF_ENTRIES_MAX);
+        assert!(nodes.backoff.contains_key(&addr(BACKOFF_ENTRIES_MAX + 99)), "the newest is kept");
     }
 
     #[test]
