@@ -40,6 +40,10 @@ pub struct TransparencyLog {
     previous: Option<Snapshot>,
     /// Mutations waiting for the next seal, by folded username.
     pending: BTreeMap<String, DirEntry>,
+    /// The newest head was sealed over the sorted directory tree of wire version 1 (a store
+    /// written before the sparse tree): proofs against it cannot be made, so the node seals
+    /// a new epoch as it starts ([`TransparencyLog::sealed_under_old_tree`]).
+    old_tree: bool,
     /// A leaf a misbehaving operator hides in every tree it seals (the simulator's
     /// `split_view` adversary, `specs/sim.md` §10): `(tree key, entry)`. Never set by an
     /// honest node; not persisted (such a node cannot recover its own log).
@@ -95,13 +99,19 @@ impl TransparencyLog {
                 pending.insert(name, e);
             }
         }
-        let mut me = Self { node_id, log, current: None, previous: None, pending, hidden: None };
+        let mut me = Self { node_id, log, current: None, previous: None, pending, old_tree: false, hidden: None };
         if let Some(head) = heads.pop() {
             // Entries as of the latest head, and as of the one before (entries changed in
             // the latest epoch are taken back to their previous version where kept).
             let tree = tree_of(&entries);
-            if tree.root() != head.head.dir_root || tree.len() != head.head.dir_size {
+            if tree.len() != head.head.dir_size {
                 return Err(corrupt(Table::KtEntries, "directory does not match the latest head"));
+            }
+            if tree.root() != head.head.dir_root {
+                if legacy_dir_root(&entries) != head.head.dir_root {
+                    return Err(corrupt(Table::KtEntries, "directory does not match the latest head"));
+                }
+                me.old_tree = true;
             }
             let cosignatures = load_cosigs(store, head.head.epoch)?;
             me.current = Some(Snapshot { head, tree, entries, cosignatures });
@@ -111,6 +121,12 @@ impl TransparencyLog {
 
     pub fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// The newest head holds a root of the sorted tree of wire version 1: the host must seal
+    /// a new epoch before serving proofs (`Federation::start` does).
+    pub fn sealed_under_old_tree(&self) -> bool {
+        self.old_tree
     }
 
     /// The newest sealed head, if any epoch was sealed.
@@ -197,7 +213,9 @@ impl TransparencyLog {
             store.delete(Table::KtPending, name.as_bytes())?;
         }
         let snap = Snapshot { head: signed.clone(), tree, entries, cosignatures: BTreeMap::new() };
-        self.previous = self.current.replace(snap);
+        let previous = self.current.replace(snap);
+        // A head over the old sorted tree is never served again: no proof fits its root.
+        self.previous = if std::mem::take(&mut self.old_tree) { None } else { previous };
         Ok(signed)
     }
 
@@ -287,6 +305,35 @@ fn leaf_of(h: &TreeHead) -> EpochLeaf {
     EpochLeaf { epoch: h.epoch, dir_root: h.dir_root, dir_size: h.dir_size }
 }
 
+/// The directory root as wire version 1 built it, to accept a store written before the
+/// sparse tree (issue 10 item 4): leaves `hash(dir-leaf, u16_le(len(name)) || name ||
+/// entry_hash)` sorted by name, in an RFC 6962 tree (split at the largest power of two below
+/// the size) with `dir-node` interior hashes; `dir-empty` for no leaf.
+fn legacy_dir_root(entries: &BTreeMap<String, DirEntry>) -> Hash {
+    legacy_root_of(entries.iter().map(|(name, e)| (name.as_bytes(), merkle::entry_hash(e))))
+}
+
+/// [`legacy_dir_root`] of `(key, value hash)` pairs already sorted by key.
+fn legacy_root_of<'a>(pairs: impl Iterator<Item = (&'a [u8], Hash)>) -> Hash {
+    fn root(leaves: &[Hash]) -> Hash {
+        match leaves.len() {
+            0 => merkle::dir_empty_root(),
+            1 => leaves[0],
+            n => {
+                let k = 1usize << (usize::BITS - 1 - (n - 1).leading_zeros());
+                merkle::hash(merkle::LABEL_DIR_NODE, &[&root(&leaves[..k]), &root(&leaves[k..])])
+            }
+        }
+    }
+    let leaves: Vec<Hash> = pairs
+        .map(|(key, value)| {
+            let len = u16::try_from(key.len()).unwrap_or(u16::MAX).to_le_bytes();
+            merkle::hash(merkle::LABEL_DIR_LEAF, &[&len, key, &value])
+        })
+        .collect();
+    root(&leaves)
+}
+
 /// The directory tree of `entries` (keys: folded usernames; values: entry hashes).
 pub fn tree_of(entries: &BTreeMap<String, DirEntry>) -> DirTree {
     tree_with(entries, None)
@@ -315,4 +362,29 @@ fn load_cosigs<S: Store>(store: &S, epoch: u64) -> Result<BTreeMap<NodeId, Cosig
 /// Reads the stored signed head of `epoch`.
 pub fn stored_head<S: Store>(store: &S, epoch: u64) -> Result<Option<SignedHead>, StoreError> {
     load(store, Table::KtHeads, &epoch_key(epoch))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Roots the sorted directory tree of wire version 1 gave (`DirTree::build` at commit
+    /// `2c6faac^`) for the first n of seven names, name i with value hash `[i + 1; 32]`.
+    #[test]
+    fn the_legacy_root_is_the_one_wire_version_1_sealed() {
+        let names = ["alice", "bob", "carol", "dave", "erin", "frank", "grace"];
+        let vectors = [
+            (0, "363a0848d4e1a5a7e0155e06cf4dba35e5fd1a64da287228e60ec75eccf2b39a"),
+            (1, "1113a7b61aa90810df16138c0ef66bc06982812cdf886bfb4897c10cf563f420"),
+            (2, "e2647325659860e432ceb602caf89d48c77faa1f3c17e1565ebe8400f950372f"),
+            (3, "cda931c7064947ea0e05b0eb54027e83c7b2e9ee1ba16e0de6a6f448e02e1bcc"),
+            (5, "f08ffdd1f8e1d3585069164d9b7240e4e85009b69e3fb6cbf17b6071ab9848ab"),
+            (7, "623f4fcf2dc23640e808d1e48ccffe5bcf1dd0ad47490224182b457aed67840b"),
+        ];
+        for (n, hex) in vectors {
+            let root = legacy_root_of(names[..n].iter().enumerate().map(|(i, k)| (k.as_bytes(), [i as u8 + 1; 32])));
+            let got: String = root.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(got, hex, "{n} leaves");
+        }
+    }
 }

@@ -1265,3 +1265,73 @@ fn a_witness_view_stored_as_one_record_is_migrated_to_rows() {
         assert!(migrated.last_size(&id) >= view.last_size(&id), "every head carried over");
     }
 }
+
+/// Review follow-up to issue 10 items 1 and 4: a store written before the sparse directory
+/// tree holds heads whose `dir_root` is the old sorted tree's. Recovery compared the
+/// rebuilt (sparse) root with the newest head and refused to start, so a node with any
+/// registered user could not be upgraded. Now the old root is recognised, the node seals a
+/// new epoch as it starts, and a lookup verifies against it.
+#[test]
+fn a_store_sealed_under_the_old_sorted_tree_starts_and_reseals() {
+    use nymstr_proto::federation::merkle::{self, LogTree};
+    use nymstr_proto::federation::{EpochLeaf, TreeHead};
+    let (mut net, alice) = with_alice();
+    let mut store = net.kill(1);
+    // Rewrite node 1's newest head as wire version 1 sealed it: the sorted-tree root of the
+    // same entries, and the head log's root over that leaf.
+    let heads: Vec<SignedHead> =
+        store.scan_prefix(Table::KtHeads, &[]).unwrap().iter().map(|(_, v)| codec::decode(v).unwrap()).collect();
+    let entries: Vec<(String, DirEntry)> = store
+        .scan_prefix(Table::KtEntries, &[])
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (String::from_utf8(k).unwrap(), codec::decode(&v).unwrap()))
+        .collect();
+    assert!(!entries.is_empty(), "alice is in the directory");
+    let leaves: Vec<[u8; 32]> = entries
+        .iter()
+        .map(|(name, e)| {
+            let len = (name.len() as u16).to_le_bytes();
+            merkle::hash(merkle::LABEL_DIR_LEAF, &[&len, name.as_bytes(), &merkle::entry_hash(e)])
+        })
+        .collect();
+    fn rfc6962(leaves: &[[u8; 32]]) -> [u8; 32] {
+        match leaves.len() {
+            0 => merkle::dir_empty_root(),
+            1 => leaves[0],
+            n => {
+                let k = 1usize << (usize::BITS - 1 - (n - 1).leading_zeros());
+                merkle::hash(merkle::LABEL_DIR_NODE, &[&rfc6962(&leaves[..k]), &rfc6962(&leaves[k..])])
+            }
+        }
+    }
+    let old = heads.last().unwrap().head.clone();
+    let mut log = LogTree::new();
+    for h in &heads[..heads.len() - 1] {
+        let h = &h.head;
+        log.push(merkle::log_leaf_hash(&EpochLeaf { epoch: h.epoch, dir_root: h.dir_root, dir_size: h.dir_size }));
+    }
+    let dir_root = rfc6962(&leaves);
+    assert_ne!(dir_root, old.dir_root, "the two trees' roots differ");
+    log.push(merkle::log_leaf_hash(&EpochLeaf { epoch: old.epoch, dir_root, dir_size: old.dir_size }));
+    let rewritten = TreeHead { dir_root, log_root: log.root_at(log.len()), ..old.clone() };
+    let signed = evidence::sign_head(&node_key(1), rewritten);
+    store.put(Table::KtHeads, &old.epoch.to_be_bytes(), &codec::encode(&signed)).unwrap();
+    store.flush().unwrap();
+
+    net.restart(1, store);
+    let newest = net.fed(1).log().latest().unwrap().head.clone();
+    assert_eq!(newest.epoch, old.epoch + 1, "a new epoch is sealed at once");
+    assert_eq!(newest.dir_root, old.dir_root, "under the sparse tree");
+    // The witnesses here saw the sparse head the rewrite replaced (on a real upgrade they
+    // saw the old one), so they cannot vouch for the new head: check the proof against its
+    // root alone.
+    let mut v = net.verifier(TrustPolicy::Tofu);
+    let id1 = net.id(1);
+    let (_, r) = net.kt_lookup(0, tag(202), &format!("alice@{}", net.hex(1)), 0);
+    let (_, proof) = proof_of(&r);
+    match v.check_lookup(&id1, "alice", proof) {
+        Outcome::Verified(entry) => assert_eq!(installations_of(&entry), vec![alice.installation]),
+        other => panic!("expected Verified, got {other:?}"),
+    }
+}

@@ -141,7 +141,9 @@ impl Federation {
             stats: FederationStats::default(),
         };
         me.reconcile_registry(ctx)?;
-        if me.log.latest().is_none() {
+        // An empty log gets epoch 0; a log whose newest head predates the sparse directory
+        // tree gets a new epoch at once, so every proof served is against a current root.
+        if me.log.latest().is_none() || me.log.sealed_under_old_tree() {
             me.seal(ctx)?;
         }
         me.say_hello_to_all(ctx);
