@@ -2,6 +2,7 @@
 //! their service (`specs/sim.md`, "Floods"). The second test lifts the per-tag and
 //! per-sender quotas and checks that the oracle then fails, so it is known to bite.
 
+use nymstr_sim::scenario::AdversaryKind;
 use nymstr_sim::{Scenario, run};
 
 const FLOODS: &str = include_str!("../scenarios/floods.toml");
@@ -31,14 +32,24 @@ fn without_the_quotas_the_flood_oracle_fails() {
     // The same floods, with the per-tag challenge share and the per-sender queue share
     // lifted: honest registrations, logins and subscriptions are refused `Busy` and take
     // far longer than the bound; honest DMs to the victim are refused `QueueFull`.
-    let src = FLOODS.replacen(
-        "[clients]",
-        "[nodes.core]\nchallenges_per_tag_max = 1000000\nqueue_per_sender_max = 1000000\n\n[clients]",
-        1,
-    );
-    let r = run(Scenario::parse(&src).expect("parses"));
+    let mut sc = Scenario::parse(FLOODS).expect("floods.toml parses");
+    sc.nodes.core.challenges_per_tag_max = 1_000_000;
+    sc.nodes.core.queue_per_sender_max = 1_000_000;
+    let r = run(sc);
     let v = r.invariants.violations.join("\n");
     for needle in ["honest registers", "honest logins", "honest subscribes", "register_request: Busy"] {
         assert!(v.contains(needle), "no `{needle}` among:\n{v}");
     }
+}
+
+#[test]
+fn without_the_queue_share_honest_dms_to_the_victim_are_refused() {
+    // The queue flood alone, with the per-sender share of a queue lifted: the flooder
+    // fills the victim's whole queue and honest DMs to it are refused `QueueFull`.
+    let mut sc = Scenario::parse(FLOODS).expect("floods.toml parses");
+    sc.adversaries.retain(|a| a.get_ref().kind == AdversaryKind::FloodQueue);
+    sc.nodes.core.queue_per_sender_max = 1_000_000;
+    let r = run(sc);
+    let v = r.invariants.violations.join("\n");
+    assert!(v.contains("send_dm: QueueFull"), "no honest `QueueFull` among:\n{v}");
 }
