@@ -5,6 +5,7 @@
 //! its seed; the only wall clock read is the report's `wall_time_ms`.
 
 pub mod fed_model;
+pub mod floods;
 pub mod groups;
 pub mod mixnet;
 pub mod report;

@@ -28,6 +28,75 @@ pub struct Report {
     /// Present only when the scenario has a `[federation]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub federation: Option<FederationReport>,
+    /// Present only when the scenario has `flood_*` adversaries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floods: Option<FloodReport>,
+}
+
+/// `floods.*`: what honest users saw while `flood_*` adversaries ran, and what the
+/// floods got.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FloodReport {
+    /// An honest registration, login or subscription started during a flood must be done
+    /// within this (`specs/sim.md`).
+    pub service_bound_ms: f64,
+    /// Honest operations started while a flood ran, by operation.
+    pub honest_under_flood_ms: std::collections::BTreeMap<String, ServiceLatency>,
+    /// The same, started while no flood ran.
+    pub honest_unloaded_ms: std::collections::BTreeMap<String, ServiceLatency>,
+    /// Honest requests refused `Busy` or `QueueFull`, by request kind and code (must be empty).
+    pub honest_refusals: std::collections::BTreeMap<String, u64>,
+    /// Flood DMs their recipient received.
+    pub flood_dms_delivered: u64,
+    /// Honest DMs written to a `flood_queue` victim while it was flooded.
+    pub honest_dms_to_victims: u64,
+    pub flooders: Vec<FlooderReport>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ServiceLatency {
+    pub n: u64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// One flood: its requests, and the node's answers by body kind (errors by code).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FlooderReport {
+    pub kind: String,
+    pub node: u32,
+    pub sent: u64,
+    pub answers: std::collections::BTreeMap<String, u64>,
+}
+
+impl FloodReport {
+    /// The text report's `floods:` lines.
+    fn summary(&self) -> String {
+        let mut s = String::new();
+        for f in &self.flooders {
+            let answers: Vec<String> = f.answers.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            s += &format!("flood: {} on node {}: {} sent; answers: {}\n", f.kind, f.node, f.sent, answers.join(", "));
+        }
+        let lat = |m: &std::collections::BTreeMap<String, ServiceLatency>| {
+            m.iter()
+                .filter(|(_, l)| l.n > 0)
+                .map(|(k, l)| format!("{k} n {} p50 {:.0} p99 {:.0} max {:.0}", l.n, l.p50, l.p99, l.max))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        s += &format!(
+            "floods: honest under flood (ms, bound {:.0}): {}\n        unloaded: {}\n        honest refusals {:?}; \
+             flood DMs delivered {}; honest DMs to flood victims {}\n",
+            self.service_bound_ms,
+            lat(&self.honest_under_flood_ms),
+            lat(&self.honest_unloaded_ms),
+            self.honest_refusals,
+            self.flood_dms_delivered,
+            self.honest_dms_to_victims
+        );
+        s
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -298,6 +367,9 @@ impl Report {
         if let Some(f) = federation {
             s += &f.summary();
         }
+        if let Some(f) = &self.floods {
+            s += &f.summary();
+        }
         let m = &self.mixnet;
         s += &format!(
             "mixnet: {} packets, {} lost, {} retransmitted, {} dropped at down endpoints, {} SURBs used, {} SURB requests\n",
@@ -359,6 +431,7 @@ mod tests {
             groups: GroupsReport::default(),
             invariants: Invariants { checked: 0, violations: vec![] },
             federation: None,
+            floods: None,
         }
     }
 

@@ -36,6 +36,11 @@ pub enum Stream {
     /// The federation workload (cross-node contacts, verification lookups) and the
     /// adversaries' choices.
     Federation,
+    /// A flooding adversary's account (its client and member cores) and tags.
+    Flood {
+        adversary: u32,
+        account: u32,
+    },
 }
 
 pub fn stream(seed: u64, which: Stream) -> ChaCha20Rng {
@@ -50,6 +55,7 @@ pub fn stream(seed: u64, which: Stream) -> ChaCha20Rng {
         Stream::GroupWorkload => (8, 0, 0),
         Stream::NodeKey { index } => (9, index, 0),
         Stream::Federation => (10, 0, 0),
+        Stream::Flood { adversary, account } => (11, adversary, account),
     };
     let mut h = blake3::Hasher::new_derive_key("nymstr-sim/v1/rng-stream");
     h.update(&seed.to_le_bytes());

@@ -9,8 +9,9 @@ mod schema;
 
 pub use parse::ScenarioError;
 pub use schema::{
-    Adversary, AdversaryKind, Clients, DmWorkload, Dur, Fault, FaultEntry, Federation, GROUP_SIZE_MAX, GroupWorkload,
-    Mixnet, Nodes, Partition, SYBIL_COUNT_DEFAULT, SYBIL_COUNT_MAX, Scenario, Trust, Workload,
+    Adversary, AdversaryKind, Clients, DmWorkload, Dur, FLOOD_COUNT_DEFAULT, FLOOD_RATE_DEFAULT, FLOOD_RATE_MAX, Fault,
+    FaultEntry, Federation, GROUP_SIZE_MAX, GroupWorkload, Mixnet, Nodes, Partition, SYBIL_COUNT_DEFAULT,
+    SYBIL_COUNT_MAX, Scenario, Trust, Workload,
 };
 
 /// The scenario run when `nymstr-sim` is given no file.
@@ -257,5 +258,32 @@ heal_after = "1m"
         assert!(e.contains("heal_after") && e.contains("line 20"), "{e}");
         let e = err(&example_with("at = \"4m\"", "at = \"11m\""));
         assert!(e.contains("`at`") && e.contains("line 16"), "{e}");
+    }
+
+    #[test]
+    fn floods_need_no_federation_and_check_their_keys() {
+        let base = "duration = \"2m\"\n[nodes]\ndiscovery = 2\ngroup = 1\n[clients]\ncount = 10\n";
+        let flood = |kind: &str, rest: &str| format!("{base}[[adversaries]]\nkind = \"{kind}\"\nat = \"10s\"\n{rest}");
+        let s = Scenario::parse(&flood("flood_register", "node = 1\nrate = 50.0\ncount = 3\nuntil = \"1m\"\n"))
+            .expect("a flood needs no [federation]");
+        let a = s.adversaries().next().unwrap();
+        assert_eq!((a.flood_rate(), a.flood_count()), (50.0, 3));
+        assert!(Scenario::parse(&flood("flood_queue", "node = 0\nuser = 4\n")).is_ok());
+        let e = err(&flood("flood_queue", "node = 0\nuser = 3\n"));
+        assert!(e.contains("`user` = 3") && e.contains("line 11"), "{e}");
+        let e = err(&flood("flood_register", "node = 2\n"));
+        assert!(e.contains("not a discovery node") && e.contains("line 10"), "{e}");
+        let e = err(&flood("flood_groups", "node = 0\n"));
+        assert!(e.contains("not a group node"), "{e}");
+        let e = err(&flood("flood_subscribe", "node = 2\n"));
+        assert!(e.contains("needs groups"), "{e}");
+        let e = err(&flood("flood_register", "node = 0\nrate = 0.0\n"));
+        assert!(e.contains("`rate`") && e.contains("line 11"), "{e}");
+        let e = err(&flood("flood_register", "node = 0\nuntil = \"3m\"\n"));
+        assert!(e.contains("`until`") && e.contains("line 11"), "{e}");
+        let e = err(&example_with("at = \"2m\"", "at = \"2m\"\nrate = 5.0"));
+        assert!(e.contains("`rate` only applies to the flood kinds"), "{e}");
+        let e = err(&example_with("kind = \"equivocate\"", "kind = \"flood_register\""));
+        assert!(e.contains("not modelled") && e.contains("[federation]"), "{e}");
     }
 }

@@ -3,7 +3,8 @@
 //! group sizes, the federation's witnesses), each naming the key and its line.
 
 use super::schema::{
-    AdversaryKind, Dur, Fault, FaultEntry, GROUP_SIZE_MAX, Partition, SYBIL_COUNT_MAX, Scenario, Trust,
+    Adversary, AdversaryKind, Dur, FLOOD_RATE_MAX, Fault, FaultEntry, GROUP_SIZE_MAX, Partition, SYBIL_COUNT_MAX,
+    Scenario, Trust,
 };
 
 /// Why a scenario was refused. The message names the key and the line.
@@ -203,6 +204,18 @@ impl Scenario {
                 }
                 continue;
             }
+            if a.kind.is_flood() {
+                self.check_flood(src, span, a)?;
+                continue;
+            }
+            for (key, given) in [("rate", a.rate.is_some()), ("until", a.until.is_some())] {
+                if given {
+                    return Err(invalid(
+                        key_line_in(src, span.clone(), key),
+                        format!("adversaries: `{key}` only applies to the flood kinds (`flood_*`)"),
+                    ));
+                }
+            }
             if self.federation.is_none() {
                 return Err(invalid(
                     line_of(src, span.start),
@@ -265,6 +278,81 @@ impl Scenario {
                         "adversaries: `user` = {user} but the scenario has {} clients, numbered from 0",
                         self.clients.count
                     ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A `flood_*` adversary: its node, window, rate, count and victim.
+    fn check_flood(&self, src: &str, span: std::ops::Range<usize>, a: &Adversary) -> Result<(), ScenarioError> {
+        let (discovery, group) = (self.nodes.discovery, self.nodes.group);
+        let name = serde_json::to_value(a.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let on_group_node = matches!(a.kind, AdversaryKind::FloodSubscribe | AdversaryKind::FloodGroups);
+        let node_ok = if on_group_node { (discovery..discovery + group).contains(&a.node) } else { a.node < discovery };
+        if !node_ok {
+            let what = if on_group_node { "a group node" } else { "a discovery node" };
+            return Err(invalid(
+                key_line_in(src, span, "node"),
+                format!("adversaries: `node` = {} is not {what} ({name})", a.node),
+            ));
+        }
+        if self.federation.is_some() {
+            return Err(invalid(
+                line_of(src, span.start),
+                format!("adversaries: {name} is not modelled in a scenario with a `[federation]`"),
+            ));
+        }
+        if a.kind == AdversaryKind::FloodSubscribe && self.workload.groups.count == 0 {
+            return Err(invalid(
+                line_of(src, span.start),
+                "adversaries: flood_subscribe needs groups (`[workload.groups] count`)".into(),
+            ));
+        }
+        let until = a.until.unwrap_or(self.duration);
+        if a.at >= until || until > self.duration {
+            return Err(invalid(
+                key_line_in(src, span, if a.until.is_some() { "until" } else { "at" }),
+                format!(
+                    "adversaries: the flood runs from `at` = {} to `until` = {until}, which must be later and not \
+                     after `duration` = {}",
+                    a.at, self.duration
+                ),
+            ));
+        }
+        if let Some(rate) = a.rate
+            && !(rate > 0.0 && rate <= FLOOD_RATE_MAX)
+        {
+            return Err(invalid(
+                key_line_in(src, span, "rate"),
+                format!("adversaries: `rate` = {rate} is out of range: above 0, at most {FLOOD_RATE_MAX} a second"),
+            ));
+        }
+        if let Some(count) = a.count
+            && !(1..=SYBIL_COUNT_MAX).contains(&count)
+        {
+            return Err(invalid(
+                key_line_in(src, span, "count"),
+                format!("adversaries: `count` = {count} is out of range: 1 to {SYBIL_COUNT_MAX}"),
+            ));
+        }
+        if a.kind == AdversaryKind::FloodQueue && a.user.unwrap_or(a.node) >= self.clients.count {
+            return Err(invalid(
+                line_of(src, span.start),
+                format!("adversaries: flood_queue on node {} has no client to flood (set `user`)", a.node),
+            ));
+        }
+        if let Some(user) = a.user {
+            if a.kind != AdversaryKind::FloodQueue {
+                return Err(invalid(
+                    key_line_in(src, span, "user"),
+                    format!("adversaries: `user` does not apply to {name}"),
+                ));
+            }
+            if user >= self.clients.count || user % discovery != a.node {
+                return Err(invalid(
+                    key_line_in(src, span, "user"),
+                    format!("adversaries: `user` = {user} is not a client homed on node {} (flood_queue)", a.node),
                 ));
             }
         }

@@ -107,7 +107,8 @@ pub struct Scenario {
     /// other). Skipped when absent so older scenarios keep their hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub federation: Option<Federation>,
-    /// `[[adversaries]]`: misbehaving discovery nodes (needs `[federation]`).
+    /// `[[adversaries]]`: misbehaving discovery nodes (needs `[federation]`), a misbehaving
+    /// group node (`inject_join`) and flooding clients (`flood_*`; these two need none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub adversaries: Vec<Spanned<Adversary>>,
 }
@@ -485,6 +486,32 @@ pub enum AdversaryKind {
     /// an intruder's external commit, without invitation, into an invite-only group it
     /// hosts and pushes it to the members as the next entry.
     InjectJoin,
+    /// `count` tags send node `node` valid `RegisterRequest`s and `LoginRequest`s (for an
+    /// account the attacker registered first) at `rate` a second, never answering the
+    /// challenges, to fill its challenge table. No federation needed (as for all floods).
+    FloodRegister,
+    /// `count` tags send group node `node` `GroupSubscribe` requests naming a member of a
+    /// group it hosts (member keys are public), to fill its subscribe challenge table.
+    FloodSubscribe,
+    /// One attacker account on node `node` sends client `user` (absent: the first client
+    /// homed there) valid DMs at `rate` a second, to fill the victim's queue.
+    FloodQueue,
+    /// `count` attacker accounts, each registered and logged in on group node `node`,
+    /// create junk groups there at `rate` a second, to exhaust group creation.
+    FloodGroups,
+}
+
+impl AdversaryKind {
+    /// A flooding client (`flood_*`): a misbehaving user, not a node.
+    pub fn is_flood(self) -> bool {
+        matches!(
+            self,
+            AdversaryKind::FloodRegister
+                | AdversaryKind::FloodSubscribe
+                | AdversaryKind::FloodQueue
+                | AdversaryKind::FloodGroups
+        )
+    }
 }
 
 /// One `[[adversaries]]` entry: from `at`, discovery node `node` misbehaves as `kind` says.
@@ -501,16 +528,39 @@ pub struct Adversary {
     /// `sybil` only: fresh nodes added (absent: `SYBIL_COUNT_DEFAULT`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
-    /// `substitute_key` only: the client (index) whose key is substituted (absent: the
-    /// world chooses).
+    /// `substitute_key`: the client (index) whose key is substituted; `flood_queue`: the
+    /// victim (absent: the world chooses).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<u32>,
+    /// `flood_*` only: requests a second (absent: `FLOOD_RATE_DEFAULT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    /// `flood_*` only: when the flood stops (absent: at `duration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Dur>,
 }
+
+/// Requests a second a `flood_*` adversary sends when `rate` is absent.
+pub const FLOOD_RATE_DEFAULT: f64 = 100.0;
+/// Largest `rate` of a `flood_*` adversary.
+pub const FLOOD_RATE_MAX: f64 = 2_000.0;
+/// Tags (or, for `flood_groups`, accounts) a flood uses when `count` is absent.
+pub const FLOOD_COUNT_DEFAULT: u32 = 10;
 
 impl Adversary {
     /// Fresh nodes a `sybil` adversary adds.
     pub fn sybil_count(&self) -> u32 {
         self.count.unwrap_or(SYBIL_COUNT_DEFAULT)
+    }
+
+    /// Tags (accounts for `flood_groups`) a flood uses.
+    pub fn flood_count(&self) -> u32 {
+        self.count.unwrap_or(FLOOD_COUNT_DEFAULT)
+    }
+
+    /// Requests a second a flood sends.
+    pub fn flood_rate(&self) -> f64 {
+        self.rate.unwrap_or(FLOOD_RATE_DEFAULT)
     }
 }
 

@@ -9,6 +9,7 @@ use nymstr_proto::federation::NodeId;
 use nymstr_proto::wire::{Body, Envelope};
 use rand_core::Rng;
 
+use crate::floods::{NO_GROUP, Service};
 use crate::groups::{self, UploadClass};
 use crate::mixnet::Us;
 use crate::rng;
@@ -34,6 +35,7 @@ impl World {
         let c = &mut self.clients[client as usize];
         let name = c.username.clone();
         c.core.register(now, &name).expect("generated usernames are valid");
+        self.service_started(Service::Register, client, NO_GROUP);
         self.after_client_step(client);
         self.schedule_offline(client);
     }
@@ -63,12 +65,16 @@ impl World {
         c.tag = SenderTag(tag);
         c.node_tags.clear();
         c.last_depart = 0;
-        if c.registered {
+        let logging_in = c.registered;
+        if logging_in {
             c.core.login(now).expect("registered");
             self.metrics.logins += 1;
         }
         if let Some(g) = c.group.as_mut() {
             g.reconnected(now);
+        }
+        if logging_in {
+            self.service_started(Service::Login, client, NO_GROUP);
         }
         self.after_client_step(client);
         self.schedule_offline(client);
@@ -145,7 +151,7 @@ impl World {
     }
 
     /// Sends one workload DM from `client` to `recipient` (`cross`: by its qualified name).
-    fn send_workload_dm(&mut self, client: u32, recipient: u32, cross: bool) {
+    pub(super) fn send_workload_dm(&mut self, client: u32, recipient: u32, cross: bool) {
         let mut body = vec![0u8; self.sc.workload.dm.message_bytes as usize];
         self.work_rng.fill_bytes(&mut body);
         let to = if cross { self.qualified(recipient) } else { self.clients[recipient as usize].username.clone() };
@@ -233,6 +239,7 @@ impl World {
         }
         match ev {
             Event::Registered { .. } => {
+                self.service_done(Service::Register, client, NO_GROUP);
                 let c = &mut self.clients[client as usize];
                 if !c.registered {
                     c.registered = true;
@@ -262,6 +269,10 @@ impl World {
             }
             Event::Received { msg_id, .. } => {
                 let now = self.now;
+                if self.floods.msg_ids.contains(&msg_id) {
+                    self.floods.delivered += 1;
+                    return;
+                }
                 let Some(d) = self.dms.get_mut(&msg_id) else {
                     self.violations.push(format!("client {client} received a message nobody sent"));
                     return;
@@ -315,9 +326,9 @@ impl World {
                 self.on_transparency(client, username, outcome, detail)
             }
             Event::LookedUp { username } => self.on_looked_up(client, &username),
+            Event::LoggedIn { .. } => self.service_done(Service::Login, client, NO_GROUP),
             // The simulator's clients do not use direct mode.
-            Event::LoggedIn { .. }
-            | Event::DirectOffered { .. }
+            Event::DirectOffered { .. }
             | Event::DirectReady { .. }
             | Event::DirectWithdrawn { .. }
             | Event::DirectDelivered { .. }

@@ -275,6 +275,11 @@ impl World {
                 fed.attacks[index as usize].split = Some(Split { victim, username, key, entry });
             }
             AdversaryKind::Equivocate | AdversaryKind::DropForwarded | AdversaryKind::InjectJoin => {}
+            // Flooders are users, not nodes; a federated scenario refuses them (`parse`).
+            AdversaryKind::FloodRegister
+            | AdversaryKind::FloodSubscribe
+            | AdversaryKind::FloodQueue
+            | AdversaryKind::FloodGroups => {}
         }
     }
 

@@ -9,6 +9,7 @@ use nymstr_proto::codec;
 use nymstr_proto::wire::{Body, Envelope};
 use rand_core::Rng;
 
+use crate::floods::Service;
 use crate::groups::{self, UploadClass};
 use crate::mixnet::{self, Us};
 use crate::rng;
@@ -27,9 +28,9 @@ impl World {
             Body::SendDm(d) => Some(Leg::Send(d.msg_id)),
             _ => None,
         };
-        let (node, session) = (c.node, c.session);
-        let payload =
-            Payload::ToNode { tag: c.tag, owner: client, session, bytes, surbs: self.sc.mixnet.surbs_per_message };
+        let (node, session, tag) = (c.node, c.session, c.tag);
+        self.honest_request(tag, &env);
+        let payload = Payload::ToNode { tag, owner: client, session, bytes, surbs: self.sc.mixnet.surbs_per_message };
         self.send_message(Endpoint::Client(client), session, Endpoint::Node(node), 0, payload, leg);
     }
 
@@ -55,6 +56,10 @@ impl World {
         }
         let bytes = codec::encode_frame(&env).expect("client frames fit the limit");
         let tag = self.tag_for(client, node);
+        self.honest_request(tag, &env);
+        if let Body::GroupSubscribe { group_id, .. } = &env.body {
+            self.service_started(Service::Subscribe, client, *group_id);
+        }
         let session = self.clients[client as usize].session;
         let payload = Payload::ToNode { tag, owner: client, session, bytes, surbs: self.sc.mixnet.surbs_per_message };
         self.send_message(Endpoint::Client(client), session, Endpoint::Node(node), 0, payload, None);
@@ -108,9 +113,10 @@ impl World {
             }
             _ => {}
         }
-        if self.deliver_to_intruder(tag, &env) {
+        if self.deliver_to_intruder(tag, &env) || self.deliver_to_flooder(tag, &env) {
             return;
         }
+        self.honest_answer(tag, &env);
         let bytes = codec::encode_frame(&env).expect("node frames fit the limit");
         let leg = match &env.body {
             Body::Deliver { msg_id, .. } => Some(Leg::Deliver(*msg_id)),

@@ -10,6 +10,7 @@
 
 mod client_host;
 mod fed_host;
+mod flood;
 mod group_adversary;
 mod group_host;
 mod mixnet_host;
@@ -160,6 +161,7 @@ impl World {
             fed_rng,
             forks_seen: BTreeMap::new(),
             intruder: None,
+            floods: crate::floods::Floods::default(),
             sc,
         };
         // Schedule joins, faults, background flushes and the end of traffic.
@@ -193,6 +195,7 @@ impl World {
         for (at, node) in injections {
             w.schedule(at, Ev::InjectJoin { node });
         }
+        w.schedule_floods();
         if w.fed.is_some() {
             for index in 0..w.sc.adversaries.len() as u32 {
                 let at = EPOCH_US + w.sc.adversaries[index as usize].get_ref().at.us();
@@ -274,6 +277,8 @@ impl World {
             Ev::SelfCheck { client } => self.on_self_check(client),
             Ev::AdversaryStart { index } => self.on_adversary_start(index),
             Ev::InjectJoin { node } => self.on_inject_join(node),
+            Ev::FloodStart { index } => self.on_flood_start(index),
+            Ev::FloodTick { index } => self.on_flood_tick(index),
             Ev::PartitionStart { index } => self.on_partition_start(index),
             Ev::PartitionEnd => self.on_partition_end(),
             Ev::DrainCheck => self.on_drain_check(),

@@ -53,6 +53,8 @@ impl World {
         if !self.groups.groups.is_empty() {
             checks += self.judge_groups();
         }
+        // Floods: honest users kept their service (`flood.rs`).
+        checks += self.judge_floods();
         // 3. Observed latency agrees with the model.
         let t = self.metrics.transit_first_attempt;
         if t.n >= 30 {
@@ -298,6 +300,7 @@ impl World {
             groups: self.groups_report(),
             invariants: report::Invariants { checked: self.checks, violations: self.violations.clone() },
             federation: self.federation_report(),
+            floods: self.flood_report(),
         }
     }
 }

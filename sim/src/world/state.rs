@@ -122,6 +122,14 @@ pub(super) enum Ev {
     SelfCheck {
         client: u32,
     },
+    /// A `flood_*` adversary (index into the scenario's adversaries) starts.
+    FloodStart {
+        index: u32,
+    },
+    /// A `flood_*` adversary sends what is due since its last tick (`flood.rs`).
+    FloodTick {
+        index: u32,
+    },
 }
 
 impl Ev {
@@ -154,6 +162,8 @@ impl Ev {
             Ev::PartitionEnd => 25,
             Ev::SelfCheck { .. } => 26,
             Ev::InjectJoin { .. } => 27,
+            Ev::FloodStart { .. } => 28,
+            Ev::FloodTick { .. } => 29,
         }
     }
 }
@@ -344,6 +354,8 @@ pub struct World {
     pub(super) forks_seen: BTreeMap<u32, usize>,
     /// The `inject_join` adversary's member core, once it acted.
     pub(super) intruder: Option<Intruder>,
+    /// The `flood_*` adversaries and what honest users saw while they ran (`flood.rs`).
+    pub(super) floods: crate::floods::Floods,
 }
 
 /// The `inject_join` adversary's member core and what it managed (`group_adversary.rs`).
