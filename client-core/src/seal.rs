@@ -369,6 +369,7 @@ mod tests {
                 token_id: [2; 16],
                 expires_at_us: 3,
                 admin_key: [4; 32],
+                invitee: Some([6; 32]),
                 sig: nymstr_proto::wire::Sig([5; 64]),
             },
             group_node: b"127.0.0.1:7001".to_vec(),
