@@ -49,6 +49,9 @@ pub struct DmInner {
 
 /// What `DmInner::body` holds: `codec(DmContent)` (normative text: `specs/direct.md` §3).
 /// Variant order is part of the format: append, never reorder.
+// A `GroupInvite` (with its bound token) is the large variant; these are short-lived
+// values, one per DM, so boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DmContent {
     /// An application message (the CLI sends UTF-8 text).
