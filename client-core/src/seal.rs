@@ -49,6 +49,9 @@ pub struct DmInner {
 
 /// What `DmInner::body` holds: `codec(DmContent)` (normative text: `specs/direct.md` §3).
 /// Variant order is part of the format: append, never reorder.
+// A `GroupInvite` (with its bound token) is the large variant; these are short-lived
+// values, one per DM, so boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DmContent {
     /// An application message (the CLI sends UTF-8 text).
@@ -369,6 +372,7 @@ mod tests {
                 token_id: [2; 16],
                 expires_at_us: 3,
                 admin_key: [4; 32],
+                invitee: Some([6; 32]),
                 sig: nymstr_proto::wire::Sig([5; 64]),
             },
             group_node: b"127.0.0.1:7001".to_vec(),

@@ -201,7 +201,8 @@ impl Net {
     /// `j` joins `g` (with an invite from admin `inviter` if given) and everyone settles.
     fn join(&mut self, j: usize, g: GroupId, inviter: Option<usize>) {
         let now = self.now;
-        let invite = inviter.map(|a| self.core(a).invite(now, &g).unwrap());
+        let invitee = self.core(j).account_key();
+        let invite = inviter.map(|a| self.core(a).invite(now, &g, Some(invitee)).unwrap());
         self.core(j).join(now, NODE.to_vec(), g, invite, None).unwrap();
         self.pump();
         let ev = self.events(j);
@@ -300,7 +301,7 @@ fn an_invite_only_group_needs_an_invite_and_an_invite_is_single_use() {
     assert!(ev.iter().any(|e| matches!(e, GroupEvent::Error { code: ErrorCode::InviteRequired, .. })), "{ev:?}");
     assert!(net.core(c).groups().is_empty() && net.core(c).pending_groups().is_empty());
     // With one: in.
-    let invite = net.core(a).invite(now, &g).unwrap();
+    let invite = net.core(a).invite(now, &g, None).unwrap();
     net.core(b).join(now, NODE.to_vec(), g, Some(invite.clone()), None).unwrap();
     net.pump();
     assert!(net.events(b).iter().any(|e| matches!(e, GroupEvent::Joined { .. })));
@@ -311,7 +312,7 @@ fn an_invite_only_group_needs_an_invite_and_an_invite_is_single_use() {
     assert!(ev.iter().any(|e| matches!(e, GroupEvent::Error { code: ErrorCode::InviteUsed, .. })), "{ev:?}");
     assert!(net.core(c).groups().is_empty());
     // A non-admin cannot invite.
-    assert!(net.core(b).invite(now, &g).is_err());
+    assert!(net.core(b).invite(now, &g, None).is_err());
     // A fresh token works.
     net.join(c, g, Some(a));
     assert_eq!(net.core(a).members(&g).len(), 3);
@@ -348,7 +349,7 @@ fn a_rename_reaches_everyone_and_a_later_joiner_learns_it() {
     // A joiner who starts from meta in an invite DM keeps it until a newer one arrives.
     let e = net.add(5, "erin");
     let now = net.now;
-    let invite = net.core(0).invite(now, &g).unwrap();
+    let invite = net.core(0).invite(now, &g, None).unwrap();
     let meta = GroupMeta { name: "best friends".into(), description: "about".into(), version: 2 };
     net.core(e).join(now, NODE.to_vec(), g, Some(invite), Some(meta)).unwrap();
     net.pump();
@@ -444,7 +445,7 @@ fn a_promoted_member_can_rename_and_invite() {
     net.core(1).rename(now, &g, "bob's group").unwrap();
     net.pump();
     assert_eq!(net.core(2).name(&g), Some("bob's group"));
-    assert!(net.core(1).invite(now, &g).is_ok());
+    assert!(net.core(1).invite(now, &g, None).is_ok());
 }
 
 #[test]
@@ -1104,7 +1105,7 @@ fn an_external_join_the_policy_does_not_allow_is_refused_by_every_member() {
     net.join(b, g, Some(a));
     let own = net.create(m, "mallory's", false);
     let now = net.now;
-    let mut token = net.core(m).invite(now, &own).unwrap();
+    let mut token = net.core(m).invite(now, &own, None).unwrap();
     token.group_id = g;
     net.core(m).skip_join_checks();
     let captured: Rc<RefCell<Vec<(SenderTag, Envelope)>>> = Rc::new(RefCell::new(Vec::new()));
@@ -1154,6 +1155,89 @@ fn an_external_join_the_policy_does_not_allow_is_refused_by_every_member() {
     assert!(texts(&ev).is_empty(), "mallory read bob: {ev:?}");
 }
 
+/// Issue 10, item 2: the steward saw bob redeem his invitation, which names bob's account
+/// key; it replays that real, admin-signed token in an external commit of a key of its
+/// own and hands the commit to the members. Members check that the token's invitee
+/// certified the joiner's leaf: both refuse it, and the intruder reads nothing.
+#[test]
+fn a_steward_replaying_a_bound_token_for_its_own_key_is_refused_by_every_member() {
+    let mut net = Net::new();
+    let a = net.add(1, "alice");
+    let b = net.add(2, "bob");
+    let m = net.add(3, "mallory");
+    let g = net.create(a, "secret club", false);
+    let now = net.now;
+    let bob_account = net.core(b).account_key();
+    let token = net.core(a).invite(now, &g, Some(bob_account)).unwrap();
+    net.core(b).join(now, NODE.to_vec(), g, Some(token.clone()), None).unwrap();
+    net.pump();
+    assert_eq!(net.core(a).members(&g).len(), 2);
+    // The operator's own client: it skips the joiner's checks (which refuse the token).
+    net.core(m).skip_join_checks();
+    let captured: Rc<RefCell<Vec<(SenderTag, Envelope)>>> = Rc::new(RefCell::new(Vec::new()));
+    let keep = captured.clone();
+    net.set_filter(move |dir, tag, env| {
+        if dir == Dir::ToNode && matches!(&env.body, Body::GroupUpload { group_id, .. } if *group_id == g) {
+            keep.borrow_mut().push((tag, env));
+            return Vec::new();
+        }
+        if dir == Dir::ToNode && tag == SenderTag([3; 16]) && !matches!(env.body, Body::GroupInfoRequest { .. }) {
+            return Vec::new();
+        }
+        vec![env]
+    });
+    let now = net.now;
+    net.core(m).join(now, NODE.to_vec(), g, Some(token), None).unwrap();
+    net.pump();
+    let (_, up) = captured.borrow_mut().pop().expect("the intruder's client built the external commit");
+    let Body::GroupUpload { upload_id, mls, .. } = up.body else { unreachable!() };
+    let seq = net.core(a).next_seq(&g).unwrap();
+    let epoch = net.core(a).epoch(&g).unwrap();
+    for i in [a, b] {
+        let push = Body::GroupPush { group_id: g, entry: GroupEntry { seq, epoch, mls: mls.clone() } };
+        net.core(i).handle_envelope(now, NODE, Envelope { request_id: 0, body: push });
+    }
+    let ack = Body::GroupUploadAck { group_id: g, upload_id, seq, epoch };
+    net.core(m).handle_envelope(now, NODE, Envelope { request_id: up.request_id, body: ack });
+    net.pump();
+    assert_eq!(net.core(m).epoch(&g), Some(epoch + 1), "the intruder thinks it is in");
+    for i in [a, b] {
+        assert_eq!(net.core(i).members(&g).len(), 2, "member {i} merged the replayed token's join");
+        assert_eq!(net.core(i).epoch(&g), Some(epoch));
+        assert_eq!(net.core(i).stats().refused_commits, 1);
+    }
+    captured.borrow_mut().clear();
+    net.send(b, &g, "the secret plan");
+    let (_, up) = captured.borrow_mut().pop().expect("bob's upload");
+    let Body::GroupUpload { mls, .. } = up.body else { unreachable!() };
+    let push = Body::GroupPush { group_id: g, entry: GroupEntry { seq: seq + 1, epoch: epoch + 1, mls } };
+    let now = net.now;
+    net.core(m).handle_envelope(now, NODE, Envelope { request_id: 0, body: push });
+    net.pump();
+    let ev = net.events(m);
+    assert!(texts(&ev).is_empty(), "the intruder read bob: {ev:?}");
+}
+
+/// The joiner's side: an invitation bound to another account is refused before any
+/// commit is built (the steward would refuse it too).
+#[test]
+fn a_joiner_refuses_an_invitation_bound_to_another_account() {
+    let mut net = Net::new();
+    let a = net.add(1, "alice");
+    let b = net.add(2, "bob");
+    let c = net.add(3, "carol");
+    let g = net.create(a, "secret club", false);
+    let now = net.now;
+    let bob_account = net.core(b).account_key();
+    let for_bob = net.core(a).invite(now, &g, Some(bob_account)).unwrap();
+    net.core(c).join(now, NODE.to_vec(), g, Some(for_bob), None).unwrap();
+    net.pump();
+    let ev = net.events(c);
+    assert!(ev.iter().any(|e| matches!(e, GroupEvent::Error { code: ErrorCode::BadMlsMessage, .. })), "{ev:?}");
+    assert!(!net.core(c).groups().contains(&g));
+    assert_eq!(net.core(a).members(&g).len(), 1);
+}
+
 /// The joiner's side: a node that answers with the GroupInfo of a group whose policy does
 /// not name the inviting admin (here: the token relabelled onto another group) is refused
 /// before any commit is built.
@@ -1165,7 +1249,7 @@ fn a_joiner_refuses_a_group_info_whose_policy_does_not_name_the_inviter() {
     let g = net.create(a, "secret club", false);
     let own = net.create(m, "mallory's", false);
     let now = net.now;
-    let mut token = net.core(m).invite(now, &own).unwrap();
+    let mut token = net.core(m).invite(now, &own, None).unwrap();
     token.group_id = g;
     net.core(m).join(now, NODE.to_vec(), g, Some(token), None).unwrap();
     net.pump();
@@ -1183,8 +1267,8 @@ fn the_steward_refuses_a_join_whose_token_is_not_the_one_in_the_commit() {
     let c = net.add(3, "carol");
     let g = net.create(a, "secret club", false);
     let now = net.now;
-    let signed = net.core(a).invite(now, &g).unwrap();
-    let other = net.core(a).invite(now, &g).unwrap();
+    let signed = net.core(a).invite(now, &g, None).unwrap();
+    let other = net.core(a).invite(now, &g, None).unwrap();
     net.set_filter(move |dir, _, mut env| {
         if let (Dir::ToNode, Body::GroupUpload { invite: Some(t), .. }) = (dir, &mut env.body) {
             *t = other.clone();

@@ -128,7 +128,9 @@ fn an_invite_only_group_invite_join_talk_rename_remove() {
     assert_eq!(group_messages(&bob.inbox()), vec![pair("alice", "hello from alice"), pair("carol", "carol too")]);
     let text = carol.ok(&["inbox"]);
     assert!(text.contains("[friends] alice: hello from alice"), "{text}");
-    assert!(text.contains("[friends] bob: hi, bob here"), "{text}");
+    // carol never looked bob up: his name is his claim, marked, with his key.
+    assert!(text.contains("[friends] bob (name not verified, key "), "{text}");
+    assert!(text.contains("): hi, bob here"), "{text}");
     assert!(!text.contains("carol too"), "own messages are not news: {text}");
 
     // alice renames it: everyone is told and lists the new name.
@@ -332,4 +334,86 @@ fn listen_shows_group_messages_sends_typed_ones_and_resubscribes_after_a_node_re
     let history = bob.json(&["group", "history", "chat"]);
     let texts: Vec<String> = group_messages(&history).into_iter().map(|(_, t)| t).collect();
     assert_eq!(texts, ["one", "two", "three"]);
+}
+
+/// The id of the node running in `node`'s directory (`nymstr-node info --json`).
+fn node_id(node: &Node) -> String {
+    let out = std::process::Command::new(node_bin())
+        .args(["info", "--json", "--dir"])
+        .arg(node.dir.path())
+        .output()
+        .expect("nymstr-node info runs");
+    assert!(out.status.success(), "nymstr-node info failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("info --json is JSON");
+    v["node_id"].as_str().expect("a node id").to_string()
+}
+
+/// Issue 10 item 3: two users called "alice", one on node A and one on node B, in one
+/// group hosted on A. Member credentials carry a self-asserted name, so the CLI names a
+/// sender by the pin that vouches for its account key (`alice`, `alice@<node id>`) and
+/// marks the rest; `group remove alice` is refused as ambiguous, listing both, and
+/// `group remove alice@<node B>` removes the other alice only.
+#[test]
+fn namesakes_on_two_nodes_are_told_apart_and_removed_only_by_qualified_name() {
+    let node_a = Node::start();
+    let node_b = Node::start();
+    let alice = User::join("alice", &node_a);
+    let bob = User::join("bob", &node_a);
+    let other = User { home: tempfile::tempdir().unwrap(), name: "alice" };
+    other.ok(&["init"]);
+    other.ok(&["register", "alice", "--node", &node_b.addr]);
+
+    let created = alice.json(&["group", "create", "club", "--open"]);
+    let id = created[0]["group"].as_str().unwrap().to_string();
+    // bob by invitation (a DM: bob pins alice's account key when he opens it).
+    alice.ok(&["group", "invite", "club", "bob"]);
+    bob.ok(&["inbox"]);
+    bob.ok(&["group", "join", &id]);
+    // The other alice joins the open group by id at node A.
+    other.ok(&["group", "join", &id, "--node", &node_a.addr]);
+
+    alice.ok(&["group", "send", "club", "hello from the real alice"]);
+    other.ok(&["group", "send", &id, "hello from alice too"]);
+
+    // bob tells them apart: the pinned alice is `alice`, verified; the other is marked.
+    let b = bob.inbox();
+    let lines: Vec<&Value> = b.iter().filter(|v| v["type"] == "group_message").collect();
+    assert_eq!(lines.len(), 2, "{b:?}");
+    let real = lines.iter().find(|v| v["text"] == "hello from the real alice").unwrap();
+    let fake = lines.iter().find(|v| v["text"] == "hello from alice too").unwrap();
+    assert_eq!((real["from"].as_str(), real["verified"].as_bool()), (Some("alice"), Some(true)), "{real}");
+    assert_eq!((fake["from"].as_str(), fake["verified"].as_bool()), (Some("alice"), Some(false)), "{fake}");
+    assert_ne!(real["account_key"], fake["account_key"]);
+    let history = bob.ok(&["group", "history", "club"]);
+    assert!(history.contains("] alice: hello from the real alice"), "{history}");
+    assert!(history.contains("] alice (name not verified, key "), "{history}");
+    assert!(!history.contains("] alice: hello from alice too"), "{history}");
+
+    // alice (the admin) cannot remove "alice": two members claim it.
+    let err = alice.fails(&["group", "remove", "club", "alice"], 2);
+    assert!(err.contains("several members of \"club\" claim to be alice"), "{err}");
+    assert_eq!(err.matches("alice (name not verified, key ").count(), 1, "the other alice is listed: {err}");
+
+    // She pins the other alice under her qualified name (the key `group members` shows)...
+    let members = alice.json(&["group", "members", "club"]);
+    let theirs = members.iter().find(|v| v["username"] == "alice" && v["you"] == false).expect("the other alice");
+    let key = theirs["account_key"].as_str().unwrap().to_string();
+    let qualified = format!("alice@{}", node_id(&node_b));
+    alice.ok(&["trust", &qualified, "--key", &key]);
+    let members = alice.json(&["group", "members", "club"]);
+    let theirs = members.iter().find(|v| v["username"] == "alice" && v["you"] == false).unwrap();
+    assert_eq!((theirs["name"].as_str(), theirs["verified"].as_bool()), (Some(qualified.as_str()), Some(true)));
+    // ...reads her next line under it...
+    other.ok(&["group", "send", &id, "still here"]);
+    let a = alice.inbox();
+    let line = a.iter().find(|v| v["type"] == "group_message" && v["text"] == "still here").expect("the line");
+    assert_eq!(line["from"].as_str(), Some(qualified.as_str()), "{line}");
+    // ...and removes her, and only her, by it.
+    let removed = alice.json(&["group", "remove", "club", &qualified]);
+    assert_eq!(removed[0]["type"], "group_removed");
+    let members = alice.json(&["group", "members", "club"]);
+    let names: Vec<(&str, bool)> =
+        members.iter().map(|v| (v["username"].as_str().unwrap(), v["you"].as_bool().unwrap())).collect();
+    assert_eq!(names.len(), 2, "{members:?}");
+    assert!(names.contains(&("alice", true)) && names.contains(&("bob", false)), "{members:?}");
 }

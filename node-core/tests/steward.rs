@@ -232,14 +232,26 @@ impl Member {
         }
     }
 
+    /// A bearer token (no invitee).
     fn invite(&self, group_id: GroupId, token_id: u8, expires_at_us: u64) -> InviteToken {
+        self.invite_for(group_id, token_id, expires_at_us, None)
+    }
+
+    /// A token only the account `invitee` can redeem.
+    fn invite_for(
+        &self,
+        group_id: GroupId,
+        token_id: u8,
+        expires_at_us: u64,
+        invitee: Option<PublicKey>,
+    ) -> InviteToken {
         let admin_key = self.key();
         let token_id = [token_id; 16];
         let sig = identity::sign(
             &self.user.installation_key,
-            &identity::invite_token_bytes(&group_id, &token_id, expires_at_us, &admin_key),
+            &identity::invite_token_bytes(&group_id, &token_id, expires_at_us, &admin_key, &invitee),
         );
-        InviteToken { group_id, token_id, expires_at_us, admin_key, sig }
+        InviteToken { group_id, token_id, expires_at_us, admin_key, invitee, sig }
     }
 }
 
@@ -662,6 +674,28 @@ fn an_external_join_to_an_invite_only_group_needs_a_valid_unused_unexpired_token
     let (commit, new_gi) = erin.join_external(&gi);
     assert_eq!(refused(&mut h, &erin, upload_body(commit, new_gi, 97, Some(token))).0, ErrorCode::InviteUsed);
     let _ = &mut bob;
+}
+
+/// Issue 10 item 2: a token bound to an invitee's account key is refused for a joiner
+/// certified by another account (whoever saw the token cannot redeem it for its own key),
+/// and admits the invitee.
+#[test]
+fn a_token_bound_to_an_invitee_admits_only_that_account() {
+    let mut h = Harness::new();
+    let (alice, _bob, _carol) = group_of_three(&mut h, false);
+    let gi = group_info(&mut h, &alice);
+    let mut dave = Member::new("dave", 4);
+    let token = alice.invite_for(GID, 7, T0 + 3_600_000_000, Some(dave.user.cert.account_key));
+    let aad = nymstr_proto::codec::encode(&token);
+    // Mallory replays dave's token (signed into her own commit, as members require).
+    let mut mallory = Member::new("mallory", 6);
+    let (commit, new_gi) = mallory.join_external_with_aad(&gi, aad.clone());
+    let (code, _) = refused(&mut h, &mallory, upload_body(commit, new_gi, 90, Some(token.clone())));
+    assert_eq!(code, ErrorCode::BadInvite);
+    // Dave redeems it.
+    let (commit, new_gi) = dave.join_external_with_aad(&gi, aad);
+    accept(&mut h, &dave, upload_body(commit, new_gi, 91, Some(token)));
+    assert_eq!(h.node.steward().epoch(&GID), Some(3));
 }
 
 #[test]

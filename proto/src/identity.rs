@@ -225,8 +225,19 @@ pub fn invite_token_bytes(
     token_id: &[u8; 16],
     expires_at_us: u64,
     admin_key: &PublicKey,
+    invitee: &Option<PublicKey>,
 ) -> Vec<u8> {
-    signing_bytes(LABEL_GROUP_INVITE, &(group_id, token_id, expires_at_us, admin_key))
+    signing_bytes(LABEL_GROUP_INVITE, &(group_id, token_id, expires_at_us, admin_key, invitee))
+}
+
+/// Whether `t`'s signature verifies under the admin key it names (not whether that key
+/// is an admin of the group: the group's policy says that).
+pub fn verify_invite_token(t: &crate::wire::InviteToken) -> Result<(), VerifyError> {
+    verify(
+        &t.admin_key,
+        &invite_token_bytes(&t.group_id, &t.token_id, t.expires_at_us, &t.admin_key, &t.invitee),
+        &t.sig,
+    )
 }
 
 /// What an admin signs to advertise a public group: every field but the signature.

@@ -74,6 +74,10 @@ pub struct InviteToken {
     pub expires_at_us: u64,
     /// A member key in the group's admin set when the token is redeemed.
     pub admin_key: PublicKey,
+    /// The account key of the invitee: only a joiner whose leaf credential is certified by
+    /// this account key may redeem the token (the steward and every member check it).
+    /// `None`: a bearer code, redeemable by whoever holds it (`specs/groups.md` §3.1).
+    pub invitee: Option<PublicKey>,
     /// Signature by `admin_key` over `identity::invite_token_bytes`.
     pub sig: Sig,
 }

@@ -129,8 +129,19 @@ fn advert() -> GroupAdvert {
     a
 }
 
+/// The invitee of `TOKEN`: `BOB_ACCOUNT_KEY`.
+fn bob_account_key() -> [u8; 32] {
+    ed25519(0x04).verifying_key().to_bytes()
+}
+
 fn invite_token_bytes() -> Vec<u8> {
-    identity::invite_token_bytes(&group_id(), &token_id(), TOKEN_EXPIRES_AT_US, &alice_installation_key())
+    identity::invite_token_bytes(
+        &group_id(),
+        &token_id(),
+        TOKEN_EXPIRES_AT_US,
+        &alice_installation_key(),
+        &Some(bob_account_key()),
+    )
 }
 
 /// `TOKEN`: signed by `ALICE_INSTALLATION_KEY` over `invite_token_bytes`.
@@ -140,6 +151,7 @@ fn token() -> InviteToken {
         token_id: token_id(),
         expires_at_us: TOKEN_EXPIRES_AT_US,
         admin_key: alice_installation_key(),
+        invitee: Some(bob_account_key()),
         sig: identity::sign(&alice_installation(), &invite_token_bytes()),
     }
 }

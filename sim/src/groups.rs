@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use nymstr_client_core::group::GroupEvent;
-use nymstr_proto::wire::{GroupId, MsgId, PublicKey};
+use nymstr_proto::wire::{GroupId, InviteToken, MsgId, PublicKey};
 use openmls::prelude::{ContentType, MlsMessageBodyIn, MlsMessageIn, Sender};
 use tls_codec::Deserialize as _;
 
@@ -97,6 +97,9 @@ pub struct Groups {
     pub proposal_waiting: BTreeMap<(GroupId, u64), Us>,
     /// When a client asked to join a group.
     pub join_started: BTreeMap<(u32, GroupId), Us>,
+    /// The last invitation issued for each group (bound to its invitee): what a steward
+    /// sees when it is redeemed, and what the `inject_join` adversary replays.
+    pub last_invite: BTreeMap<GroupId, InviteToken>,
     pub commit_latencies_ms: Vec<f64>,
     pub join_latencies_ms: Vec<f64>,
     pub app_uploads_sent: u64,

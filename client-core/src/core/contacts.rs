@@ -29,10 +29,11 @@ impl ClientCore {
         self.pin_order.values().filter_map(|n| self.pins.get(n).map(|(_, k)| (n.as_str(), k)))
     }
 
-    /// Replaces the pin of `username` with `account_key` (the user checked it out of
-    /// band after a `KeyChanged`) and forgets the cached contact so it is looked up again.
+    /// Replaces the pin of `username` (`user` or `user@<node id>`) with `account_key` (the
+    /// user checked it out of band, after a `KeyChanged` or for a group member whose name
+    /// is not verified) and forgets the cached contact so it is looked up again.
     pub fn trust(&mut self, username: &str, account_key: PublicKey) -> Result<(), ClientError> {
-        let username = identity::normalize_username(username)?;
+        let username = contact_name(username)?;
         if let Some((seq, _)) = self.pins.remove(&username) {
             self.pin_order.remove(&seq);
         }

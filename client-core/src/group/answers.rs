@@ -88,7 +88,7 @@ impl GroupCore {
             .normalized();
         match invite {
             _ if self.skip_join_checks => {}
-            Some(t) => check_invite(group, &policy, &codec::encode(t))
+            Some(t) => check_invite(group, &policy, &codec::encode(t), &self.keys.cert.account_key)
                 .map_err(|e| GroupError::Mls(format!("the group's policy refuses our invitation: {e}")))?,
             None if !policy.open => return Err(GroupError::Mls("the group is invite-only".into())),
             None => {}

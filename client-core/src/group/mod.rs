@@ -121,6 +121,11 @@ impl GroupCore {
         &self.keys.username
     }
 
+    /// The account key that certified our installation (what an invitation for us names).
+    pub fn account_key(&self) -> PublicKey {
+        self.keys.cert.account_key
+    }
+
     /// Groups we are a member of.
     pub fn groups(&self) -> Vec<GroupId> {
         self.groups.iter().filter(|(_, g)| matches!(g.rec.phase, Phase::Member)).map(|(id, _)| *id).collect()

@@ -79,9 +79,17 @@ impl GroupCore {
         Ok(id)
     }
 
-    /// An invitation to `group` (admins only), valid for `invite_ttl_us`. The host sends
-    /// it to the invitee inside a sealed DM, with the group node and current meta.
-    pub fn invite(&mut self, now: TimeUs, group: &GroupId) -> Result<InviteToken, GroupError> {
+    /// An invitation to `group` (admins only), valid for `invite_ttl_us`, for the account
+    /// `invitee` (its account key, as the host verified it: only that account's
+    /// installations can redeem it), or `None` for a bearer code anyone holding it can
+    /// redeem once. The host sends it to the invitee inside a sealed DM, with the group
+    /// node and current meta.
+    pub fn invite(
+        &mut self,
+        now: TimeUs,
+        group: &GroupId,
+        invitee: Option<PublicKey>,
+    ) -> Result<InviteToken, GroupError> {
         if !self.is_admin(group) {
             return Err(if self.member_mls(group).is_some() { GroupError::NotAdmin } else { GroupError::NotMember });
         }
@@ -91,9 +99,9 @@ impl GroupCore {
         let admin_key = self.member_key();
         let sig = identity::sign(
             &self.keys.installation,
-            &identity::invite_token_bytes(group, &token_id, expires_at_us, &admin_key),
+            &identity::invite_token_bytes(group, &token_id, expires_at_us, &admin_key, &invitee),
         );
-        Ok(InviteToken { group_id: *group, token_id, expires_at_us, admin_key, sig })
+        Ok(InviteToken { group_id: *group, token_id, expires_at_us, admin_key, invitee, sig })
     }
 
     /// Joins `group_id` hosted at `group_node` by external commit: with `invite` for an

@@ -32,16 +32,24 @@ pub enum CommitRefusal {
     BadSender,
 }
 
-fn leaf_ok(leaf: &LeafNode) -> Result<PublicKey, CommitRefusal> {
-    MemberIdentity::verify(leaf.credential(), leaf.signature_key().as_slice())
+fn leaf_ok(leaf: &LeafNode) -> Result<MemberIdentity, CommitRefusal> {
+    let id = MemberIdentity::verify(leaf.credential(), leaf.signature_key().as_slice())
         .map_err(|_| CommitRefusal::BadCredential)?;
-    key32(leaf.signature_key().as_slice()).ok_or(CommitRefusal::BadCredential)
+    key32(leaf.signature_key().as_slice()).ok_or(CommitRefusal::BadCredential)?;
+    Ok(id)
 }
 
 /// The invitation an external joiner carries in its commit's authenticated data: for
-/// `group`, signed by an admin of `policy`. Expiry and single use are the steward's
-/// (members share no clock and a late joiner does not know earlier redemptions).
-pub(super) fn check_invite(group: &GroupId, policy: &GroupPolicy, aad: &[u8]) -> Result<(), CommitRefusal> {
+/// `group`, signed by an admin of `policy`, and, if it names an invitee, for the account
+/// that certified the joiner's leaf (`joiner_account`): a steward that saw a token
+/// redeemed cannot replay it for a key of its own. Expiry and single use are the
+/// steward's (members share no clock and a late joiner does not know earlier redemptions).
+pub(super) fn check_invite(
+    group: &GroupId,
+    policy: &GroupPolicy,
+    aad: &[u8],
+    joiner_account: &PublicKey,
+) -> Result<(), CommitRefusal> {
     let t: InviteToken = codec::decode(aad).map_err(|_| CommitRefusal::NoInvite("no token"))?;
     if t.group_id != *group {
         return Err(CommitRefusal::NoInvite("the token is for another group"));
@@ -49,12 +57,11 @@ pub(super) fn check_invite(group: &GroupId, policy: &GroupPolicy, aad: &[u8]) ->
     if !policy.is_admin(&t.admin_key) {
         return Err(CommitRefusal::NoInvite("the token is not signed by an admin"));
     }
-    identity::verify(
-        &t.admin_key,
-        &identity::invite_token_bytes(&t.group_id, &t.token_id, t.expires_at_us, &t.admin_key),
-        &t.sig,
-    )
-    .map_err(|_| CommitRefusal::NoInvite("the token's signature does not verify"))
+    identity::verify_invite_token(&t).map_err(|_| CommitRefusal::NoInvite("the token's signature does not verify"))?;
+    if t.invitee.is_some_and(|k| k != *joiner_account) {
+        return Err(CommitRefusal::NoInvite("the token is for another account"));
+    }
+    Ok(())
 }
 
 /// Whether a staged commit of the current epoch of `mls` (sent by `sender`, with
@@ -86,7 +93,7 @@ pub(super) fn check_commit(
         Sender::NewMemberCommit => {
             let joiner = path_leaf.ok_or(CommitRefusal::BadCredential)?;
             if !policy.open {
-                check_invite(group, &policy, aad)?;
+                check_invite(group, &policy, aad, &leaf_ok(joiner)?.cert.account_key)?;
             }
             // The joiner may remove only its own old leaf (a resync); nothing else inline.
             for qp in staged.queued_proposals() {

@@ -152,18 +152,45 @@ pub fn entry_line(e: &HistoryEntry) -> String {
 /// `[time] [group] * bob joined` for a notice.
 pub fn group_line_text(l: &GroupLine) -> String {
     match &l.kind {
-        GroupLineKind::Message { from, text, .. } => format!("[{}] [{}] {from}: {text}", time(l.at_us), l.group_name),
+        GroupLineKind::Message { from, verified: true, text, .. } | GroupLineKind::LegacyMessage { from, text, .. } => {
+            format!("[{}] [{}] {from}: {text}", time(l.at_us), l.group_name)
+        }
+        GroupLineKind::Message { from, verified: false, sender_key, text, .. } => {
+            format!("[{}] [{}] {}: {text}", time(l.at_us), l.group_name, unverified_name(from, sender_key))
+        }
         GroupLineKind::Notice { text, .. } => format!("[{}] [{}] * {text}", time(l.at_us), l.group_name),
     }
 }
 
+/// A member whose name no pin vouches for: the claimed name, marked, and the start of
+/// its leaf key (which `group remove` accepts).
+pub fn unverified_name(claimed: &str, key: &[u8; 32]) -> String {
+    let claimed = if claimed.is_empty() { "?" } else { claimed };
+    format!("{claimed} (name not verified, key {})", hex(&key[..4]))
+}
+
 pub fn group_line_json(l: &GroupLine) -> Value {
     match &l.kind {
-        GroupLineKind::Message { from, sender_key, msg_id, text, log_seq } => json!({
+        GroupLineKind::Message { from, verified, account_key, sender_key, msg_id, text, log_seq } => json!({
             "type": "group_message",
             "group": hex(&l.group),
             "group_name": l.group_name,
             "from": from,
+            "verified": verified,
+            "account_key": account_key.map(|k| hex(&k)),
+            "sender_key": hex(sender_key),
+            "msg_id": hex(msg_id),
+            "seq": log_seq,
+            "text": text,
+            "recorded_at_us": l.at_us,
+        }),
+        GroupLineKind::LegacyMessage { from, sender_key, msg_id, text, log_seq } => json!({
+            "type": "group_message",
+            "group": hex(&l.group),
+            "group_name": l.group_name,
+            "from": from,
+            "verified": false,
+            "account_key": null,
             "sender_key": hex(sender_key),
             "msg_id": hex(msg_id),
             "seq": log_seq,

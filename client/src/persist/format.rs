@@ -9,7 +9,10 @@ use serde::{Serialize, de::DeserializeOwned};
 
 /// 2: the transparency verifier is stored one row per item (tree `transparency`), not as
 /// one record in `meta`; a home of format 1 is migrated when it opens.
-pub(super) const FORMAT_VERSION: u32 = 2;
+/// 3: group message lines record how their sender was named (`GroupLineKind::Message`,
+/// with `verified` and `account_key`); lines of format 2 stay readable
+/// (`GroupLineKind::LegacyMessage`), so nothing is migrated.
+pub(super) const FORMAT_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {

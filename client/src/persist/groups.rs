@@ -100,7 +100,7 @@ impl Home {
     /// message id) is not recorded twice and comes back as stored. Not flushed.
     pub fn record_group_line(&self, mut line: GroupLine) -> Result<GroupLine> {
         let id_key = match &line.kind {
-            GroupLineKind::Message { msg_id, .. } => {
+            GroupLineKind::Message { msg_id, .. } | GroupLineKind::LegacyMessage { msg_id, .. } => {
                 let mut k = line.group.to_vec();
                 k.extend_from_slice(msg_id);
                 Some(k)

@@ -74,11 +74,24 @@ pub struct InviteRecord {
 /// What a line of group history says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GroupLineKind {
-    /// A text message (ours too, recorded as read).
-    Message { from: String, sender_key: PublicKey, msg_id: MsgId, text: String, log_seq: u64 },
+    /// A text message as format 2 recorded it (its sender's name unchecked).
+    LegacyMessage { from: String, sender_key: PublicKey, msg_id: MsgId, text: String, log_seq: u64 },
     /// Something that happened in the group: `kind` is a short stable name (`joined`,
     /// `left`, `renamed`, `missing`, ...), `who` the member it concerns, if any.
     Notice { kind: String, who: Option<String>, text: String },
+    /// A text message (ours too, recorded as read). `from` is the name its sender's account
+    /// key was pinned under when it arrived (`alice`, or `alice@<node id>` for a user of
+    /// another node) if `verified`; else the name the sender's credential claims (anyone
+    /// can claim any name). `account_key`: the key that certified the sender's leaf.
+    Message {
+        from: String,
+        verified: bool,
+        account_key: Option<PublicKey>,
+        sender_key: PublicKey,
+        msg_id: MsgId,
+        text: String,
+        log_seq: u64,
+    },
 }
 
 /// One line of group history: a message or a notice, in the order this device saw them.

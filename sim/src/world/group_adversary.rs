@@ -1,5 +1,6 @@
 //! The `inject_join` adversary (`specs/sim.md`): a group node whose steward admits an
-//! intruder's external commit, without invitation, into an invite-only group it hosts.
+//! intruder's external commit into an invite-only group it hosts, with a real invitation
+//! replayed (one it saw redeemed, bound to another account) or none valid.
 //! The intruder is a member core of the adversary's own, spoken to by the node directly
 //! (not over the mixnet). Oracles: no honest member merges the join, and the intruder
 //! decrypts no group message.
@@ -37,15 +38,20 @@ impl World {
         let mut core =
             GroupCore::new(keys, seed, GroupConfig { lifetime: LifetimeMode::Unbounded, ..GroupConfig::default() });
         core.skip_join_checks();
-        // A token the intruder signed itself, for the group: no admin of it.
-        let admin_key = core.member_key();
-        let token_id = [0xEE; 16];
-        let expires_at_us = self.now + 3_600_000_000;
-        let sig = identity::sign(
-            &id.installation,
-            &identity::invite_token_bytes(&group, &token_id, expires_at_us, &admin_key),
-        );
-        let token = InviteToken { group_id: group, token_id, expires_at_us, admin_key, sig };
+        // A real invitation the steward saw redeemed (signed by an admin, bound to its
+        // invitee's account key) replayed for the intruder's key; failing that, a token
+        // the intruder signed itself, for the group: no admin of it.
+        let token = self.groups.last_invite.get(&group).cloned().unwrap_or_else(|| {
+            let admin_key = core.member_key();
+            let token_id = [0xEE; 16];
+            let expires_at_us = self.now + 3_600_000_000;
+            let invitee = None;
+            let sig = identity::sign(
+                &id.installation,
+                &identity::invite_token_bytes(&group, &token_id, expires_at_us, &admin_key, &invitee),
+            );
+            InviteToken { group_id: group, token_id, expires_at_us, admin_key, invitee, sig }
+        });
         let now = self.now;
         if core.join(now, node_address(node), group, Some(token), None).is_err() {
             return;

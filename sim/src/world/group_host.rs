@@ -117,8 +117,13 @@ impl World {
                     && self.clients[*a as usize].group.as_ref().is_some_and(|c| c.is_admin(&g.id))
             });
             let Some(admin) = admin else { return };
-            match self.clients[admin as usize].group.as_mut().expect("admin").invite(now, &g.id) {
-                Ok(t) => Some(t),
+            // Bound to the invitee's account key (the DM invitation's recipient).
+            let invitee = self.clients[client as usize].group.as_ref().expect("ready").account_key();
+            match self.clients[admin as usize].group.as_mut().expect("admin").invite(now, &g.id, Some(invitee)) {
+                Ok(t) => {
+                    self.groups.last_invite.insert(g.id, t.clone());
+                    Some(t)
+                }
                 Err(_) => return,
             }
         };

@@ -109,7 +109,7 @@ pub fn trust(dir: &Path, out: &Printer, name: &str, key: &str) -> Result<(), Cli
     let mut session = Session::open(home, Printer::new(out.json), String::new(), Duration::from_secs(1))?;
     session.core.trust(name, key)?;
     session.persist()?;
-    let name = identity::normalize_username(name).map_err(|e| CliError::Usage(e.to_string()))?;
+    let name = contact_name(name).map_err(|e| CliError::Usage(e.to_string()))?;
     out.data(
         || format!("{name} is now pinned to {}", fingerprint(&key)),
         || json!({ "type": "trusted", "username": name, "account_key": hex(&key) }),

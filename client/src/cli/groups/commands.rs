@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use nymstr_proto::identity;
 use serde_json::json;
 
 use crate::cli::clock::now_us;
@@ -17,6 +16,7 @@ use crate::cli::groups::support::{group_error, group_session, group_text, node_o
 use crate::cli::input::check_node_addr;
 use crate::cli::output::{Printer, group_line_json, group_line_text, hex, invite_json, invite_text, short_id};
 use crate::persist::InviteRecord;
+use nymstr_client_core::core::contact_name;
 use nymstr_client_core::group::{GroupError, GroupMeta};
 
 #[allow(clippy::too_many_arguments)]
@@ -161,7 +161,8 @@ pub async fn leave(dir: &Path, out: Printer, group: &str, timeout: Duration) -> 
 }
 
 pub async fn remove(dir: &Path, out: Printer, group: &str, user: &str, timeout: Duration) -> Result<(), CliError> {
-    let user = identity::normalize_username(user).map_err(|e| CliError::Usage(e.to_string()))?;
+    // `user`, `user@<node id>`, or a member key (hex prefix).
+    let user = contact_name(user).map_err(|e| CliError::Usage(format!("{user}: {e}")))?;
     let s = group_session(dir, out, timeout, true)?;
     let g = resolve(&s, group)?;
     let node = node_of(&s, &g);

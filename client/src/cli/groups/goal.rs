@@ -13,7 +13,7 @@ use crate::cli::session::{Flow, Goal, Session};
 use crate::net;
 use crate::persist::{GroupLine, HistoryEntry};
 use nymstr_client_core::core::Event;
-use nymstr_client_core::group::{GroupError, GroupEvent, resolve_member};
+use nymstr_client_core::group::{GroupError, GroupEvent, MemberInfo, resolve_member};
 
 pub(super) enum Op {
     Create,
@@ -79,15 +79,25 @@ impl GroupGoal {
                 let members = s.gcore().members(&g);
                 // One leaf, never every leaf that claims the name (the username in a
                 // credential is self-asserted): a key, or the one leaf vouched by our pin.
-                let pinned = s.core.pinned(user).copied();
-                match resolve_member(&members, user, pinned.as_ref()) {
+                match resolve_user(s, &members, user) {
                     Ok(k) => *keys = vec![k],
                     Err(source) => {
                         let name = s.group_name(&g);
+                        let local = user.split('@').next().unwrap_or(user);
                         let message = match source {
-                            GroupError::AmbiguousMember => format!(
-                                "several members of \"{name}\" claim to be {user}; name one by its key \
-                                 (`nymstr group members`)"
+                            GroupError::AmbiguousMember => {
+                                let mut candidates: Vec<String> =
+                                    members.iter().filter(|m| m.username == local).map(|m| s.member_label(m)).collect();
+                                candidates.sort();
+                                format!(
+                                    "several members of \"{name}\" claim to be {user}: {}; name one as user@<node id> \
+                                     (once its account key is pinned: `nymstr lookup` or `nymstr trust`) or by its key \
+                                     (`nymstr group members`)",
+                                    candidates.join(", ")
+                                )
+                            }
+                            _ if user.contains('@') && s.core.pinned(user).is_none() => format!(
+                                "no account key is pinned for {user}: run `nymstr lookup {user}` (or `nymstr trust`) first"
                             ),
                             _ => format!("{user} is not a member of \"{name}\""),
                         };
@@ -286,14 +296,32 @@ impl Goal for GroupGoal {
     }
 }
 
+/// The one member `user` names: `user@<node id>` by the account key pinned for that
+/// qualified name (the credential carries only the local name); otherwise as
+/// `resolve_member` does (a key prefix, the sole claimant, or the sole claimant our pin
+/// for the bare name vouches for).
+fn resolve_user(s: &Session, members: &[MemberInfo], user: &str) -> Result<PublicKey, GroupError> {
+    let Some((local, _)) = user.split_once('@') else {
+        return resolve_member(members, user, s.core.pinned(user));
+    };
+    let pinned = s.core.pinned(user);
+    let vouched: Vec<&MemberInfo> = members.iter().filter(|m| m.username == local && m.vouched(pinned)).collect();
+    match vouched.as_slice() {
+        [m] => Ok(m.key),
+        [] => Err(GroupError::UnknownMember),
+        _ => Err(GroupError::AmbiguousMember),
+    }
+}
+
 fn print_members(s: &mut Session, g: &GroupId) {
     let me = s.gcore().member_key();
     let members = s.gcore().members(g);
     let name = s.group_name(g);
     for m in &members {
         let you = m.key == me;
-        // Shown under its name only if that name's pinned account key certified it.
-        let vouched = you || m.vouched(s.core.pinned(&m.username));
+        // Shown under its name only if that name's pinned account key certified it (the
+        // pin's name: `alice@<node id>` for another node's user).
+        let (shown, vouched) = s.member_name(&m.username, &m.key, m.account_key.as_ref().filter(|_| m.verified));
         s.out.data(
             || {
                 let mut tags = Vec::new();
@@ -310,7 +338,7 @@ fn print_members(s: &mut Session, g: &GroupId) {
                 }
                 let tags = if tags.is_empty() { String::new() } else { format!(" ({})", tags.join(", ")) };
                 let short: String = fingerprint(&m.key).chars().take(19).collect();
-                format!("{}{tags}  key {short}…", if m.username.is_empty() { "?" } else { &m.username })
+                format!("{}{tags}  key {short}…", if shown.is_empty() { "?" } else { &shown })
             },
             || {
                 json!({
@@ -318,6 +346,7 @@ fn print_members(s: &mut Session, g: &GroupId) {
                     "group": hex(g),
                     "group_name": name,
                     "username": m.username,
+                    "name": shown,
                     "key": hex(&m.key),
                     "admin": m.admin,
                     "you": you,

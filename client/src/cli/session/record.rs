@@ -6,13 +6,51 @@ use serde_json::json;
 use crate::cli::clock::now_us;
 use crate::cli::error::{CliError, describe_code};
 use crate::cli::input::invite_is_valid;
-use crate::cli::output::{display_name, hex};
+use crate::cli::output::{display_name, hex, unverified_name};
 use crate::cli::session::Session;
 use crate::persist::{Direction, GroupLine, GroupLineKind, HistoryEntry, InviteRecord, Status};
 use nymstr_client_core::core::{Event, Operation, Via};
 use nymstr_client_core::group::{GroupEvent, MemberInfo};
+use nymstr_proto::wire::PublicKey;
 
 impl Session {
+    /// How this user names a group member: `(name, verified)`. `verified`: the member is
+    /// us, or the account key that certified its leaf is pinned under a name whose local
+    /// part is the username its credential claims; `name` is then that pin's name (`alice`
+    /// for a user of our node, `alice@<node id>` for another node's), so namesakes on two
+    /// nodes are told apart. Otherwise `name` is the claimed username (anyone can claim
+    /// any name): show it marked (`output::unverified_name`).
+    pub(crate) fn member_name(
+        &self,
+        username: &str,
+        key: &PublicKey,
+        account_key: Option<&PublicKey>,
+    ) -> (String, bool) {
+        let me = self.groups.as_ref().is_some_and(|g| g.member_key() == *key);
+        if me {
+            return (self.core.username().unwrap_or(username).to_string(), true);
+        }
+        let pinned = account_key.and_then(|a| {
+            self.core
+                .pins()
+                .filter(|(name, k)| *k == a && name.split('@').next() == Some(username))
+                .map(|(name, _)| name.to_string())
+                .min_by_key(|n| n.contains('@'))
+        });
+        match pinned {
+            Some(name) if !username.is_empty() => (name, true),
+            _ => (username.to_string(), false),
+        }
+    }
+
+    /// A member's name as shown in a line of text: verified, or marked with its key.
+    pub(crate) fn member_label(&self, m: &MemberInfo) -> String {
+        match self.member_name(&m.username, &m.key, m.account_key.as_ref().filter(|_| m.verified)) {
+            (name, true) => name,
+            (claimed, false) => unverified_name(&claimed, &m.key),
+        }
+    }
+
     /// Keeps the history in step with the core's events and tells the user what they
     /// should know. Returns the history entry an event created or changed.
     pub(super) fn record(&mut self, ev: &Event) -> Result<Option<HistoryEntry>, CliError> {
@@ -139,25 +177,33 @@ impl Session {
         };
         let old_name = self.names.get(&group).cloned().unwrap_or_else(|| display_name(core, &group));
         let current = core.members(&group);
+        let known = |key: &[u8; 32]| -> Option<MemberInfo> {
+            self.members.get(&group).into_iter().flatten().chain(current.iter()).find(|m| m.key == *key).cloned()
+        };
         let who = |key: &[u8; 32]| -> String {
-            self.members
-                .get(&group)
-                .into_iter()
-                .flatten()
-                .chain(current.iter())
-                .find(|m| m.key == *key)
-                .map(|m| m.username.clone())
-                .filter(|u| !u.is_empty())
+            known(key)
+                .filter(|m| !m.username.is_empty())
+                .map(|m| self.member_label(&m))
                 .unwrap_or_else(|| format!("member {}", hex(&key[..4])))
         };
         let mut notices: Vec<(String, Option<String>, String)> = Vec::new();
         let mut message = None;
         match ev {
             GroupEvent::Message { msg_id, sender_username, sender_key, text, seq, .. } => {
-                let from = if sender_username.is_empty() { who(sender_key) } else { sender_username.clone() };
+                // Named as we verified it: a pinned name, else the claim, marked.
+                let info = known(sender_key);
+                let claimed = if sender_username.is_empty() {
+                    info.as_ref().map(|m| m.username.clone()).unwrap_or_default()
+                } else {
+                    sender_username.clone()
+                };
+                let account_key = info.as_ref().filter(|m| m.verified).and_then(|m| m.account_key);
+                let (from, verified) = self.member_name(&claimed, sender_key, account_key.as_ref());
                 message = Some((
                     GroupLineKind::Message {
                         from,
+                        verified,
+                        account_key,
                         sender_key: *sender_key,
                         msg_id: *msg_id,
                         text: text.clone(),
@@ -195,7 +241,11 @@ impl Session {
                 let after = core.members(&group);
                 if let Some(before) = self.members.get(&group) {
                     let name = |m: &MemberInfo| {
-                        if m.username.is_empty() { format!("member {}", hex(&m.key[..4])) } else { m.username.clone() }
+                        if m.username.is_empty() {
+                            format!("member {}", hex(&m.key[..4]))
+                        } else {
+                            self.member_label(m)
+                        }
                     };
                     let mut after_sorted: Vec<&MemberInfo> = after.iter().collect();
                     after_sorted.sort_by(|a, b| a.username.cmp(&b.username));

@@ -168,7 +168,13 @@ pub(super) fn on_external_commit<S: Store>(
     let leaf = staged
         .update_path_leaf_node()
         .ok_or_else(|| StewardError::BadMls("an external commit must carry a path".into()))?;
-    verify_leaf(leaf)?;
+    let identity = verify_leaf(leaf)?;
+    // A token bound to an invitee is redeemable only by that account's installations.
+    if let Some(invitee) = token.and_then(|t| t.invitee)
+        && identity.cert.account_key != invitee
+    {
+        return Err(StewardError::BadInvite("the token is for another account"));
+    }
     let joiner = as_key(leaf.signature_key().as_slice()).ok_or_else(|| StewardError::BadMls("leaf key".into()))?;
     for qp in staged.queued_proposals() {
         if qp.proposal_or_ref_type() != ProposalOrRefType::Proposal {

@@ -28,12 +28,7 @@ pub(super) fn check_invite(
     if !g.policy.is_admin(&t.admin_key) {
         return Err(StewardError::BadInvite("the token is not signed by an admin of the group"));
     }
-    identity::verify(
-        &t.admin_key,
-        &identity::invite_token_bytes(&t.group_id, &t.token_id, t.expires_at_us, &t.admin_key),
-        &t.sig,
-    )
-    .map_err(|_| StewardError::BadInvite("the token's signature does not verify"))?;
+    identity::verify_invite_token(t).map_err(|_| StewardError::BadInvite("the token's signature does not verify"))?;
     if t.expires_at_us <= now {
         return Err(StewardError::InviteExpired);
     }
