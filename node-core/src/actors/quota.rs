@@ -1,8 +1,8 @@
 //! Shares of a challenge table. Each tag holds at most `per_tag_max` pending challenges;
 //! a new one past that replaces the tag's oldest, so one tag (or a few) never fills the
-//! node-wide table that every other client needs (`specs/relay.md` §9). The same ledger,
-//! keyed by account, bounds the login challenges outstanding for one account
-//! (`specs/registry.md` §7.1).
+//! node-wide table that every other client needs (`specs/registry.md` §7.1,
+//! `specs/groups.md` §5). The same ledger, keyed by account, bounds the login challenges
+//! outstanding for one account (`specs/registry.md` §7.1).
 
 use std::collections::{BTreeMap, BTreeSet};
 

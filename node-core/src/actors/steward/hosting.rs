@@ -52,8 +52,16 @@ impl Steward {
     /// Rebuilds every hosted group from the store.
     pub fn recover<S: Store>(store: &S, rng: &mut impl Rng) -> Result<Self, StoreError> {
         let mut steward = Steward::default();
+        for (k, _) in store.scan_prefix(Table::Meta, META_GROUP_PURGE)? {
+            let id = k.get(META_GROUP_PURGE.len()..).and_then(|id| GroupId::try_from(id).ok());
+            steward.purging.insert(id.ok_or_else(|| corrupt(Table::Meta, "group purge key"))?);
+        }
         for (k, v) in store.scan_prefix(Table::Groups, &[])? {
             let group_id: GroupId = k.as_slice().try_into().map_err(|_| corrupt(Table::Groups, "key length"))?;
+            // Expired, though a crash kept its record: the purge resumes (§8.1).
+            if steward.purging.contains(&group_id) {
+                continue;
+            }
             let record: GroupRecord =
                 nymstr_proto::codec::decode(&v).map_err(|e| corrupt(Table::Groups, e.to_string()))?;
             let mut mirror = BTreeMap::new();
@@ -100,10 +108,6 @@ impl Steward {
                 active_bound_us,
             };
             steward.groups.insert(group_id, hosted);
-        }
-        for (k, _) in store.scan_prefix(Table::Meta, META_GROUP_PURGE)? {
-            let id = k.get(META_GROUP_PURGE.len()..).and_then(|id| GroupId::try_from(id).ok());
-            steward.purging.insert(id.ok_or_else(|| corrupt(Table::Meta, "group purge key"))?);
         }
         steward.recover_invites(store)?;
         for (k, v) in store.scan_prefix(Table::GroupChallenges, &[])? {
@@ -272,6 +276,9 @@ impl Steward {
                     return Ok(());
                 }
             }
+            // A record a crash kept after the marker was written (§8.1) goes last.
+            ctx.store.delete(Table::Groups, &group_id)?;
+            ctx.store.delete(Table::Meta, &meta_key(META_GROUP_ACTIVE, &group_id))?;
             ctx.store.delete(Table::Meta, &meta_key(META_GROUP_PURGE, &group_id))?;
             self.purging.pop_first();
         }
