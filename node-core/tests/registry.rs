@@ -485,6 +485,40 @@ fn a_flood_of_register_requests_from_a_few_tags_leaves_room_for_everyone_else() 
 }
 
 #[test]
+fn many_tags_logging_in_as_one_account_hold_a_few_challenges_and_the_owner_gets_in() {
+    // Fifty connections each ask, again and again, to log in as alice (her installation id
+    // is public): between them they hold only her account's share, however many tags
+    // they use, and alice's own login still goes through; the share survives a restart.
+    let config = NodeConfig { challenges_pending_max: 1_000, ..NodeConfig::default() };
+    let per_account = config.login_challenges_per_account_max;
+    let mut h = Harness::with_config(config);
+    let alice = User::new("alice", 1);
+    h.register(&alice);
+    let flood = |h: &mut Harness| {
+        for t in 0..50u8 {
+            for _ in 0..3 {
+                let reply = h.ask(tag(100 + t), Body::LoginRequest { installation: alice.installation });
+                assert!(matches!(reply.body(), Body::Challenge { .. }), "{reply:?}");
+            }
+        }
+    };
+    flood(&mut h);
+    assert_eq!(h.node.store().len(nymstr_node_core::store::Table::Challenges), per_account);
+    h.login(&alice, tag(99));
+    // Another account's login is not affected by alice's share.
+    let bob = User::new("bob", 2);
+    h.register(&bob);
+    let _ = h.ask(bob.tag, Body::LoginRequest { installation: bob.installation });
+    // alice's share lost one to her answered login; bob's challenge is his own.
+    assert_eq!(h.node.store().len(nymstr_node_core::store::Table::Challenges), per_account);
+    h.flush();
+    h.crash_and_restart();
+    flood(&mut h);
+    assert_eq!(h.node.store().len(nymstr_node_core::store::Table::Challenges), per_account + 1);
+    h.login(&alice, tag(98));
+}
+
+#[test]
 fn a_tag_past_its_share_loses_its_oldest_challenge() {
     let mut h = Harness::with_config(NodeConfig { challenges_per_tag_max: 2, ..NodeConfig::default() });
     let alice = User::new("alice", 1);

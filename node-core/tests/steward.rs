@@ -919,10 +919,88 @@ fn a_subscribe_challenge_expires_and_is_swept() {
         ErrorCode::UnknownChallenge
     );
     let _ = h.ask(tag(171), Body::GroupSubscribe { group_id: GID, member_key: alice.key(), from_seq: 1 });
-    assert_eq!(h.node.store().len(nymstr_node_core::store::Table::GroupChallenges), 1);
+    // The wrong tag's answer left the first in place: tag 171 holds two.
+    assert_eq!(h.node.store().len(nymstr_node_core::store::Table::GroupChallenges), 2);
     let later = h.now + h.config().challenge_ttl_us + h.config().sweep_every_us;
     h.timeout(later);
     assert_eq!(h.node.store().len(nymstr_node_core::store::Table::GroupChallenges), 0);
+}
+
+/// A subscribe proof from a tag other than the one the challenge was issued to (or naming
+/// another group) is refused as unknown and leaves the challenge in place: a proof replayed
+/// first from elsewhere neither subscribes that tag nor spends the member's challenge.
+#[test]
+fn a_subscribe_proof_from_another_tag_leaves_the_challenge_to_its_owner() {
+    let mut h = Harness::new();
+    let (_alice, bob, _carol) = group_of_three(&mut h, true);
+    let challenge = h.ask(bob.tag(), Body::GroupSubscribe { group_id: GID, member_key: bob.key(), from_seq: 1 });
+    let Body::Challenge { nonce, .. } = challenge.body().clone() else { panic!("{challenge:?}") };
+    let sig = identity::sign(&bob.user.installation_key, &identity::group_subscribe_bytes(&GID, &nonce));
+    let proof = Body::GroupSubscribeProof { group_id: GID, nonce, sig };
+    assert_eq!(h.ask_err(tag(173), proof.clone()), ErrorCode::UnknownChallenge);
+    let other_group = Body::GroupSubscribeProof { group_id: [0x62; 16], nonce, sig };
+    assert_eq!(h.ask_err(bob.tag(), other_group), ErrorCode::UnknownChallenge);
+    assert!(!h.node.steward().subscribed_tags(&GID).contains(&tag(173)));
+    let (rid, out) = h.request(bob.tag(), proof.clone());
+    assert!(matches!(reply(&out, rid), Body::GroupSubscribed { .. }), "the owner's proof still counts: {out:#?}");
+    assert_eq!(h.ask_err(bob.tag(), proof), ErrorCode::UnknownChallenge, "single use");
+}
+
+/// A group with no upload, subscription or fetch for `group_idle_expiry_us` is deleted by
+/// the sweep with all its rows (log, index, upload records, subscriptions, MLS state), so
+/// junk groups do not hold `groups_max` for good; its id may be created again. A group in
+/// use stays, across a restart too.
+#[test]
+fn an_abandoned_group_is_deleted_with_its_rows_and_an_active_one_stays() {
+    use nymstr_node_core::store::{Store, Table};
+    const OTHER: GroupId = [0x62; 16];
+    let expiry = 600_000_000;
+    let mut h =
+        Harness::with_config(NodeConfig { group_idle_expiry_us: expiry, groups_max: 2, ..NodeConfig::default() });
+    let (mut alice, _bob, _carol) = group_of_three(&mut h, true);
+    let m = alice.app(b"last words");
+    accept(&mut h, &alice, upload_body(m, Vec::new(), 40, None));
+    // dave's group is used: he fetches its log now and then.
+    let mut dave = Member::new("dave", 4);
+    let gi = dave.create(OTHER, true);
+    assert!(matches!(
+        h.ask(dave.tag(), Body::GroupCreate { group_id: OTHER, group_info: gi, advert: None }).body(),
+        Body::GroupCreated { .. }
+    ));
+    let c = h.ask(dave.tag(), Body::GroupSubscribe { group_id: OTHER, member_key: dave.key(), from_seq: 1 });
+    let Body::Challenge { nonce, .. } = c.body().clone() else { panic!("{c:?}") };
+    let sig = identity::sign(&dave.user.installation_key, &identity::group_subscribe_bytes(&OTHER, &nonce));
+    let proof = Body::GroupSubscribeProof { group_id: OTHER, nonce, sig };
+    assert!(matches!(h.ask(dave.tag(), proof).body(), Body::GroupSubscribed { .. }));
+    let rows = |h: &Harness, id: &GroupId| -> usize {
+        [Table::GroupLog, Table::GroupSeqs, Table::GroupUploads, Table::GroupSubs, Table::GroupMls, Table::Groups]
+            .into_iter()
+            .map(|t| h.node.store().scan_prefix(t, id).expect("scan").len())
+            .sum()
+    };
+    assert!(rows(&h, &GID) > 0);
+    for _ in 0..8 {
+        h.now += expiry / 4;
+        let fetch = Body::GroupFetch { group_id: OTHER, from_seq: 1, max: 10 };
+        assert!(matches!(h.ask(dave.tag(), fetch).body(), Body::GroupEntries { .. }));
+        h.timeout(h.now);
+    }
+    assert_eq!(h.node.steward().groups_hosted(), 1);
+    assert_eq!(h.node.steward().epoch(&GID), None);
+    assert_eq!(h.node.steward().epoch(&OTHER), Some(0));
+    assert_eq!(h.ask_err(alice.tag(), Body::GroupInfoRequest { group_id: GID }), ErrorCode::UnknownGroup);
+    assert_eq!(rows(&h, &GID), 0, "every row of the expired group is gone");
+    assert!(h.node.store().scan_prefix(Table::Meta, b"group_purge/").expect("scan").is_empty());
+    // Its slot and its id are free again; the group in use survives a restart.
+    let mut erin = Member::new("erin", 5);
+    let gi = erin.create(GID, true);
+    assert!(matches!(
+        h.ask(erin.tag(), Body::GroupCreate { group_id: GID, group_info: gi, advert: None }).body(),
+        Body::GroupCreated { .. }
+    ));
+    h.flush();
+    h.crash_and_restart();
+    assert_eq!(h.node.steward().groups_hosted(), 2);
 }
 
 // --- robustness ---

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use rand_core::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::quota::TagShares;
+use super::quota::{Shares, TagShares};
 use super::{CodedError, Ctx, SenderTag, TimeUs, load};
 use crate::store::{Store, StoreError, Table};
 use nymstr_proto::identity::{self, UsernameError};
@@ -92,6 +92,10 @@ pub struct Registry {
     tags: BTreeMap<SenderTag, InstallationId>,
     /// Pending challenges, per tag (a tag's share is `challenges_per_tag_max`).
     challenges: TagShares,
+    /// Pending login challenges, per account (its share is
+    /// `login_challenges_per_account_max`), and the account of each.
+    logins: Shares<String>,
+    login_account: BTreeMap<Nonce, String>,
 }
 
 impl Registry {
@@ -102,16 +106,22 @@ impl Registry {
             let tag: SenderTag = nymstr_proto::codec::decode(&v).map_err(|_| corrupt("bindings value"))?;
             tags.insert(tag, installation);
         }
-        let mut challenges = TagShares::default();
+        let mut registry = Self { tags, ..Self::default() };
         for (k, v) in store.scan_prefix(Table::Challenges, &[])? {
             // A record that does not decode is not counted; the next sweep deletes it.
             if let (Ok(nonce), Ok(c)) =
                 (Nonce::try_from(k.as_slice()), nymstr_proto::codec::decode::<PendingChallenge>(&v))
             {
-                challenges.admit(c.tag, c.expires_at_us, nonce, usize::MAX);
+                registry.challenges.admit(c.tag, c.expires_at_us, nonce, usize::MAX);
+                if let Purpose::Login { installation } = &c.purpose
+                    && let Some(account) = load::<String, _>(store, Table::Installations, installation)?
+                {
+                    registry.logins.admit(account.clone(), c.expires_at_us, nonce, usize::MAX);
+                    registry.login_account.insert(nonce, account);
+                }
             }
         }
-        Ok(Self { tags, challenges })
+        Ok(registry)
     }
 
     /// (installation, tag) for every bound installation, in installation order.
@@ -174,7 +184,7 @@ impl Registry {
             }
         }
         let purpose = Purpose::Register { username, cert };
-        self.issue_challenge(ctx, tag, rid, purpose)
+        self.issue_challenge(ctx, tag, rid, purpose, None)
     }
 
     /// Verifies a registration and binds `tag`; returns the installation now bound.
@@ -241,10 +251,11 @@ impl Registry {
         rid: u64,
         installation: InstallationId,
     ) -> Result<(), RegistryError> {
-        if self.installation(&*ctx.store, &installation)?.is_none() {
+        let Some((account, _)) = self.installation(&*ctx.store, &installation)? else {
             return Err(RegistryError::UnknownInstallation);
-        }
-        self.issue_challenge(ctx, tag, rid, Purpose::Login { installation })
+        };
+        // Accounts are stored under their folded username, which they carry.
+        self.issue_challenge(ctx, tag, rid, Purpose::Login { installation }, Some(account.username))
     }
 
     /// Verifies a login and binds `tag`; returns the installation now bound. `queued` is the
@@ -305,6 +316,7 @@ impl Registry {
                     ctx.store.delete(Table::Challenges, &k)?;
                     if let Ok(nonce) = Nonce::try_from(k.as_slice()) {
                         self.challenges.forget(&c.tag, &nonce);
+                        self.forget_login(&nonce);
                     }
                 }
                 Err(_) => ctx.store.delete(Table::Challenges, &k)?,
@@ -313,12 +325,15 @@ impl Registry {
         Ok(())
     }
 
+    /// Issues a challenge to `tag`; `login_account`: the (folded) account a login
+    /// challenge is for, whose share of login challenges it counts against.
     fn issue_challenge<S: Store>(
         &mut self,
         ctx: &mut Ctx<'_, S>,
         tag: SenderTag,
         rid: u64,
         purpose: Purpose,
+        login_account: Option<String>,
     ) -> Result<(), RegistryError> {
         // A tag at its share replaces its own oldest challenge; only a new tag's first
         // challenges can meet a full table.
@@ -332,6 +347,22 @@ impl Registry {
         ctx.save(Table::Challenges, &nonce, &PendingChallenge { purpose, tag, expires_at_us })?;
         if let Some(evicted) = self.challenges.admit(tag, expires_at_us, nonce, per_tag_max) {
             ctx.store.delete(Table::Challenges, &evicted)?;
+            self.forget_login(&evicted);
+        }
+        // Many tags asking to log in as one account hold at most its share between them:
+        // past it the account's oldest login challenge goes (whichever tag held it), so a
+        // flood naming one account neither fills the table nor keeps the owner out (the
+        // owner's newest challenge is the last to go, and its client retries).
+        if let Some(account) = login_account {
+            let per_account_max = ctx.config.login_challenges_per_account_max;
+            if let Some(evicted) = self.logins.admit(account.clone(), expires_at_us, nonce, per_account_max) {
+                self.login_account.remove(&evicted);
+                if let Some(old) = ctx.load::<PendingChallenge>(Table::Challenges, &evicted)? {
+                    self.challenges.forget(&old.tag, &evicted);
+                }
+                ctx.store.delete(Table::Challenges, &evicted)?;
+            }
+            self.login_account.insert(nonce, account);
         }
         // Challenges need not be durable: one lost in a crash makes the client retry.
         ctx.send(super::Peer::Tag(tag), rid, Body::Challenge { nonce, expires_at_us, node: ctx.node });
@@ -354,10 +385,18 @@ impl Registry {
         }
         ctx.store.delete(Table::Challenges, nonce)?;
         self.challenges.forget(&tag, nonce);
+        self.forget_login(nonce);
         if pending.expires_at_us <= ctx.now {
             return Err(RegistryError::ChallengeExpired);
         }
         Ok(pending.purpose)
+    }
+
+    /// Forgets a login challenge in its account's share (answered, expired or evicted).
+    fn forget_login(&mut self, nonce: &Nonce) {
+        if let Some(account) = self.login_account.remove(nonce) {
+            self.logins.forget(&account, nonce);
+        }
     }
 
     fn bind<S: Store>(

@@ -49,6 +49,9 @@ pub struct NodeConfig {
     /// challenges apart): past it, the tag's oldest is replaced, so a few tags never fill
     /// the table every client needs.
     pub challenges_per_tag_max: usize,
+    /// Pending login challenges for one account, whichever tags asked: past it the
+    /// account's oldest is replaced, so many tags naming one account hold only a few.
+    pub login_challenges_per_account_max: usize,
     /// Messages queued for one installation; beyond this sends get `QueueFull`.
     pub queue_depth_max: u32,
     /// Messages one sender (account, `user@node` for a remote one) may have queued for one
@@ -68,6 +71,9 @@ pub struct NodeConfig {
     pub group_history_max: usize,
     /// Groups one node hosts; beyond this `GroupCreate` gets `Busy`.
     pub groups_max: usize,
+    /// A group with no activity (upload, subscription, fetch) for this long is deleted
+    /// with its log, subscriptions and redeemed invites (`specs/groups.md` §8.1).
+    pub group_idle_expiry_us: u64,
     /// Proposals accepted per group and epoch; beyond this uploads get `Busy`.
     pub group_proposals_per_epoch_max: usize,
     /// Federation: epochs, gossip, witnessing, forwarding (used when the node is started
@@ -84,6 +90,7 @@ impl Default for NodeConfig {
             challenge_ttl_us: 60_000_000,
             challenges_pending_max: 10_000,
             challenges_per_tag_max: 4,
+            login_challenges_per_account_max: 8,
             queue_depth_max: 1_000,
             queue_per_sender_max: 100,
             deliveries_inflight_max: 32,
@@ -93,6 +100,7 @@ impl Default for NodeConfig {
             sweep_every_us: 10_000_000,
             group_history_max: 10_000,
             groups_max: 10_000,
+            group_idle_expiry_us: 90 * 24 * 3_600_000_000,
             group_proposals_per_epoch_max: 256,
             federation: FederationConfig::default(),
         }

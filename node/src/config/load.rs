@@ -49,6 +49,9 @@ impl Config {
         if c.challenges_per_tag_max == 0 {
             return core("challenges_per_tag_max", "must be at least 1");
         }
+        if c.login_challenges_per_account_max == 0 {
+            return core("login_challenges_per_account_max", "must be at least 1");
+        }
         if c.queue_per_sender_max == 0 {
             return core("queue_per_sender_max", "must be at least 1");
         }
@@ -69,6 +72,9 @@ impl Config {
         }
         if c.sweep_every_us < 100_000 {
             return core("sweep_every_us", "must be at least 100_000 (100 ms)");
+        }
+        if c.group_idle_expiry_us < 60_000_000 {
+            return core("group_idle_expiry_us", "must be at least 60_000_000 (1 min)");
         }
         if c.group_history_max == 0 {
             return core("group_history_max", "must be at least 1");

@@ -100,6 +100,9 @@ challenges_pending_max = {challenges_pending_max}
 # many subscribe challenges): past it the tag's oldest is replaced, so a few flooding
 # connections never fill the table above.
 challenges_per_tag_max = {challenges_per_tag_max}
+# Login challenges pending for one account, whichever connections asked: past it the
+# account's oldest is replaced, so a flood naming one account holds only a few.
+login_challenges_per_account_max = {login_challenges_per_account_max}
 # Messages queued for one installation; beyond this, sends to it get Error{{QueueFull}}.
 queue_depth_max = {queue_depth_max}
 # Messages one sender may have queued for one installation (its share of the queue above);
@@ -119,6 +122,9 @@ sweep_every_us = {sweep_every_us}
 group_history_max = {group_history_max}
 # Groups this node hosts; beyond this GroupCreate gets Error{{Busy}}.
 groups_max = {groups_max}
+# A group with no upload, subscription or fetch for this long is deleted with its log,
+# subscriptions and redeemed invites (µs; 90 days by default).
+group_idle_expiry_us = {group_idle_expiry_us}
 # Proposals accepted per group and epoch; beyond this uploads get Error{{Busy}}.
 group_proposals_per_epoch_max = {group_proposals_per_epoch_max}
 
@@ -182,6 +188,7 @@ policy = "{policy}"
         challenge_ttl_us = grouped(c.challenge_ttl_us),
         challenges_pending_max = grouped(c.challenges_pending_max as u64),
         challenges_per_tag_max = c.challenges_per_tag_max,
+        login_challenges_per_account_max = c.login_challenges_per_account_max,
         queue_per_sender_max = c.queue_per_sender_max,
         queue_depth_max = grouped(u64::from(c.queue_depth_max)),
         deliveries_inflight_max = c.deliveries_inflight_max,
@@ -191,6 +198,7 @@ policy = "{policy}"
         sweep_every_us = grouped(c.sweep_every_us),
         group_history_max = grouped(c.group_history_max as u64),
         groups_max = grouped(c.groups_max as u64),
+        group_idle_expiry_us = grouped(c.group_idle_expiry_us),
         group_proposals_per_epoch_max = c.group_proposals_per_epoch_max,
         epoch_us = grouped(f.epoch_us),
         gossip_fanout = f.gossip_fanout,

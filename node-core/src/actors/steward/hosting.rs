@@ -1,5 +1,6 @@
 //! A group's life on this node: created from its founder's epoch-0 GroupInfo, rebuilt from
-//! the store after a restart, and swept of expired challenges and invite records.
+//! the store after a restart, swept of expired challenges and invite records, and deleted
+//! once abandoned (no upload, subscription or fetch for `group_idle_expiry_us`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -13,18 +14,54 @@ use super::policy::{is_normalized, member_keys, parse_group_info, read_policy};
 use super::storage::{storage_from, sync_mls};
 use super::subscriptions::load_subs;
 use super::{GroupRecord, Hosted, Steward, StewardError, bad_mls, corrupt, seed};
-use crate::actors::{Ctx, Peer, SenderTag};
+use crate::actors::{Ctx, Peer, SenderTag, TimeUs, load};
 use crate::store::{Store, StoreError, Table};
 use nymstr_mls::{GroupPolicy, MemberIdentity, NymstrProvider, SUPPORTED_CIPHERSUITES};
 use nymstr_proto::limits::{GROUP_MEMBERS_MAX, GROUP_MLS_BYTES_MAX};
 use nymstr_proto::wire::{Body, GroupAdvert, GroupId};
 
+/// Meta key prefix of a group's activity bound: `group_active/` || group id -> µs, an
+/// instant no earlier than the group's last activity.
+const META_GROUP_ACTIVE: &[u8] = b"group_active/";
+/// Meta key prefix of an expired group whose rows are still being deleted.
+const META_GROUP_PURGE: &[u8] = b"group_purge/";
+/// Rows of expired groups deleted per sweep, at most (the rest at the next sweeps).
+const PURGE_ROWS_PER_SWEEP: usize = 512;
+/// The tables holding a group's rows, each keyed by group id || ….
+const GROUP_ROW_TABLES: [Table; 6] =
+    [Table::GroupLog, Table::GroupSeqs, Table::GroupUploads, Table::GroupSubs, Table::GroupInvites, Table::GroupMls];
+
+fn meta_key(prefix: &[u8], group_id: &GroupId) -> Vec<u8> {
+    [prefix, group_id.as_slice()].concat()
+}
+
+/// Notes activity on a group. The store keeps an upper bound on the last activity, written
+/// at most once per sixteenth of the idle period: after a restart a group may live up to
+/// that much longer than the period, never less.
+pub(super) fn touch<S: Store>(ctx: &mut Ctx<'_, S>, group_id: &GroupId, g: &mut Hosted) -> Result<(), StoreError> {
+    g.active_us = g.active_us.max(ctx.now);
+    if ctx.now > g.active_bound_us {
+        let bound = ctx.now.saturating_add((ctx.config.group_idle_expiry_us / 16).max(1));
+        ctx.save(Table::Meta, &meta_key(META_GROUP_ACTIVE, group_id), &bound)?;
+        g.active_bound_us = bound;
+    }
+    Ok(())
+}
+
 impl Steward {
     /// Rebuilds every hosted group from the store.
     pub fn recover<S: Store>(store: &S, rng: &mut impl Rng) -> Result<Self, StoreError> {
         let mut steward = Steward::default();
+        for (k, _) in store.scan_prefix(Table::Meta, META_GROUP_PURGE)? {
+            let id = k.get(META_GROUP_PURGE.len()..).and_then(|id| GroupId::try_from(id).ok());
+            steward.purging.insert(id.ok_or_else(|| corrupt(Table::Meta, "group purge key"))?);
+        }
         for (k, v) in store.scan_prefix(Table::Groups, &[])? {
             let group_id: GroupId = k.as_slice().try_into().map_err(|_| corrupt(Table::Groups, "key length"))?;
+            // Expired, though a crash kept its record: the purge resumes (§8.1).
+            if steward.purging.contains(&group_id) {
+                continue;
+            }
             let record: GroupRecord =
                 nymstr_proto::codec::decode(&v).map_err(|e| corrupt(Table::Groups, e.to_string()))?;
             let mut mirror = BTreeMap::new();
@@ -51,6 +88,9 @@ impl Steward {
             let (subs, sub_by_key) = load_subs(store, &group_id)?;
             let mut seed = [0u8; 32];
             rng.fill_bytes(&mut seed);
+            // Groups stored before activity was recorded count from their last epoch.
+            let active_bound_us = load::<TimeUs, _>(store, Table::Meta, &meta_key(META_GROUP_ACTIVE, &group_id))?
+                .unwrap_or(record.epoch_started_at_us);
             let hosted = Hosted {
                 provider: NymstrProvider::with_storage(seed, storage),
                 public,
@@ -64,6 +104,8 @@ impl Steward {
                 subs,
                 sub_by_key,
                 pending_proposals,
+                active_us: active_bound_us,
+                active_bound_us,
             };
             steward.groups.insert(group_id, hosted);
         }
@@ -105,6 +147,9 @@ impl Steward {
                 return Ok(());
             }
             return Err(StewardError::GroupExists);
+        }
+        if self.purging.contains(&group_id) {
+            return Err(StewardError::Busy("a group with this id is being deleted"));
         }
         if self.groups.len() >= ctx.config.groups_max {
             return Err(StewardError::Busy("this node hosts its maximum of groups"));
@@ -169,7 +214,10 @@ impl Steward {
             subs: BTreeMap::new(),
             sub_by_key: BTreeMap::new(),
             pending_proposals: 0,
+            active_us: ctx.now,
+            active_bound_us: 0,
         };
+        touch(ctx, &group_id, &mut hosted)?;
         sync_mls(ctx, &group_id, &mut hosted)?;
         self.groups.insert(group_id, hosted);
         self.stats.groups_created += 1;
@@ -179,11 +227,61 @@ impl Steward {
 
     // --- housekeeping ---
 
-    /// Deletes expired subscribe challenges and redeemed invites past their expiry (an
-    /// expired token is refused as expired, so its record is no longer needed).
+    /// Deletes expired subscribe challenges, redeemed invites past their expiry (an
+    /// expired token is refused as expired, so its record is no longer needed), and
+    /// abandoned groups (a page of their rows per sweep).
     pub fn sweep<S: Store>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), StoreError> {
         self.sweep_challenges(ctx)?;
         self.sweep_invites(ctx)?;
+        self.expire_idle_groups(ctx)?;
+        self.purge_page(ctx)?;
+        Ok(())
+    }
+
+    /// Groups idle for `group_idle_expiry_us` stop being hosted at once: their record and
+    /// activity bound go (so a restart does not bring them back) and a purge marker is
+    /// stored; their rows are deleted by [`Self::purge_page`].
+    fn expire_idle_groups<S: Store>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), StoreError> {
+        let expiry = ctx.config.group_idle_expiry_us;
+        let idle: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| g.active_us.saturating_add(expiry) <= ctx.now)
+            .map(|(id, _)| *id)
+            .collect();
+        for group_id in idle {
+            ctx.store.put(Table::Meta, &meta_key(META_GROUP_PURGE, &group_id), &[])?;
+            ctx.store.delete(Table::Groups, &group_id)?;
+            ctx.store.delete(Table::Meta, &meta_key(META_GROUP_ACTIVE, &group_id))?;
+            self.groups.remove(&group_id);
+            self.used_invites.retain(|(_, g, _)| *g != group_id);
+            self.purging.insert(group_id);
+        }
+        Ok(())
+    }
+
+    /// Deletes up to [`PURGE_ROWS_PER_SWEEP`] rows of expired groups (log, index, upload
+    /// records, subscriptions, redeemed invites, MLS state); a group whose rows are all
+    /// gone loses its purge marker, and its id may be created again.
+    fn purge_page<S: Store>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), StoreError> {
+        let mut budget = PURGE_ROWS_PER_SWEEP;
+        while let Some(&group_id) = self.purging.first() {
+            for table in GROUP_ROW_TABLES {
+                let rows = ctx.store.scan_page(table, &group_id, None, budget)?;
+                budget -= rows.len();
+                for (k, _) in rows {
+                    ctx.store.delete(table, &k)?;
+                }
+                if budget == 0 {
+                    return Ok(());
+                }
+            }
+            // A record a crash kept after the marker was written (§8.1) goes last.
+            ctx.store.delete(Table::Groups, &group_id)?;
+            ctx.store.delete(Table::Meta, &meta_key(META_GROUP_ACTIVE, &group_id))?;
+            ctx.store.delete(Table::Meta, &meta_key(META_GROUP_PURGE, &group_id))?;
+            self.purging.pop_first();
+        }
         Ok(())
     }
 }

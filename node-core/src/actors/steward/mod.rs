@@ -169,6 +169,10 @@ struct Hosted {
     sub_by_key: BTreeMap<PublicKey, SenderTag>,
     /// Proposals accepted in the current epoch.
     pending_proposals: usize,
+    /// The last activity (upload, subscription, fetch), and the bound on it last stored
+    /// (see `hosting::touch`).
+    active_us: TimeUs,
+    active_bound_us: TimeUs,
 }
 
 impl Hosted {
@@ -190,6 +194,8 @@ pub struct Steward {
     challenges: crate::actors::quota::TagShares,
     /// (expiry, group, token id) of every redeemed invite still remembered (sweep index).
     used_invites: BTreeSet<(TimeUs, GroupId, [u8; 16])>,
+    /// Expired groups whose rows are still being deleted, a page per sweep.
+    purging: BTreeSet<GroupId>,
     /// Buggify (simulator): admit every external commit, invitation or not, as a group
     /// node that joins its own groups would (`specs/sim.md`, `inject_join`).
     admit_any_join: bool,

@@ -71,11 +71,15 @@ impl Steward {
     ) -> Result<(), StewardError> {
         let pending: PendingSubscribe =
             ctx.load(Table::GroupChallenges, &nonce)?.ok_or(StewardError::UnknownChallenge)?;
-        ctx.store.delete(Table::GroupChallenges, &nonce)?;
-        self.challenges.forget(&pending.tag, &nonce);
+        // An answer from any other tag (or for another group) is refused as if the
+        // challenge did not exist and leaves it in place, as registration and login do: a
+        // proof captured and replayed first from elsewhere neither subscribes that tag nor
+        // spends the member's challenge. Answered by its own tag, it is single use.
         if pending.tag != tag || pending.group_id != group_id {
             return Err(StewardError::UnknownChallenge);
         }
+        ctx.store.delete(Table::GroupChallenges, &nonce)?;
+        self.challenges.forget(&pending.tag, &nonce);
         if pending.expires_at_us <= ctx.now {
             return Err(StewardError::ChallengeExpired);
         }
@@ -101,6 +105,7 @@ impl Steward {
         g.subs.insert(tag, key);
         g.sub_by_key.insert(key, tag);
         ctx.save(Table::GroupSubs, &key2(&group_id, &tag.0), &key)?;
+        super::hosting::touch(ctx, &group_id, g)?;
         self.stats.group_subscriptions += 1;
         let next_seq = g.next_seq;
         ctx.send_durable(Peer::Tag(tag), rid, Body::GroupSubscribed { group_id, epoch: g.epoch(), next_seq });

@@ -6,6 +6,7 @@ use openmls::prelude::{ContentType, MlsMessageBodyIn, MlsMessageIn, Sender};
 use tls_codec::DeserializeBytes;
 
 use super::commits::{Accepted, on_external_commit, on_member_commit, on_proposal};
+use super::hosting::touch;
 use super::invites::{check_invite, redeem};
 use super::log::{UploadRecord, append};
 use super::subscriptions::push;
@@ -119,6 +120,7 @@ impl Steward {
             Accepted::Proposal { epoch } | Accepted::Commit { epoch, .. } => (*epoch, false),
         };
         let entry = append(ctx, &group_id, g, epoch, mls, application, upload_id)?;
+        touch(ctx, &group_id, g)?;
         ctx.send_durable(
             Peer::Tag(tag),
             rid,
