@@ -138,7 +138,7 @@ impl Relay {
             let installation: InstallationId = k[META_NEXT_DELIVERY_ID.len()..]
                 .try_into()
                 .map_err(|_| StoreError::Corrupt { table: "meta", detail: "delivery id key".into() })?;
-            let next: u64 = nymstr_proto::codec::decode(&v)
+            let next: u64 = nymstr_proto::codec::decode_record(&v)
                 .map_err(|e| StoreError::Corrupt { table: "meta", detail: e.to_string() })?;
             relay.next_delivery_id.insert(installation, next);
         }
@@ -146,7 +146,7 @@ impl Relay {
             if k.len() != 40 {
                 return Err(StoreError::Corrupt { table: "queues", detail: "key length".into() });
             }
-            let queued: QueuedDm = nymstr_proto::codec::decode(&v)
+            let queued: QueuedDm = nymstr_proto::codec::decode_record(&v)
                 .map_err(|e| StoreError::Corrupt { table: "queues", detail: e.to_string() })?;
             let installation: InstallationId = k[..32].try_into().expect("32 bytes");
             let id = u64::from_be_bytes(k[32..].try_into().expect("8 bytes"));
@@ -371,7 +371,7 @@ impl Relay {
                 if self.inflight.get(installation).is_some_and(|m| m.contains_key(&id)) {
                     continue;
                 }
-                let queued: QueuedDm = nymstr_proto::codec::decode(&v)
+                let queued: QueuedDm = nymstr_proto::codec::decode_record(&v)
                     .map_err(|e| StoreError::Corrupt { table: "queues", detail: e.to_string() })?;
                 self.send_delivery(ctx, tag, id, queued);
                 let backoff_us = ctx.config.redeliver_after_us;
