@@ -53,8 +53,8 @@ pub enum Table {
     /// node id -> PeerRecord (known node descriptors and peering state)
     FedPeers,
     /// federation state, one row per item: `whead/` || node id || epoch -> (time, SignedHead)
-    /// (the witness view), `fork/` || node id -> ForkCertificate, `wsize/` || node id -> u64
-    /// (per-witness sizes)
+    /// (the witness view), `fork/` || node id -> ForkCertificate, `wsize/` || node id -> (u64,
+    /// time) (per-witness sizes; a bare u64 in the earlier layout)
     FedState,
 }
 

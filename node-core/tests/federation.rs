@@ -18,9 +18,9 @@ use nymstr_proto::codec::{self, decode_frame, encode_frame};
 use nymstr_proto::federation::descriptor;
 use nymstr_proto::federation::evidence::{self, WitnessView};
 use nymstr_proto::federation::verify::{Outcome, TrustPolicy, Verifier};
-use nymstr_proto::federation::{DirEntry, LookupProof, NodeDescriptor, NodeId, Roles, SignedHead};
+use nymstr_proto::federation::{DirEntry, LookupProof, NodeDescriptor, NodeId, Roles, SignedHead, TreeHead};
 use nymstr_proto::identity::{self, generate_signing_key};
-use nymstr_proto::limits::{FRAME_BYTES_MAX, WITNESS_RECENT_HEADS};
+use nymstr_proto::limits::{FRAME_BYTES_MAX, WITNESS_IDLE_US, WITNESS_NODES_MAX, WITNESS_RECENT_HEADS};
 use nymstr_proto::wire::{Body, Envelope, ErrorCode, GossipItem, InstallationCert, InstallationId, SendDm};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -1334,4 +1334,92 @@ fn a_store_sealed_under_the_old_sorted_tree_starts_and_reseals() {
         Outcome::Verified(entry) => assert_eq!(installations_of(&entry), vec![alice.installation]),
         other => panic!("expected Verified, got {other:?}"),
     }
+}
+
+// Bounds of the witness rows (issue 10, item 1)
+
+/// `wsize/` || node id: how far a witness cosigned node 0's log.
+fn wsize_key(id: &NodeId) -> Vec<u8> {
+    [b"wsize/".as_slice(), &id.0].concat()
+}
+
+/// The node ids of `rows` under `prefix` (the 32 bytes after it), distinct.
+fn ids_under(store: &MemStore, prefix: &[u8]) -> BTreeSet<NodeId> {
+    let rows = store.scan_prefix(Table::FedState, prefix).unwrap();
+    rows.iter().map(|(k, _)| NodeId(k[prefix.len()..prefix.len() + 32].try_into().unwrap())).collect()
+}
+
+/// `n` made-up nodes, each with a key of its own.
+fn made_up_nodes(n: usize) -> Vec<(SigningKey, NodeId)> {
+    (0..n)
+        .map(|k| {
+            let key = generate_signing_key(&mut ChaCha20Rng::seed_from_u64(50_000 + k as u64));
+            let id = descriptor::node_id(&key.verifying_key().to_bytes());
+            (key, id)
+        })
+        .collect()
+}
+
+/// A full witness view of nodes idle for a day (one head each, and each a witness of
+/// node 0's log): a new node evicts the idlest, whose `whead/` and `wsize/` rows are
+/// deleted, and the node restarts from what is left.
+#[test]
+fn a_full_witness_view_evicts_an_idle_node_and_its_rows() {
+    let mut net = Net::new(2);
+    let mut store = net.kill(0);
+    let at = net.now - WITNESS_IDLE_US;
+    let idle = made_up_nodes(WITNESS_NODES_MAX);
+    for (key, id) in &idle {
+        let head =
+            TreeHead { node_id: *id, epoch: 0, dir_root: [0; 32], dir_size: 0, log_root: [0; 32], issued_at_us: at };
+        let head = evidence::sign_head(key, head);
+        let whead = [b"whead/".as_slice(), &id.0, &0u64.to_be_bytes()].concat();
+        store.put(Table::FedState, &whead, &codec::encode(&(at, head))).unwrap();
+        store.put(Table::FedState, &wsize_key(id), &codec::encode(&(1u64, at))).unwrap();
+    }
+    store.flush().unwrap();
+    net.restart(0, store);
+    net.run_for(2 * EPOCH);
+
+    let victim = idle.iter().map(|(_, id)| *id).min().expect("nodes");
+    let store = net.kill(0);
+    let viewed = ids_under(&store, b"whead/");
+    assert_eq!(viewed.len(), WITNESS_NODES_MAX, "the view stays full");
+    assert!(viewed.contains(&net.id(1)), "node 1 took a slot");
+    assert!(!viewed.contains(&victim), "the idlest node's heads are deleted");
+    assert_eq!(store.get(Table::FedState, &wsize_key(&victim)).unwrap(), None, "and so is its witness size");
+    assert!(ids_under(&store, b"wsize/").len() == WITNESS_NODES_MAX, "the other rows are kept");
+    net.restart(0, store);
+    net.run_for(2 * EPOCH);
+    let witness = net.id(0);
+    assert!(
+        net.fed(1).log().latest_cosignatures().iter().any(|c| c.witness == witness),
+        "after the restart node 0 still witnesses node 1"
+    );
+}
+
+/// `wsize/` rows are bounded like the witness view: with `WITNESS_NODES_MAX` witnesses
+/// recorded, one idle for a day, the first new witness takes its place and the second is
+/// not recorded; both keep cosigning (a request from 0, answered by `CosignFrom`).
+#[test]
+fn witness_size_rows_are_bounded_and_evict_only_an_idle_witness() {
+    let mut net = Net::new(3);
+    let mut store = net.kill(0);
+    let others = made_up_nodes(WITNESS_NODES_MAX);
+    for (k, (_, id)) in others.iter().enumerate() {
+        let at = if k == 0 { net.now - WITNESS_IDLE_US } else { net.now };
+        store.put(Table::FedState, &wsize_key(id), &codec::encode(&(1u64, at))).unwrap();
+    }
+    store.flush().unwrap();
+    net.restart(0, store);
+    net.run_for(4 * EPOCH);
+    let cosigners: BTreeSet<NodeId> = net.fed(0).log().latest_cosignatures().iter().map(|c| c.witness).collect();
+    assert_eq!(cosigners, BTreeSet::from([net.id(1), net.id(2)]), "both witnesses cosign node 0's heads");
+    let store = net.kill(0);
+    let rows = ids_under(&store, b"wsize/");
+    assert_eq!(rows.len(), WITNESS_NODES_MAX, "the rows stay bounded");
+    assert!(!rows.contains(&others[0].1), "the idle witness's row is deleted");
+    let new = [net.id(1), net.id(2)].iter().filter(|id| rows.contains(id)).count();
+    assert_eq!(new, 1, "one new witness took the idle slot, the other is not recorded");
+    net.restart(0, store);
 }

@@ -448,6 +448,31 @@ fn fetch_and_subscriptions_survive_a_restart() {
     assert_eq!(h.node.steward().epoch(&GID), Some(3));
 }
 
+/// Local records are bounded by the record limit, not the 64 KiB frame limit: a group
+/// record past 64 KiB (a GroupInfo larger than one frame, as a big group's ratchet tree
+/// is) does not stop the node from restarting.
+#[test]
+fn a_group_record_over_the_frame_limit_survives_a_restart() {
+    use nymstr_node_core::actors::steward::GroupRecord;
+    use nymstr_node_core::store::{Store, Table};
+    use nymstr_proto::limits::FRAME_BYTES_MAX;
+
+    let mut h = Harness::new();
+    let (mut alice, _bob, _carol) = group_of_three(&mut h, true);
+    let bytes = h.node.store().get(Table::Groups, &GID).unwrap().expect("group record");
+    let mut record: GroupRecord = nymstr_proto::codec::decode_record(&bytes).unwrap();
+    record.group_info.resize(FRAME_BYTES_MAX + 4096, 0);
+    let bytes = nymstr_proto::codec::encode(&record);
+    assert!(bytes.len() > FRAME_BYTES_MAX);
+    h.node.store_mut().put(Table::Groups, &GID, &bytes).unwrap();
+    h.flush();
+    h.crash_and_restart();
+    assert_eq!(h.node.steward().epoch(&GID), Some(2));
+    let (commit, gi) = alice.commit_update();
+    accept(&mut h, &alice, upload_body(commit, gi, 3, None));
+    assert_eq!(h.node.steward().epoch(&GID), Some(3));
+}
+
 #[test]
 fn subscribing_sends_the_log_from_the_requested_seq() {
     let mut h = Harness::new();

@@ -59,8 +59,6 @@ pub const POLICY_BYTES_MAX: usize = 64;
 pub const COSIGNATURES_MAX: usize = 32;
 /// Most hashes in one Merkle proof (a tree of 2^64 leaves needs 64; consistency ≤ 2·64).
 pub const PROOF_HASHES_MAX: usize = 130;
-/// Longest directory key the leaf encoding admits (the key length is a `u16`).
-pub const DIR_KEY_MAX: usize = u16::MAX as usize;
 /// How many recent heads a witness view keeps per node to recognise a fork of an epoch
 /// older than the last one it cosigned.
 pub const WITNESS_RECENT_HEADS: usize = 64;

@@ -19,7 +19,7 @@ use nymstr_proto::federation::{
     Cosignature, DirEntry, LookupProof, NodeId, SignedHead, TreeHead, descriptor, evidence,
 };
 use nymstr_proto::identity;
-use nymstr_proto::wire::{Body, InstallationCert};
+use nymstr_proto::wire::InstallationCert;
 use rand_chacha::ChaCha20Rng;
 
 use crate::mixnet::Us;
@@ -233,13 +233,4 @@ impl FedSim {
             consistency: Vec::new(),
         }
     }
-}
-
-/// The username a `KtLookupResult` answers (from its entry or its absence proof's key).
-pub fn answered_username(body: &Body) -> Option<String> {
-    let Body::KtLookupResult { proof, .. } = body else { return None };
-    if let Some(e) = &proof.entry {
-        return Some(e.username.clone());
-    }
-    None
 }

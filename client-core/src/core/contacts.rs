@@ -74,7 +74,6 @@ impl ClientCore {
         username: String,
         account_key: PublicKey,
         installations: Vec<InstallationCert>,
-        _via: &str,
     ) {
         let Some(p) = self.pending.remove(&rid) else { return };
         let Step::Lookup(asked) = p.step else { return };

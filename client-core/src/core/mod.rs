@@ -326,7 +326,7 @@ impl ClientCore {
             Body::Registered { username, .. } => self.on_registered(rid, username),
             Body::LoggedIn { queued, .. } => self.on_logged_in(now, rid, queued),
             Body::LookupResult { username, account_key, installations } => {
-                self.on_lookup_result(now, rid, username, account_key, installations, "")
+                self.on_lookup_result(now, rid, username, account_key, installations)
             }
             Body::SendAck { msg_id } => self.on_send_ack(msg_id),
             Body::Deliver { delivery_id, from_username, from, msg_id, sealed } => {

@@ -113,6 +113,22 @@ impl ClientCore {
 
     pub(super) fn on_challenge(&mut self, now: TimeUs, rid: u64, nonce: Nonce, node: &NodeId) {
         let Some(p) = self.pending.remove(&rid) else { return };
+        // A challenge names the node the answer is for: with the home node's id pinned,
+        // one naming another node (a node relaying another's challenge) is not signed.
+        if let Some(home) = self.home.filter(|home| home != node)
+            && let Some(what) = match p.step {
+                Step::RegisterAwaitChallenge => Some(Operation::Register),
+                Step::LoginAwaitChallenge => Some(Operation::Login),
+                _ => None,
+            }
+        {
+            if what == Operation::Register {
+                self.username = None;
+            }
+            let detail = format!("the challenge names node {node}, not the home node {home}");
+            self.events.push_back(Event::Failed { what, code: ErrorCode::UnexpectedMessage, detail });
+            return;
+        }
         let id = self.identity.as_ref().expect("identity");
         match p.step {
             Step::RegisterAwaitChallenge => {
@@ -222,5 +238,54 @@ impl ClientCore {
             // No home id, so no name of another node can be signed: those sends fail.
             (Step::Home, code) => self.home_unknown(code, &detail),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{ClientConfig, Identity};
+    use nymstr_proto::codec;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    const T0: TimeUs = 1_700_000_000_000_000;
+    const HOME: NodeId = NodeId([2; 32]);
+
+    fn challenge(client: &mut ClientCore, node: NodeId) -> Vec<Body> {
+        let rid = client.drain_transmits().next_back().expect("a request").request_id;
+        let body = Body::Challenge { nonce: [1; 32], expires_at_us: T0 + 60_000_000, node };
+        client.handle_frame(T0, &codec::encode_frame(&Envelope { request_id: rid, body }).unwrap());
+        client.drain_transmits().map(|e| e.body).collect()
+    }
+
+    #[test]
+    fn a_login_challenge_naming_another_node_than_the_pinned_home_is_not_signed() {
+        let rng = |n| ChaCha20Rng::seed_from_u64(n);
+        let id = Identity::generate(&mut rng(1), T0);
+        let mut alice = ClientCore::with_identity(rng(2), ClientConfig::default(), id, "alice".into());
+        alice.set_home_node(HOME);
+        alice.login(T0).unwrap();
+        assert_eq!(challenge(&mut alice, NodeId([3; 32])), vec![], "nothing signed");
+        assert!(matches!(
+            alice.poll_event(),
+            Some(Event::Failed { what: Operation::Login, code: ErrorCode::UnexpectedMessage, .. })
+        ));
+        alice.login(T0).unwrap();
+        assert!(matches!(challenge(&mut alice, HOME)[..], [Body::LoginResponse { .. }]), "the home's is answered");
+    }
+
+    #[test]
+    fn a_register_challenge_naming_another_node_than_the_pinned_home_is_not_signed() {
+        let mut alice = ClientCore::new(ChaCha20Rng::seed_from_u64(1), ClientConfig::default());
+        alice.set_home_node(HOME);
+        alice.register(T0, "alice").unwrap();
+        assert_eq!(challenge(&mut alice, NodeId([3; 32])), vec![], "nothing signed");
+        assert!(matches!(
+            alice.poll_event(),
+            Some(Event::Failed { what: Operation::Register, code: ErrorCode::UnexpectedMessage, .. })
+        ));
+        alice.register(T0, "alice").unwrap();
+        assert!(matches!(challenge(&mut alice, HOME)[..], [Body::RegisterResponse { .. }]));
     }
 }

@@ -71,7 +71,7 @@ impl ClientCore {
             }
             Outcome::Verified(entry) => {
                 self.witness_waits.remove(&asked);
-                self.on_lookup_result(now, rid, asked.clone(), entry.account_key, entry.installations, &asked)
+                self.on_lookup_result(now, rid, asked, entry.account_key, entry.installations)
             }
             Outcome::KeyChanged { old, new, .. } => {
                 self.pending.remove(&rid);

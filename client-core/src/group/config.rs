@@ -60,7 +60,7 @@ pub struct GroupConfig {
     pub out_of_order_tolerance: u32,
     /// Message ids remembered per group (de-duplication, causal checks).
     pub seen_max: usize,
-    /// Application uploads in flight per group (within MLS' out-of-order tolerance of 5).
+    /// Application uploads in flight per group (kept well within `out_of_order_tolerance`).
     pub uploads_in_flight_max: usize,
     /// Messages waiting to be sent, per group.
     pub outbox_max: usize,

@@ -69,19 +69,7 @@ impl GroupCore {
                 i.proposed_epoch = None;
             }
             let roster = mls.as_ref().map(|m| roster_of(m, &mut core.identities)).unwrap_or_default();
-            let group = Group {
-                rec,
-                mls,
-                buffered: BTreeMap::new(),
-                subscribed: false,
-                roster,
-                gap_since: None,
-                catching_up: false,
-                last_heard: 0,
-                epoch_started_at: 0,
-                proposals_since: None,
-                commit_hold_until: 0,
-            };
+            let group = Group::from_record(rec, mls, roster);
             core.groups.insert(group.rec.id, group);
         }
         core.resubscribe = true;

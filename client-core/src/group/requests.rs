@@ -80,13 +80,7 @@ impl GroupCore {
     }
 
     pub(super) fn upload_with_id(&mut self, now: TimeUs, group: &GroupId, upload_id: UploadId, up: Upload) {
-        let body = Body::GroupUpload {
-            group_id: *group,
-            upload_id,
-            mls: up.mls.clone(),
-            group_info: up.group_info.clone(),
-            invite: up.invite.clone(),
-        };
+        let body = upload_body(*group, upload_id, &up);
         let Some(g) = self.groups.get_mut(group) else { return };
         let too_large = upload_too_large(&up, &body);
         g.rec.uploads.insert(upload_id, up);
@@ -193,13 +187,7 @@ impl GroupCore {
         if matches!(code, ErrorCode::Busy | ErrorCode::Internal) {
             // Same upload again after a pause (the steward dedupes by upload id).
             let backoff = self.config.retry_after_us;
-            let body = Body::GroupUpload {
-                group_id: *group,
-                upload_id,
-                mls: up.mls.clone(),
-                group_info: up.group_info.clone(),
-                invite: up.invite.clone(),
-            };
+            let body = upload_body(*group, upload_id, &up);
             if let Some(g) = self.groups.get_mut(group) {
                 g.rec.uploads.insert(upload_id, up);
             }
@@ -323,5 +311,16 @@ pub(super) fn upload_too_large(up: &Upload, body: &Body) -> Option<String> {
         Ok(frame) if frame.len() <= FRAME_BYTES_MAX => None,
         Ok(frame) => Some(format!("frame of {} bytes exceeds {FRAME_BYTES_MAX}", frame.len())),
         Err(e) => Some(format!("frame does not encode: {e}")),
+    }
+}
+
+/// The `GroupUpload` that carries `up` (sent first, and again after a `Busy`).
+fn upload_body(group_id: GroupId, upload_id: UploadId, up: &Upload) -> Body {
+    Body::GroupUpload {
+        group_id,
+        upload_id,
+        mls: up.mls.clone(),
+        group_info: up.group_info.clone(),
+        invite: up.invite.clone(),
     }
 }

@@ -238,8 +238,8 @@ pub(super) struct Pending {
 
 impl Group {
     pub(super) fn new(id: GroupId, group_node: Vec<u8>, phase: Phase) -> Self {
-        Self {
-            rec: GroupRecord {
+        Self::from_record(
+            GroupRecord {
                 id,
                 group_node,
                 phase,
@@ -264,10 +264,20 @@ impl Group {
                 acks: VecDeque::new(),
                 sent: 0,
             },
-            mls: None,
+            None,
+            Vec::new(),
+        )
+    }
+
+    /// A group as it starts on this client (new, or restored from its record): not yet
+    /// subscribed, nothing buffered, no timers running.
+    pub(super) fn from_record(rec: GroupRecord, mls: Option<MlsGroup>, roster: Vec<MemberInfo>) -> Self {
+        Self {
+            rec,
+            mls,
             buffered: BTreeMap::new(),
             subscribed: false,
-            roster: Vec::new(),
+            roster,
             gap_since: None,
             catching_up: false,
             last_heard: 0,

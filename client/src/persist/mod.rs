@@ -130,8 +130,8 @@ impl Home {
             }
             Err(source) => return Err(PersistError::Io { path, source }),
         };
-        let file: IdentityFile =
-            codec::decode(&bytes).map_err(|e| PersistError::Corrupt { what: "identity", detail: e.to_string() })?;
+        let file: IdentityFile = codec::decode_record(&bytes)
+            .map_err(|e| PersistError::Corrupt { what: "identity", detail: e.to_string() })?;
         if file.version > FORMAT_VERSION {
             return Err(PersistError::Version { path, found: file.version });
         }

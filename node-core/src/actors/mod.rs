@@ -314,7 +314,11 @@ impl<S: Store> NodeCore<S> {
                 self.steward.on_subscribe_proof(&mut ctx, tag, rid, group_id, nonce, sig).map_err(err)
             }
             Body::GroupUpload { group_id, upload_id, mls, group_info, invite } => {
-                self.steward.on_upload(&mut ctx, tag, rid, group_id, upload_id, mls, group_info, invite).map_err(err)
+                let r = self.steward.on_upload(&mut ctx, tag, rid, group_id, upload_id, mls, group_info, invite);
+                if r.is_err() {
+                    self.steward.stats.group_uploads_rejected += 1;
+                }
+                r.map_err(err)
             }
             Body::GroupFetch { group_id, from_seq, max } => {
                 self.steward.on_fetch(&mut ctx, tag, rid, group_id, from_seq, max).map_err(err)

@@ -103,14 +103,14 @@ impl Registry {
         let mut tags = BTreeMap::new();
         for (k, v) in store.scan_prefix(Table::Bindings, &[])? {
             let installation: InstallationId = k.as_slice().try_into().map_err(|_| corrupt("bindings key"))?;
-            let tag: SenderTag = nymstr_proto::codec::decode(&v).map_err(|_| corrupt("bindings value"))?;
+            let tag: SenderTag = nymstr_proto::codec::decode_record(&v).map_err(|_| corrupt("bindings value"))?;
             tags.insert(tag, installation);
         }
         let mut registry = Self { tags, ..Self::default() };
         for (k, v) in store.scan_prefix(Table::Challenges, &[])? {
             // A record that does not decode is not counted; the next sweep deletes it.
             if let (Ok(nonce), Ok(c)) =
-                (Nonce::try_from(k.as_slice()), nymstr_proto::codec::decode::<PendingChallenge>(&v))
+                (Nonce::try_from(k.as_slice()), nymstr_proto::codec::decode_record::<PendingChallenge>(&v))
             {
                 registry.challenges.admit(c.tag, c.expires_at_us, nonce, usize::MAX);
                 if let Purpose::Login { installation } = &c.purpose
@@ -310,7 +310,7 @@ impl Registry {
     /// Deletes expired challenges.
     pub fn sweep<S: Store>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), StoreError> {
         for (k, v) in ctx.store.scan_prefix(Table::Challenges, &[])? {
-            match nymstr_proto::codec::decode::<PendingChallenge>(&v) {
+            match nymstr_proto::codec::decode_record::<PendingChallenge>(&v) {
                 Ok(c) if c.expires_at_us > ctx.now => {}
                 Ok(c) => {
                     ctx.store.delete(Table::Challenges, &k)?;

@@ -110,9 +110,10 @@ struct Inflight {
 pub struct Relay {
     next_delivery_id: BTreeMap<InstallationId, u64>,
     queue_len: BTreeMap<InstallationId, u32>,
-    /// (recipient installation, sender username) -> messages queued: each sender's share
-    /// of a queue is bounded by `queue_per_sender_max`.
-    per_sender: BTreeMap<(InstallationId, String), u32>,
+    /// Recipient installation -> sender username -> messages queued: each sender's share
+    /// of a queue is bounded by `queue_per_sender_max`. Nested, so the per-message checks
+    /// look a sender up by `&str` (no key to build).
+    per_sender: BTreeMap<InstallationId, BTreeMap<String, u32>>,
     inflight: BTreeMap<InstallationId, BTreeMap<u64, Inflight>>,
     timers: BTreeSet<(TimeUs, InstallationId, u64)>,
 }
@@ -138,7 +139,7 @@ impl Relay {
             let installation: InstallationId = k[META_NEXT_DELIVERY_ID.len()..]
                 .try_into()
                 .map_err(|_| StoreError::Corrupt { table: "meta", detail: "delivery id key".into() })?;
-            let next: u64 = nymstr_proto::codec::decode(&v)
+            let next: u64 = nymstr_proto::codec::decode_record(&v)
                 .map_err(|e| StoreError::Corrupt { table: "meta", detail: e.to_string() })?;
             relay.next_delivery_id.insert(installation, next);
         }
@@ -146,14 +147,14 @@ impl Relay {
             if k.len() != 40 {
                 return Err(StoreError::Corrupt { table: "queues", detail: "key length".into() });
             }
-            let queued: QueuedDm = nymstr_proto::codec::decode(&v)
+            let queued: QueuedDm = nymstr_proto::codec::decode_record(&v)
                 .map_err(|e| StoreError::Corrupt { table: "queues", detail: e.to_string() })?;
             let installation: InstallationId = k[..32].try_into().expect("32 bytes");
             let id = u64::from_be_bytes(k[32..].try_into().expect("8 bytes"));
             let next = relay.next_delivery_id.entry(installation).or_insert(1);
             *next = (*next).max(id + 1);
             *relay.queue_len.entry(installation).or_default() += 1;
-            *relay.per_sender.entry((installation, queued.from_username)).or_default() += 1;
+            *relay.per_sender.entry(installation).or_default().entry(queued.from_username).or_default() += 1;
         }
         Ok(relay)
     }
@@ -256,7 +257,7 @@ impl Relay {
         }
         // One sender may fill only its share of a queue, so it cannot lock everyone else out.
         let share = ctx.config.queue_per_sender_max;
-        if targets.iter().any(|i| self.per_sender.get(&(*i, from_username.clone())).copied().unwrap_or(0) >= share) {
+        if targets.iter().any(|i| self.sender_share(i, &from_username) >= share) {
             return Err(RelayError::SenderShareFull { max: share });
         }
         for p in dm.payloads {
@@ -273,7 +274,13 @@ impl Relay {
             };
             ctx.save(Table::Queues, &queue_key(&p.installation, id), &queued)?;
             *self.queue_len.entry(p.installation).or_default() += 1;
-            *self.per_sender.entry((p.installation, from_username.clone())).or_default() += 1;
+            let shares = self.per_sender.entry(p.installation).or_default();
+            match shares.get_mut(from_username.as_str()) {
+                Some(n) => *n += 1,
+                None => {
+                    shares.insert(from_username.clone(), 1);
+                }
+            }
         }
         let expires_at_us = ctx.now + ctx.config.seen_send_ttl_us;
         ctx.save(Table::SeenSends, &seen, &SeenSend { expires_at_us })?;
@@ -285,6 +292,11 @@ impl Relay {
             }
         }
         Ok(())
+    }
+
+    /// Messages `sender` has queued for `installation`.
+    fn sender_share(&self, installation: &InstallationId, sender: &str) -> u32 {
+        self.per_sender.get(installation).and_then(|m| m.get(sender)).copied().unwrap_or(0)
     }
 
     pub fn on_ack<S: Store>(
@@ -304,11 +316,15 @@ impl Relay {
             let key = queue_key(&installation, id);
             if let Some(queued) = ctx.load::<QueuedDm>(Table::Queues, &key)? {
                 ctx.store.delete(Table::Queues, &key)?;
-                let sender = (installation, queued.from_username);
-                if let Some(n) = self.per_sender.get_mut(&sender) {
+                if let Some(shares) = self.per_sender.get_mut(&installation)
+                    && let Some(n) = shares.get_mut(&queued.from_username)
+                {
                     *n -= 1;
                     if *n == 0 {
-                        self.per_sender.remove(&sender);
+                        shares.remove(&queued.from_username);
+                        if shares.is_empty() {
+                            self.per_sender.remove(&installation);
+                        }
                     }
                 }
                 if let Some(n) = self.queue_len.get_mut(&installation) {
@@ -371,7 +387,7 @@ impl Relay {
                 if self.inflight.get(installation).is_some_and(|m| m.contains_key(&id)) {
                     continue;
                 }
-                let queued: QueuedDm = nymstr_proto::codec::decode(&v)
+                let queued: QueuedDm = nymstr_proto::codec::decode_record(&v)
                     .map_err(|e| StoreError::Corrupt { table: "queues", detail: e.to_string() })?;
                 self.send_delivery(ctx, tag, id, queued);
                 let backoff_us = ctx.config.redeliver_after_us;

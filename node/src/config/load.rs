@@ -93,8 +93,9 @@ impl Config {
         if f.peers_max == 0 {
             return fed("peers_max", "must be at least 1");
         }
-        if f.policy.len() > nymstr_proto::federation::descriptor::POLICY_BYTES_MAX {
-            return fed("policy", "is longer than 64 bytes");
+        let max = nymstr_proto::federation::descriptor::POLICY_BYTES_MAX;
+        if f.policy.len() > max {
+            return fed("policy", &format!("is longer than {max} bytes"));
         }
         let max = nymstr_proto::federation::descriptor::ADDRESS_BYTES_MAX;
         for b in &self.federation.bootstrap {

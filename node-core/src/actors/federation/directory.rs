@@ -19,7 +19,7 @@ impl Federation {
     pub(super) fn reconcile_registry<S: Store>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), StoreError> {
         let mut stale = Vec::new();
         for (_, v) in ctx.store.scan_prefix(Table::Accounts, &[])? {
-            let Ok(account) = codec::decode::<Account>(&v) else { continue };
+            let Ok(account) = codec::decode_record::<Account>(&v) else { continue };
             let current = self.log.newest_entry(&account.username).is_some_and(|e| {
                 e.account_key == account.account_key
                     && e.installations == account.installations

@@ -108,10 +108,10 @@ impl Federation {
         }
         let mut witness_sizes = BTreeMap::new();
         for (k, v) in ctx.store.scan_prefix(Table::FedState, PREFIX_WSIZE)? {
-            if let (Ok(arr), Ok(size)) =
-                (<[u8; 32]>::try_from(&k[PREFIX_WSIZE.len()..]), codec::decode_record::<u64>(&v))
-            {
-                witness_sizes.insert(NodeId(arr), size);
+            let row = codec::decode_record::<(u64, TimeUs)>(&v)
+                .or_else(|_| codec::decode_record::<u64>(&v).map(|size| (size, ctx.now)));
+            if let (Ok(arr), Ok(row)) = (<[u8; 32]>::try_from(&k[PREFIX_WSIZE.len()..]), row) {
+                witness_sizes.insert(NodeId(arr), row);
             }
         }
         let (witness, witness_seen) = recover_witness_view(ctx, &forks)?;

@@ -132,6 +132,8 @@ pub const FORWARDS_PENDING_MAX: usize = 10_000;
 /// Encoded items per catch-up `Gossip` (the frame limit is 64 KiB).
 pub(super) const GOSSIP_CHUNK_BYTES_MAX: usize = 48 * 1024;
 pub(super) const PREFIX_FORK: &[u8] = b"fork/";
+/// How far each witness cosigned this node's log: `wsize/` || node id -> (size, local time
+/// it was recorded); a row of the earlier layout holds the size alone.
 pub(super) const PREFIX_WSIZE: &[u8] = b"wsize/";
 
 pub(super) fn prefixed(prefix: &[u8], id: &NodeId) -> Vec<u8> {
@@ -169,8 +171,9 @@ pub struct Federation {
     /// When each node in the witness view last had a new head recorded (local time): the
     /// eviction order of a full view (`WITNESS_NODES_MAX`).
     pub(super) witness_seen: BTreeMap<NodeId, TimeUs>,
-    /// Head-log size each witness last cosigned for this node.
-    pub(super) witness_sizes: BTreeMap<NodeId, u64>,
+    /// Head-log size each witness last cosigned for this node, and when (local time) it
+    /// last changed: the eviction order once `WITNESS_NODES_MAX` witnesses are kept.
+    pub(super) witness_sizes: BTreeMap<NodeId, (u64, TimeUs)>,
     pub(super) seen: BTreeSet<Hash>,
     pub(super) seen_order: VecDeque<Hash>,
     pub(super) pending: BTreeMap<u64, Pending>,

@@ -20,7 +20,7 @@ impl Federation {
         // that must not leave two different signed heads for one epoch in the world.
         let witnesses = self.pick_peers(ctx, ctx.config.federation.witnesses_wanted, None);
         for w in witnesses {
-            let from = self.witness_sizes.get(&w).copied().unwrap_or(0);
+            let from = self.witness_sizes.get(&w).map_or(0, |(size, _)| *size);
             let size = head.head.epoch + 1;
             let from = if from > 0 && from <= size { from } else { 0 };
             let consistency = if from > 0 { self.log.consistency(from, size) } else { Vec::new() };
@@ -117,9 +117,8 @@ impl Federation {
         evidence::verify_cosignature(&cosig, &key, &target.head)
             .map_err(|e| FederationError::Inconsistent(e.to_string()))?;
         let size = cosig.epoch + 1;
-        if self.witness_sizes.get(&from).is_none_or(|s| *s < size) {
-            ctx.save(Table::FedState, &prefixed(PREFIX_WSIZE, &from), &size)?;
-            self.witness_sizes.insert(from, size);
+        if self.witness_sizes.get(&from).is_none_or(|(s, _)| *s < size) {
+            self.note_witness_size(ctx, from, size)?;
         }
         if self.log.add_cosignature(ctx.store, cosig)? {
             self.stats.cosignatures_received += 1;
@@ -145,8 +144,7 @@ impl Federation {
         if log_size == 0 || log_size > size {
             return Err(FederationError::Inconsistent(format!("this log has no size {log_size}")));
         }
-        ctx.save(Table::FedState, &prefixed(PREFIX_WSIZE, &from), &log_size)?;
-        self.witness_sizes.insert(from, log_size);
+        self.note_witness_size(ctx, from, log_size)?;
         let consistency = self.log.consistency(log_size, size);
         let rid = self.fresh_rid(ctx);
         let addr = self.peers[&from].clone();
@@ -168,9 +166,39 @@ impl Federation {
         for epoch in self.witness.epochs(&victim) {
             ctx.store.delete(Table::FedState, &whead_key(&victim, epoch))?;
         }
+        // An idle node is most likely gone: its record as a witness of this log goes too.
+        if self.witness_sizes.remove(&victim).is_some() {
+            ctx.store.delete(Table::FedState, &prefixed(PREFIX_WSIZE, &victim))?;
+        }
         self.witness.forget(&victim);
         self.witness_seen.remove(&victim);
         Ok(true)
+    }
+
+    /// Records that `witness` cosigned this log up to `size` (its `wsize/` row). Bounded
+    /// like the witness view: with `WITNESS_NODES_MAX` witnesses kept, a new one takes the
+    /// place of the one whose size changed longest ago, if that was at least
+    /// `WITNESS_IDLE_US` ago; otherwise it is not recorded (the next request to it starts
+    /// its proof from 0 and the witness answers `CosignFrom`, as after a lost cosignature).
+    fn note_witness_size<S: Store>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        witness: NodeId,
+        size: u64,
+    ) -> Result<(), StoreError> {
+        if !self.witness_sizes.contains_key(&witness) && self.witness_sizes.len() >= WITNESS_NODES_MAX {
+            let idlest =
+                self.witness_sizes.iter().min_by_key(|(id, (_, at))| (*at, **id)).map(|(id, (_, at))| (*id, *at));
+            let Some((victim, at)) = idlest else { return Ok(()) };
+            if ctx.now.saturating_sub(at) < WITNESS_IDLE_US {
+                return Ok(());
+            }
+            ctx.store.delete(Table::FedState, &prefixed(PREFIX_WSIZE, &victim))?;
+            self.witness_sizes.remove(&victim);
+        }
+        ctx.save(Table::FedState, &prefixed(PREFIX_WSIZE, &witness), &(size, ctx.now))?;
+        self.witness_sizes.insert(witness, (size, ctx.now));
+        Ok(())
     }
 
     /// Writes the head the view just recorded as its row, and deletes the rows of the

@@ -63,7 +63,7 @@ impl Steward {
                 continue;
             }
             let record: GroupRecord =
-                nymstr_proto::codec::decode(&v).map_err(|e| corrupt(Table::Groups, e.to_string()))?;
+                nymstr_proto::codec::decode_record(&v).map_err(|e| corrupt(Table::Groups, e.to_string()))?;
             let mut mirror = BTreeMap::new();
             let mut records = Vec::new();
             for (k, v) in store.scan_prefix(Table::GroupMls, &group_id)? {
@@ -114,7 +114,7 @@ impl Steward {
             // A record that does not decode is not counted; the next sweep deletes it.
             if let (Ok(nonce), Ok(c)) = (
                 nymstr_proto::wire::Nonce::try_from(k.as_slice()),
-                nymstr_proto::codec::decode::<super::subscriptions::PendingSubscribe>(&v),
+                nymstr_proto::codec::decode_record::<super::subscriptions::PendingSubscribe>(&v),
             ) {
                 steward.challenges.admit(c.tag, c.expires_at_us, nonce, usize::MAX);
             }

@@ -58,7 +58,7 @@ impl Steward {
                 return Err(corrupt(Table::GroupInvites, "key length"));
             }
             let expires: TimeUs =
-                nymstr_proto::codec::decode(&v).map_err(|e| corrupt(Table::GroupInvites, e.to_string()))?;
+                nymstr_proto::codec::decode_record(&v).map_err(|e| corrupt(Table::GroupInvites, e.to_string()))?;
             let group_id: GroupId = k[..16].try_into().expect("16 bytes");
             let token: [u8; 16] = k[16..].try_into().expect("16 bytes");
             self.used_invites.insert((expires, group_id, token));

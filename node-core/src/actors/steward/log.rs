@@ -155,7 +155,8 @@ pub(super) fn load_index<S: Store>(
         let seq = u64::from_be_bytes(
             k.get(16..24).and_then(|s| s.try_into().ok()).ok_or_else(|| corrupt(Table::GroupSeqs, "key"))?,
         );
-        let idx: SeqIndex = nymstr_proto::codec::decode(&v).map_err(|e| corrupt(Table::GroupSeqs, e.to_string()))?;
+        let idx: SeqIndex =
+            nymstr_proto::codec::decode_record(&v).map_err(|e| corrupt(Table::GroupSeqs, e.to_string()))?;
         if idx.application {
             app_seqs.push_back(seq);
         } else {

@@ -136,7 +136,7 @@ impl Steward {
     pub(super) fn sweep_challenges<S: Store>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), StoreError> {
         if self.challenges.total() > 0 {
             for (k, v) in ctx.store.scan_prefix(Table::GroupChallenges, &[])? {
-                match nymstr_proto::codec::decode::<PendingSubscribe>(&v) {
+                match nymstr_proto::codec::decode_record::<PendingSubscribe>(&v) {
                     Ok(c) if c.expires_at_us > ctx.now => {}
                     Ok(c) => {
                         ctx.store.delete(Table::GroupChallenges, &k)?;
@@ -173,7 +173,8 @@ pub(super) fn load_subs<S: Store>(store: &S, group_id: &GroupId) -> Result<Subs,
         let tag = SenderTag(
             k.get(16..).and_then(|t| t.try_into().ok()).ok_or_else(|| corrupt(Table::GroupSubs, "key length"))?,
         );
-        let key: PublicKey = nymstr_proto::codec::decode(&v).map_err(|e| corrupt(Table::GroupSubs, e.to_string()))?;
+        let key: PublicKey =
+            nymstr_proto::codec::decode_record(&v).map_err(|e| corrupt(Table::GroupSubs, e.to_string()))?;
         subs.insert(tag, key);
         sub_by_key.insert(key, tag);
     }

@@ -17,27 +17,9 @@ use nymstr_proto::limits::GROUP_MLS_BYTES_MAX;
 use nymstr_proto::wire::{Body, GroupId, InviteToken, PublicKey, UploadId};
 
 impl Steward {
+    /// A `GroupUpload`; the caller counts a refusal (`StewardStats::group_uploads_rejected`).
     #[allow(clippy::too_many_arguments)]
     pub fn on_upload<S: Store>(
-        &mut self,
-        ctx: &mut Ctx<'_, S>,
-        tag: SenderTag,
-        rid: u64,
-        group_id: GroupId,
-        upload_id: UploadId,
-        mls: Vec<u8>,
-        group_info: Vec<u8>,
-        invite: Option<InviteToken>,
-    ) -> Result<(), StewardError> {
-        let r = self.upload(ctx, tag, rid, group_id, upload_id, mls, group_info, invite);
-        if r.is_err() {
-            self.stats.group_uploads_rejected += 1;
-        }
-        r
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn upload<S: Store>(
         &mut self,
         ctx: &mut Ctx<'_, S>,
         tag: SenderTag,
