@@ -1423,3 +1423,41 @@ fn witness_size_rows_are_bounded_and_evict_only_an_idle_witness() {
     assert_eq!(new, 1, "one new witness took the idle slot, the other is not recorded");
     net.restart(0, store);
 }
+
+/// Review follow-up to issue 10 item 1: with the witness view full, a `CosignRequest` from a
+/// node new to the view made room (evicting the idlest node, rows and all) before the
+/// head's signature was checked, so each badly signed request cost an honest node its
+/// place. A bad head is now refused first and evicts no one.
+#[test]
+fn a_badly_signed_head_evicts_no_one_from_a_full_witness_view() {
+    let mut net = Net::new(2);
+    let mut store = net.kill(0);
+    let one = net.id(1);
+    let prefix = [b"whead/".as_slice(), &one.0].concat();
+    for (k, _) in store.scan_prefix(Table::FedState, &prefix).unwrap() {
+        store.delete(Table::FedState, &k).unwrap();
+    }
+    let at = net.now - WITNESS_IDLE_US;
+    let idle = made_up_nodes(WITNESS_NODES_MAX);
+    for (key, id) in &idle {
+        let head =
+            TreeHead { node_id: *id, epoch: 0, dir_root: [0; 32], dir_size: 0, log_root: [0; 32], issued_at_us: at };
+        let head = evidence::sign_head(key, head);
+        let whead = [b"whead/".as_slice(), &id.0, &0u64.to_be_bytes()].concat();
+        store.put(Table::FedState, &whead, &codec::encode(&(at, head))).unwrap();
+    }
+    store.flush().unwrap();
+    net.restart(0, store);
+    assert!(net.fed(0).peers().any(|(id, _)| *id == one), "node 1 is a peer again");
+    let mut head = net.fed(1).log().latest().expect("node 1 sealed").clone();
+    head.head.epoch += 1; // no longer what the signature covers
+    net.inject(
+        0,
+        Peer::Address(addr(1)),
+        &frame(77, Body::CosignRequest { head, from_log_size: 0, consistency: vec![] }),
+    );
+    let store = net.kill(0);
+    let viewed = ids_under(&store, b"whead/");
+    assert_eq!(viewed.len(), WITNESS_NODES_MAX, "the view is still full");
+    assert!(idle.iter().all(|(_, id)| viewed.contains(id)), "no node lost its place to a badly signed head");
+}

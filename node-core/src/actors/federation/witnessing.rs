@@ -57,6 +57,8 @@ impl Federation {
             ctx.send(Peer::Address(self.peers[&from].clone()), rid, Body::CosignFrom { log_size: last });
             return Ok(());
         }
+        // A badly signed head must not cost another node its place in the view.
+        evidence::verify_head(&head, &key).map_err(|e| FederationError::Inconsistent(e.to_string()))?;
         if !self.make_witness_room(ctx, &from)? {
             return Err(FederationError::Busy(self.witness.node_count()));
         }
