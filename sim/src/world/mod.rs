@@ -35,7 +35,7 @@ use crate::rng::{self, Stream};
 use crate::scenario::{AdversaryKind, Fault, Scenario};
 
 use node_host::start_node;
-use state::{ClientHost, DRAIN_CHECK_US, Ev, NodeHost};
+use state::{ClientHost, DRAIN_CHECK_US, Ev, NodeHost, node_address};
 pub use state::{EPOCH_US, Endpoint, Metrics, World};
 
 impl World {
@@ -101,6 +101,8 @@ impl World {
                 past_group_stats: StewardStats::default(),
             });
         }
+        let witnesses =
+            fed.as_ref().map(|f| f.client_witnesses(sc.nodes.discovery, EPOCH_US, node_address)).unwrap_or_default();
         let mut clients = Vec::new();
         for i in 0..sc.clients.count {
             let mut transport_rng = rng::stream(seed, Stream::ClientTransport { index: i });
@@ -111,6 +113,7 @@ impl World {
             let mut config = ClientConfig::default();
             if let Some(f) = &fed {
                 config.trust = f.client_policy(sc.nodes.discovery);
+                config.witnesses = witnesses.clone();
             }
             clients.push(ClientHost {
                 core: ClientCore::new(rng::stream(seed, Stream::Client { index: i }), config),
