@@ -43,6 +43,16 @@ pub struct Attack {
     pub answers: u64,
     /// split_view: the second leaf the node hides in its tree.
     pub split: Option<Split>,
+    /// advert_hijack: the group listed by the real host, and the flood's node ids.
+    pub hijack: Option<Hijack>,
+}
+
+/// advert_hijack: the public group the honest `host` listed, and the descriptors flooded.
+#[derive(Clone, Debug)]
+pub struct Hijack {
+    pub group_id: [u8; 16],
+    pub host: u32,
+    pub flood: BTreeSet<NodeId>,
 }
 
 /// split_view: the victim, whose own lookups see the real leaf, and the substitute entry

@@ -72,6 +72,7 @@ impl World {
                     frozen: None,
                     answers: 0,
                     split: None,
+                    hijack: None,
                 })
                 .collect();
             fs
@@ -277,6 +278,7 @@ impl World {
             Ev::SelfCheck { client } => self.on_self_check(client),
             Ev::AdversaryStart { index } => self.on_adversary_start(index),
             Ev::InjectJoin { node } => self.on_inject_join(node),
+            Ev::AdvertHijack { index } => self.on_advert_hijack(index),
             Ev::PartitionStart { index } => self.on_partition_start(index),
             Ev::PartitionEnd => self.on_partition_end(),
             Ev::DrainCheck => self.on_drain_check(),

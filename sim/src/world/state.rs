@@ -114,6 +114,10 @@ pub(super) enum Ev {
     InjectJoin {
         node: u32,
     },
+    /// An `advert_hijack` adversary floods and gossips its hijack adverts.
+    AdvertHijack {
+        index: u32,
+    },
     PartitionStart {
         index: u32,
     },
@@ -154,6 +158,7 @@ impl Ev {
             Ev::PartitionEnd => 25,
             Ev::SelfCheck { .. } => 26,
             Ev::InjectJoin { .. } => 27,
+            Ev::AdvertHijack { .. } => 28,
         }
     }
 }
