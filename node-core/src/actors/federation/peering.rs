@@ -310,7 +310,7 @@ impl Federation {
                 (self.is_kept(&d.node_id), verified, s.map_or(0, |s| s.learnt_at), d)
             })
             .collect();
-        ranked.sort_by(|a, b| (b.0, b.1, b.2).cmp(&(a.0, a.1, a.2)));
+        ranked.sort_by_key(|r| std::cmp::Reverse((r.0, r.1, r.2)));
         let mut descriptors = vec![self.descriptor.clone()];
         descriptors.extend(ranked.into_iter().map(|(_, _, _, d)| d.clone()));
         descriptors.truncate(DESCRIPTORS_MAX);
