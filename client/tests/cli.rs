@@ -290,3 +290,30 @@ fn a_changed_key_is_exit_4_until_trusted() {
     assert_eq!(contacts[0]["account_key"], new_key.as_str());
     drop(bob);
 }
+
+/// `nymstr witness add` takes a node's `descriptor.json` (verified) and the witness is
+/// kept in the home; a tampered descriptor is refused. Nothing else adds witnesses: a
+/// lookup at the node (which lists its descriptors) leaves the list as the user made it.
+#[test]
+fn witnesses_are_only_what_the_user_adds() {
+    let node = Node::start();
+    let alice = User::join("alice", &node);
+    assert!(alice.json(&["witness", "list"]).is_empty());
+    alice.ok(&["lookup", "alice"]);
+    assert!(alice.json(&["witness", "list"]).is_empty(), "meeting the node adds no witness");
+    let file = node.dir.path().join("descriptor.json");
+    let text = std::fs::read_to_string(&file).expect("the running node wrote its descriptor");
+    let descriptor: Value = serde_json::from_str(&text).unwrap();
+    let added = alice.json(&["witness", "add", file.to_str().unwrap()]);
+    assert_eq!(added[0]["node_id"], descriptor["node_id"]);
+    let listed = alice.json(&["witness", "list"]);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["node_id"], descriptor["node_id"]);
+    // The same descriptor moved to another address no longer verifies.
+    let tampered = node.dir.path().join("tampered.json");
+    std::fs::write(&tampered, text.replace(&node.addr, "127.0.0.1:1")).unwrap();
+    let out = alice.run(&["witness", "add", tampered.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not verify"));
+    assert_eq!(alice.json(&["witness", "list"]).len(), 1);
+}

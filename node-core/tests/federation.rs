@@ -1461,3 +1461,161 @@ fn a_badly_signed_head_evicts_no_one_from_a_full_witness_view() {
     assert_eq!(viewed.len(), WITNESS_NODES_MAX, "the view is still full");
     assert!(idle.iter().all(|(_, id)| viewed.contains(id)), "no node lost its place to a badly signed head");
 }
+
+// ---------------------------------------------------------------------------------------
+// Bounds against a malicious peer (issue 10 item 8)
+
+/// A fresh self-signed descriptor of a node nobody runs, at `sybil{n}`.
+fn sybil(n: u64) -> NodeDescriptor {
+    let key = generate_signing_key(&mut ChaCha20Rng::seed_from_u64(50_000 + n));
+    let address = format!("sybil{n}").into_bytes();
+    descriptor::sign(&key, address, Roles { discovery: true, group: false }, "tofu".into(), EPOCH, T0)
+}
+
+/// `n` sybil descriptors whose ids sort below every id of `net`'s nodes (cheap to find).
+fn low_id_sybils(net: &Net, n: usize) -> Vec<NodeDescriptor> {
+    let lowest = (0..net.nodes.len()).map(|i| net.id(i)).min().expect("nodes");
+    (0..).map(sybil).filter(|d| d.node_id < lowest).take(n).collect()
+}
+
+fn gossip_from(net: &mut Net, to: usize, from: usize, items: Vec<GossipItem>) {
+    for chunk in items.chunks(nymstr_proto::limits::GOSSIP_ITEMS_MAX) {
+        net.inject(to, Peer::Address(addr(from)), &frame(0, Body::Gossip { items: chunk.to_vec() }));
+    }
+}
+
+fn hellos_to_sybils(net: &Net, from: usize) -> usize {
+    net.wire
+        .iter()
+        .filter(|w| {
+            w.from == from
+                && matches!(w.envelope.body, Body::PeerHello { .. })
+                && matches!(&w.to, Peer::Address(a) if a.0.starts_with(b"sybil"))
+        })
+        .count()
+}
+
+/// Node 1, an authenticated peer of node 0, gossips 2,000 fresh self-signed descriptors.
+/// Node 0 takes at most `KNOWN_PER_INTRODUCER_MAX` of them, keeps its real peers, and
+/// greets only a few of them (a bounded number a round), not each one.
+#[test]
+fn a_peer_flooding_descriptors_gets_only_its_share_and_few_dials() {
+    use nymstr_proto::limits::{HELLOS_PER_ROUND_MAX, KNOWN_PER_INTRODUCER_MAX};
+    let mut net = settled(3);
+    let flood: Vec<GossipItem> = (0..2_000).map(|n| GossipItem::Descriptor(sybil(n))).collect();
+    gossip_from(&mut net, 0, 1, flood);
+    net.run_for(2 * EPOCH);
+    let known: Vec<NodeId> = net.fed(0).known().map(|d| d.node_id).collect();
+    assert!(known.len() <= 2 + KNOWN_PER_INTRODUCER_MAX, "node 0 holds {} descriptors", known.len());
+    assert!(known.contains(&net.id(1)) && known.contains(&net.id(2)), "the real peers stay");
+    let stored = net.node(0).store().scan_prefix(Table::FedPeers, &[]).unwrap().len();
+    assert_eq!(stored, known.len(), "the store holds what memory holds");
+    let dials = hellos_to_sybils(&net, 0);
+    assert!(dials <= 4 * HELLOS_PER_ROUND_MAX, "node 0 dialled {dials} sybils");
+    // Node 2 heard them from node 0 (which passed on only what it took): the same share.
+    assert!(net.fed(2).known().count() <= 2 + KNOWN_PER_INTRODUCER_MAX);
+}
+
+/// The `Nodes` answer ranks peers and verified nodes before unverified ones: descriptors
+/// with cheap low node ids do not push the real federation out of the 128-descriptor cut.
+#[test]
+fn low_node_ids_do_not_win_the_nodes_cut() {
+    let mut net = settled(3);
+    let sybils = low_id_sybils(&net, 8);
+    gossip_from(&mut net, 0, 1, sybils.iter().cloned().map(GossipItem::Descriptor).collect());
+    let listed: Vec<NodeId> = net.descriptors(0).iter().map(|d| d.node_id).collect();
+    let position = |id: &NodeId| listed.iter().position(|x| x == id).expect("listed");
+    let last_real = position(&net.id(1)).max(position(&net.id(2)));
+    let first_sybil = sybils.iter().filter_map(|d| listed.iter().position(|x| *x == d.node_id)).min();
+    assert!(first_sybil.is_some(), "the sybils are known (within node 1's share)");
+    assert!(last_real < first_sybil.unwrap(), "real peers first: {listed:?}");
+}
+
+/// Hellos from ever new addresses fill at most `HANDSHAKES_MAX` handshakes; the rest are
+/// refused `Busy` rather than remembered.
+#[test]
+fn handshakes_are_bounded() {
+    use nymstr_proto::limits::HANDSHAKES_MAX;
+    let mut net = settled(2);
+    let (mut welcomed, mut busy) = (0, 0);
+    for n in 0..(HANDSHAKES_MAX as u64 + 40) {
+        let d = sybil(n);
+        let from = Address(d.address.clone());
+        let rid = 1_000 + n;
+        net.inject(0, Peer::Address(from.clone()), &frame(rid, Body::PeerHello { descriptor: d, nonce: [7; 32] }));
+        let answer =
+            net.wire.iter().rev().find(|w| w.to == Peer::Address(from.clone()) && w.envelope.request_id == rid);
+        match answer.map(|w| &w.envelope.body) {
+            Some(Body::PeerWelcome { .. }) => welcomed += 1,
+            Some(Body::Error { code: ErrorCode::Busy, .. }) => busy += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(welcomed <= HANDSHAKES_MAX, "{welcomed} handshakes held");
+    assert!(busy >= 40, "{busy} refused");
+}
+
+/// An advert as `host` vouches for it: the admin's signature, then the host's.
+fn hosted_advert(
+    group_id: [u8; 16],
+    admin: &SigningKey,
+    group_node: &[u8],
+    issued_at_us: u64,
+    host: (&SigningKey, NodeId),
+) -> nymstr_proto::wire::GroupAdvert {
+    let mut a = nymstr_proto::wire::GroupAdvert {
+        group_id,
+        name: "rustaceans".into(),
+        description: "a public group".into(),
+        open: true,
+        group_node: group_node.to_vec(),
+        issued_at_us,
+        admin_key: admin.verifying_key().to_bytes(),
+        sig: nymstr_proto::wire::Sig([0; 64]),
+        host: host.1,
+        host_sig: nymstr_proto::wire::Sig([0; 64]),
+    };
+    a.sig = identity::sign(admin, &identity::group_advert_bytes(&a));
+    a.host_sig = identity::sign(host.0, &identity::group_advert_host_bytes(&a));
+    a
+}
+
+/// Node 2 hosts a public group and its advert reaches node 0. Node 1, a malicious peer,
+/// then gossips adverts for the same group pointing at itself: self-signed and dated
+/// `u64::MAX`, host-signed by itself, claiming node 2 as host under its own signature, and
+/// dated just within the clock skew. None replaces the entry; only node 2 can update it.
+#[test]
+fn a_hijack_advert_never_replaces_a_public_groups_entry() {
+    let mut net = settled(3);
+    let gid = [0x42; 16];
+    let admin = generate_signing_key(&mut ChaCha20Rng::seed_from_u64(77));
+    let mallory = generate_signing_key(&mut ChaCha20Rng::seed_from_u64(78));
+    let (k1, k2) = (net.keys[1].clone(), net.keys[2].clone());
+    let (id1, id2) = (net.id(1), net.id(2));
+    let real = hosted_advert(gid, &admin, b"node2", net.now, (&k2, id2));
+    gossip_from(&mut net, 0, 2, vec![GossipItem::Advert(real.clone())]);
+    let entry = |net: &Net, i: usize| net.fed(i).remote_adverts().find(|a| a.group_id == gid).cloned();
+    assert_eq!(entry(&net, 0), Some(real.clone()), "the real advert is listed");
+    let far = u64::MAX;
+    let soon = net.now + nymstr_proto::limits::ADVERT_CLOCK_SKEW_US - 1;
+    let mut forged_host = hosted_advert(gid, &mallory, b"node1", soon, (&k1, id1));
+    forged_host.host = id2;
+    let hijacks = vec![
+        hosted_advert(gid, &mallory, b"node1", far, (&k1, id1)),
+        hosted_advert(gid, &mallory, b"node1", soon, (&k1, id1)),
+        hosted_advert(gid, &admin, b"node1", soon, (&k1, id1)),
+        forged_host,
+    ];
+    gossip_from(&mut net, 0, 1, hijacks.into_iter().map(GossipItem::Advert).collect());
+    net.run_for(EPOCH);
+    assert_eq!(entry(&net, 0).map(|a| (a.host, a.group_node)), Some((id2, b"node2".to_vec())));
+    // The host lists its own groups from its steward, never a peer's claim to them.
+    assert_eq!(entry(&net, 2), None, "node 2 took no advert for its own group");
+    // An advert dated u64::MAX from the real host is refused too (it would pin the entry).
+    gossip_from(&mut net, 0, 2, vec![GossipItem::Advert(hosted_advert(gid, &admin, b"node2", far, (&k2, id2)))]);
+    assert_eq!(entry(&net, 0).map(|a| a.issued_at_us), Some(real.issued_at_us));
+    // The host itself may update its advert.
+    let update = hosted_advert(gid, &admin, b"node2b", net.now, (&k2, id2));
+    gossip_from(&mut net, 0, 2, vec![GossipItem::Advert(update.clone())]);
+    assert_eq!(entry(&net, 0), Some(update));
+}

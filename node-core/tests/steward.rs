@@ -509,6 +509,8 @@ fn group_info_and_directory_are_served_to_anyone() {
         issued_at_us: T0,
         admin_key: alice.key(),
         sig: Sig([0; 64]),
+        host: nymstr_proto::federation::NodeId([0; 32]),
+        host_sig: nymstr_proto::wire::Sig([0; 64]),
     };
     advert.sig = identity::sign(&alice.user.installation_key, &identity::group_advert_bytes(&advert));
     let body = Body::GroupCreate { group_id: GID, group_info: gi.clone(), advert: Some(advert.clone()) };

@@ -22,6 +22,7 @@ pub const LABEL_SEND_DM: &str = "nymstr/v1/send-dm";
 pub const LABEL_GROUP_SUBSCRIBE: &str = "nymstr/v1/group/subscribe";
 pub const LABEL_GROUP_INVITE: &str = "nymstr/v1/group/invite";
 pub const LABEL_GROUP_ADVERT: &str = "nymstr/v1/group/advert";
+pub const LABEL_GROUP_ADVERT_HOST: &str = "nymstr/v1/group/advert-host";
 pub const LABEL_PEER_CHALLENGE: &str = "nymstr/v1/peer-challenge";
 pub const LABEL_FORWARD_DM: &str = "nymstr/v1/forward-dm";
 
@@ -245,6 +246,15 @@ pub fn group_advert_bytes(a: &crate::wire::GroupAdvert) -> Vec<u8> {
     signing_bytes(
         LABEL_GROUP_ADVERT,
         &(&a.group_id, &a.name, &a.description, a.open, &a.group_node, a.issued_at_us, &a.admin_key),
+    )
+}
+
+/// What the hosting node signs to vouch that it hosts a public group: the admin's fields,
+/// the admin's signature and the host's node id (every field but `host_sig`).
+pub fn group_advert_host_bytes(a: &crate::wire::GroupAdvert) -> Vec<u8> {
+    signing_bytes(
+        LABEL_GROUP_ADVERT_HOST,
+        &(&a.group_id, &a.name, &a.description, a.open, &a.group_node, a.issued_at_us, &a.admin_key, &a.sig, &a.host),
     )
 }
 

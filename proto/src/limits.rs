@@ -82,3 +82,31 @@ pub const KT_NODES_MAX: usize = 4_096;
 /// evicted, since evicting a pin would let its key change unnoticed, so a flood of
 /// sybil names (each one a registration and a DM) can only use up the free room.
 pub const KT_PINS_MAX: usize = 100_000;
+
+// A node's federation tables (`SPECv1.md` §9.6): what one peer, or a flood of fresh
+// self-signed descriptors, can make a node hold or do.
+/// Node descriptors one node keeps (`known`). When full, a new descriptor takes the place
+/// of the oldest-issued descriptor that is not kept; kept are configured (bootstrap)
+/// nodes, authenticated peers and nodes whose heads this node verified or witnessed. If
+/// every slot is kept, the new descriptor is refused. Nothing kept is ever evicted.
+pub const KNOWN_NODES_MAX: usize = 1_024;
+/// Descriptors of unverified nodes one gossiping peer may introduce (it is remembered as
+/// their introducer until they become kept or are evicted): a sybil operator needs many
+/// authenticated peerings, each one a `PEERS_MAX` slot, to fill `KNOWN_NODES_MAX`.
+pub const KNOWN_PER_INTRODUCER_MAX: usize = 16;
+/// Peering handshakes under way (either direction). Full: no new hello is sent, and a
+/// hello from a new address is refused `Busy`.
+pub const HANDSHAKES_MAX: usize = 256;
+/// How long a handshake waits for its answer before it is dropped, in µs.
+pub const HANDSHAKE_TIMEOUT_US: u64 = 60_000_000;
+/// Nodes a node greets after one `Gossip` message, and per peering retry beyond its
+/// configured and kept nodes: new descriptors are not each dialled at once.
+pub const HELLOS_PER_ROUND_MAX: usize = 4;
+/// Public group adverts learnt from peers that one node keeps, and per hosting node.
+/// When full, an advert from a host that is not kept takes no room; otherwise the
+/// oldest-issued advert of a host that is not kept makes room, if there is one.
+pub const ADVERTS_MAX: usize = 4_096;
+pub const ADVERTS_PER_HOST_MAX: usize = 256;
+/// How far in the future of the receiver's clock an advert's `issued_at_us` may be: 1
+/// minute. A later date is refused, so no advert can pin a directory entry.
+pub const ADVERT_CLOCK_SKEW_US: u64 = 60_000_000;

@@ -47,8 +47,12 @@ pub struct SendDm {
     pub sig: Sig,
 }
 
-/// A group's public advert, signed by an admin's member key (`identity::group_advert_bytes`).
-/// Listed by discovery nodes for public groups; never sent for hidden ones.
+/// A group's public advert, signed twice: by an admin's member key over what the group is
+/// (`identity::group_advert_bytes`: every field up to `admin_key`), and by the node hosting
+/// it over the whole advert (`identity::group_advert_host_bytes`: the admin's fields, `sig`
+/// and `host`), which peers verify against `host`'s descriptor. Listed by discovery nodes
+/// for public groups; never sent for hidden ones. A client's `GroupCreate` carries `host`
+/// and `host_sig` as zeros: the hosting node fills them in (`specs/groups.md` §3.1).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupAdvert {
     pub group_id: GroupId,
@@ -62,6 +66,10 @@ pub struct GroupAdvert {
     pub issued_at_us: u64,
     pub admin_key: PublicKey,
     pub sig: Sig,
+    /// The node hosting the group (zeros until that node signs).
+    pub host: crate::federation::NodeId,
+    /// The hosting node's signature over `identity::group_advert_host_bytes`.
+    pub host_sig: Sig,
 }
 
 /// An admin-signed, expiring, single-use invitation to an invite-only group, redeemed by

@@ -124,6 +124,8 @@ fn advert() -> GroupAdvert {
         issued_at_us: ADVERT_ISSUED_AT_US,
         admin_key: alice_installation_key(),
         sig: nymstr_proto::wire::Sig([0; 64]),
+        host: nymstr_proto::federation::NodeId([0; 32]),
+        host_sig: nymstr_proto::wire::Sig([0; 64]),
     };
     a.sig = identity::sign(&alice_installation(), &identity::group_advert_bytes(&a));
     a
@@ -132,6 +134,15 @@ fn advert() -> GroupAdvert {
 /// The invitee of `TOKEN`: `BOB_ACCOUNT_KEY`.
 fn bob_account_key() -> [u8; 32] {
     ed25519(0x04).verifying_key().to_bytes()
+}
+
+/// `HOSTED_ADVERT`: `ADVERT` as node A hosts it, `host_sig` by node A over
+/// `group_advert_host_bytes` (what peers gossip and `Directory` lists).
+fn hosted_advert() -> GroupAdvert {
+    let mut a = advert();
+    a.host = node_a();
+    a.host_sig = identity::sign(&node_a_key(), &identity::group_advert_host_bytes(&a));
+    a
 }
 
 fn invite_token_bytes() -> Vec<u8> {
@@ -349,7 +360,7 @@ fn frame(name: &str) -> Option<Envelope> {
             env(25, Body::GroupInfoReply { group_id: g, epoch: 3, open: false, group_info: b"group-info".to_vec() })
         }
         "directory_request" => env(26, Body::DirectoryRequest),
-        "directory" => env(26, Body::Directory { adverts: vec![advert()] }),
+        "directory" => env(26, Body::Directory { adverts: vec![hosted_advert()] }),
         "group_unsubscribe" => env(0, Body::GroupUnsubscribe { group_id: g }),
         "error_wrong_epoch" => env(23, Body::Error { code: ErrorCode::WrongEpoch, detail: "current epoch 3".into() }),
         "error_not_subscribed" => env(24, Body::Error { code: ErrorCode::NotSubscribed, detail: String::new() }),
@@ -406,6 +417,7 @@ fn bytes(name: &str) -> Option<Vec<u8>> {
         "group_subscribe_bytes" => identity::group_subscribe_bytes(&group_id(), &n),
         "invite_token_bytes" => invite_token_bytes(),
         "group_advert_bytes" => identity::group_advert_bytes(&advert()),
+        "group_advert_host_bytes" => identity::group_advert_host_bytes(&hosted_advert()),
         // §8.7 federation signed bytes.
         "peer_challenge_bytes" => identity::peer_challenge_bytes(&n, &node_b(), &node_a()),
         "node_a_descriptor_signing_bytes" => descriptor::signing_bytes(&node_a_descriptor()),
@@ -507,7 +519,7 @@ fn check(v: &Vector) -> Result<(), String> {
 }
 
 /// The group vectors of §8.6: every group frame and the group signed bytes.
-const GROUP_VECTORS: [&str; 20] = [
+const GROUP_VECTORS: [&str; 21] = [
     "group_create",
     "group_created",
     "group_subscribe",
@@ -528,6 +540,7 @@ const GROUP_VECTORS: [&str; 20] = [
     "group_subscribe_bytes",
     "invite_token_bytes",
     "group_advert_bytes",
+    "group_advert_host_bytes",
 ];
 
 /// The federation vectors of §8.7: a frame of most federation messages and the peer
@@ -647,6 +660,22 @@ fn vector_signatures_verify() {
     identity::verify(&cert.signing_key, &identity::send_dm_signing_bytes(&fwd), &fwd.sig).unwrap();
     let Some(Envelope { body: Body::ForwardDm { sig, .. }, .. }) = frame("forward_dm") else { panic!("forward_dm") };
     identity::verify(&a_key, &forward_dm_bytes(), &sig).unwrap();
+    // §8.6: the advert's admin signature, and its host's under node A's key.
+    let hosted = hosted_advert();
+    identity::verify(&hosted.admin_key, &identity::group_advert_bytes(&hosted), &hosted.sig).unwrap();
+    identity::verify(&a_key, &identity::group_advert_host_bytes(&hosted), &hosted.host_sig).unwrap();
+}
+
+/// Prints the hex of the advert vectors (run with `--ignored --nocapture` to re-derive
+/// §8.6 after a change to `GroupAdvert`).
+#[test]
+#[ignore]
+fn print_advert_vectors() {
+    for name in ["group_create", "directory"] {
+        println!("{name}: {}", hex::encode(codec::encode_frame(&frame(name).unwrap()).unwrap()));
+    }
+    println!("host_bytes: {}", hex::encode(identity::group_advert_host_bytes(&hosted_advert())));
+    println!("node_a: {}", hex::encode(node_a().0));
 }
 
 #[test]

@@ -16,7 +16,7 @@ use nymstr_node_core::actors::federation::FederationConfig;
 use nymstr_proto::federation::merkle::DirTree;
 use nymstr_proto::federation::verify::TrustPolicy;
 use nymstr_proto::federation::{
-    Cosignature, DirEntry, LookupProof, NodeId, SignedHead, TreeHead, descriptor, evidence,
+    Cosignature, DirEntry, LookupProof, NodeDescriptor, NodeId, Roles, SignedHead, TreeHead, descriptor, evidence,
 };
 use nymstr_proto::identity;
 use nymstr_proto::wire::InstallationCert;
@@ -43,6 +43,16 @@ pub struct Attack {
     pub answers: u64,
     /// split_view: the second leaf the node hides in its tree.
     pub split: Option<Split>,
+    /// advert_hijack: the group listed by the real host, and the flood's node ids.
+    pub hijack: Option<Hijack>,
+}
+
+/// advert_hijack: the public group the honest `host` listed, and the descriptors flooded.
+#[derive(Clone, Debug)]
+pub struct Hijack {
+    pub group_id: [u8; 16],
+    pub host: u32,
+    pub flood: BTreeSet<NodeId>,
 }
 
 /// split_view: the victim, whose own lookups see the real leaf, and the substitute entry
@@ -133,8 +143,21 @@ impl FedSim {
         }
     }
 
-    /// The trust policy clients run with: witnesses are learnt at set-up (`fetch_nodes`);
-    /// an allowlist pins the discovery nodes of the scenario (never sybils).
+    /// The witnesses clients are configured with (`ClientConfig::witnesses`): the
+    /// descriptors of the scenario's discovery nodes, as an operator would hand them out
+    /// at set-up. Never sybils: nodes met later (`fetch_nodes`, gossip) are not witnesses.
+    pub fn client_witnesses(&self, discovery: u32, now: Us, address: impl Fn(u32) -> Vec<u8>) -> Vec<NodeDescriptor> {
+        let cfg = self.node_config(0);
+        let roles = Roles { discovery: true, group: false };
+        (0..discovery)
+            .filter_map(|i| self.keys.get(&i).map(|k| (i, k)))
+            .map(|(i, k)| descriptor::sign(k, address(i), roles, cfg.policy.clone(), cfg.epoch_us, now))
+            .collect()
+    }
+
+    /// The trust policy clients run with: witnesses are configured at set-up
+    /// (`client_witnesses`); an allowlist pins the discovery nodes of the scenario (never
+    /// sybils).
     pub fn client_policy(&self, discovery: u32) -> TrustPolicy {
         match self.scenario.trust {
             Trust::Tofu => TrustPolicy::Tofu,

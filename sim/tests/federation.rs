@@ -122,3 +122,18 @@ fn federation_runs_replay_by_seed() {
     let other = run(federation(14, "witness-quorum", &adversary("equivocate")));
     assert_ne!(a.trace_hash, other.trace_hash);
 }
+
+/// `advert_hijack`: a peer floods the others with fresh descriptors and gossips adverts
+/// pointing another node's public group at itself. The oracles (`specs/sim.md` §10) hold:
+/// the tables stay within their bounds, no honest node loses another, the directory
+/// entry keeps pointing at the real host, and no client counts a node it was not
+/// configured with as a witness.
+#[test]
+fn an_advert_hijack_and_a_descriptor_flood_are_contained() {
+    let r = run(federation(21, "witness-quorum", &adversary("advert_hijack")));
+    assert!(r.ok(), "violations: {:#?}", r.invariants.violations);
+    let f = fed(&r);
+    assert_eq!(f.attacks, 1, "the hijack never acted: {f:?}");
+    assert_eq!(f.false_alarms, 0, "{f:?}");
+    assert_eq!(f.forged_key_accepted_share, 0.0, "{f:?}");
+}

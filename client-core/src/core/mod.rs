@@ -71,6 +71,10 @@ pub struct ClientConfig {
     /// How much evidence a remote node's signed head needs (`specs/trust.md` §5) before a
     /// lookup of `user@node` is believed.
     pub trust: TrustPolicy,
+    /// The nodes whose cosignatures count (`specs/trust.md` §5): the client's configured
+    /// witnesses, learnt at start and on every restore. Nodes met otherwise (a `Nodes`
+    /// answer, the server of a lookup) never become witnesses; `add_witness` adds more.
+    pub witnesses: Vec<nymstr_proto::federation::NodeDescriptor>,
     /// A head older than this many of its node's epochs (plus `head_age_slack_us` for
     /// clock skew) is refused as a rollback: a node replaying an old head looks like this.
     pub head_max_age_epochs: u64,
@@ -90,6 +94,7 @@ impl Default for ClientConfig {
             direct_backoff_us: 30_000_000,
             direct_backoff_max_us: 3_600_000_000,
             trust: TrustPolicy::Tofu,
+            witnesses: Vec::new(),
             head_max_age_epochs: 3,
             head_age_slack_us: 60_000_000,
         }
@@ -226,7 +231,10 @@ pub fn contact_name(raw: &str) -> Result<String, ClientError> {
 
 impl ClientCore {
     pub fn new(rng: ChaCha20Rng, config: ClientConfig) -> Self {
-        let verifier = Verifier::new(config.trust.clone());
+        let mut verifier = Verifier::new(config.trust.clone());
+        for d in &config.witnesses {
+            let _ = verifier.learn_node(d);
+        }
         Self {
             rng,
             config,

@@ -32,6 +32,9 @@ impl ClientCore {
         c.direct = state.direct;
         if let Some(v) = state.transparency {
             c.verifier = v;
+            for d in &c.config.witnesses {
+                let _ = c.verifier.learn_node(d);
+            }
         }
         c.home = state.home_node;
         Ok(c)

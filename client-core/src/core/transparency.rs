@@ -11,11 +11,18 @@ use nymstr_proto::wire::{Body, Envelope, ErrorCode, GossipItem};
 use super::{ClientCore, Event, Operation, Pending, Step, TimeUs, WITNESS_WAITS_MAX};
 
 impl ClientCore {
-    /// Asks the home node for the node descriptors it knows and learns them as witnesses
-    /// (`specs/trust.md` §5: the witness set is what the client learnt at set-up, or what
-    /// its operator configured; nodes met later are not added by themselves).
+    /// Asks the home node for the node descriptors it knows and learns their keys, never
+    /// as witnesses (`specs/trust.md` §5: the witness set is only what the client's
+    /// configuration or its user names; the home node, or a sybil's gossip behind it,
+    /// must not choose whose cosignatures count).
     pub fn fetch_nodes(&mut self, now: TimeUs) {
         self.request(now, Step::Nodes, Body::NodesRequest);
+    }
+
+    /// Adds a witness the user or operator named (a node descriptor obtained out of band,
+    /// e.g. the node's `descriptor.json`): its cosignatures count from now on.
+    pub fn add_witness(&mut self, d: &NodeDescriptor) -> Result<(), descriptor::DescriptorError> {
+        self.verifier.learn_node(d)
     }
 
     /// The transparency verifier (pins, accepted heads, distrusted nodes).
@@ -138,8 +145,8 @@ impl ClientCore {
     }
 
     /// A `Nodes` answer: the home's own descriptor comes first and, the first time, gives
-    /// the home id (trust on first use, like a pin); for `fetch_nodes` the descriptors are
-    /// also learnt as witnesses. Messages waiting for the home id go out.
+    /// the home id (trust on first use, like a pin); for `fetch_nodes` the descriptors'
+    /// keys are learnt (not as witnesses). Messages waiting for the home id go out.
     pub(super) fn on_nodes(&mut self, now: TimeUs, rid: u64, descriptors: &[NodeDescriptor]) {
         let Some(p) = self.pending.remove(&rid) else { return };
         if self.home.is_none()
@@ -149,7 +156,7 @@ impl ClientCore {
         }
         if matches!(p.step, Step::Nodes) {
             for d in descriptors {
-                let _ = self.verifier.learn_node(d);
+                let _ = self.verifier.learn_serving_node(d);
             }
         }
         if self.home.is_none() {

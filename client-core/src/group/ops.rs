@@ -64,6 +64,8 @@ impl GroupCore {
                 issued_at_us: now,
                 admin_key: me,
                 sig: Sig([0; 64]),
+                host: nymstr_proto::federation::NodeId([0; 32]),
+                host_sig: nymstr_proto::wire::Sig([0; 64]),
             };
             a.sig = identity::sign(&self.keys.installation, &identity::group_advert_bytes(&a));
             a

@@ -124,6 +124,11 @@ pub enum Command {
     },
     /// Show this device's identity, node and pending messages
     Status,
+    /// The nodes whose cosignatures count in transparency checks (only those added here)
+    Witness {
+        #[command(subcommand)]
+        command: WitnessCommand,
+    },
     /// Group chats: create, invite, join, send, members, leave, remove, rename, list
     Group {
         #[command(subcommand)]
@@ -135,6 +140,15 @@ pub enum Command {
         #[arg(long, value_name = "HOST:PORT")]
         node: Option<String>,
     },
+}
+
+/// `nymstr witness`: what the user names as witnesses.
+#[derive(Subcommand, Debug)]
+pub enum WitnessCommand {
+    /// Add the node of a descriptor file (its `descriptor.json`, obtained out of band)
+    Add { descriptor: std::path::PathBuf },
+    /// List the witnesses
+    List,
 }
 
 /// GROUP is a group's name (if no other group of yours has it) or its id in hex (a
@@ -273,6 +287,10 @@ async fn run(cli: Cli, out: &Printer) -> Result<(), CliError> {
         Command::History { name, limit } => commands::history(&home, &printer(), name, limit),
         Command::Trust { name, key } => commands::trust(&home, &printer(), &name, &key),
         Command::Status => commands::status(&home, &printer()),
+        Command::Witness { command: WitnessCommand::Add { descriptor } } => {
+            commands::witness_add(&home, &printer(), &descriptor)
+        }
+        Command::Witness { command: WitnessCommand::List } => commands::witness_list(&home, &printer()),
         Command::Directory { node } => groups::directory(&home, &printer(), node, timeout).await,
         Command::Group { command } => {
             let out = printer();

@@ -300,7 +300,12 @@ impl<S: Store> NodeCore<S> {
     fn route_steward(&mut self, now: TimeUs, tag: SenderTag, rid: u64, body: Body) -> Result<(), (ErrorCode, String)> {
         let mut ctx = step_ctx!(self, now);
         match body {
-            Body::GroupCreate { group_id, group_info, advert } => {
+            Body::GroupCreate { group_id, group_info, mut advert } => {
+                // A federated node vouches for the adverts of the groups it hosts: peers
+                // list an advert only under its host's signature.
+                if let (Some(fed), Some(a)) = (self.federation.as_ref(), advert.as_mut()) {
+                    fed.host_advert(now, a).map_err(err)?;
+                }
                 let r = self.steward.on_create(&mut ctx, tag, rid, group_id, group_info, advert.clone()).map_err(err);
                 if let (Ok(()), Some(fed), Some(advert)) = (&r, self.federation.as_mut(), advert) {
                     fed.announce_advert(&mut ctx, advert);

@@ -10,8 +10,8 @@ mod schema;
 pub use parse::ScenarioError;
 pub use schema::{
     Adversary, AdversaryKind, Clients, DmWorkload, Dur, FLOOD_COUNT_DEFAULT, FLOOD_RATE_DEFAULT, FLOOD_RATE_MAX, Fault,
-    FaultEntry, Federation, GROUP_SIZE_MAX, GroupWorkload, Mixnet, Nodes, Partition, SYBIL_COUNT_DEFAULT,
-    SYBIL_COUNT_MAX, Scenario, Trust, Workload,
+    FaultEntry, Federation, GROUP_SIZE_MAX, GroupWorkload, HIJACK_FLOOD_DESCRIPTORS, Mixnet, Nodes, Partition,
+    SYBIL_COUNT_DEFAULT, SYBIL_COUNT_MAX, Scenario, Trust, Workload,
 };
 
 /// The scenario run when `nymstr-sim` is given no file.

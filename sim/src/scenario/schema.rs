@@ -486,6 +486,12 @@ pub enum AdversaryKind {
     /// an intruder's external commit, without invitation, into an invite-only group it
     /// hosts and pushes it to the members as the next entry.
     InjectJoin,
+    /// Discovery node `node`, an authenticated peer of the others, attacks their tables and
+    /// their directory: once the next discovery node (`node + 1`) has listed a public
+    /// group, it floods its peers with `HIJACK_FLOOD_DESCRIPTORS` fresh self-signed
+    /// descriptors and gossips adverts pointing that group at itself (dated `u64::MAX`,
+    /// host-signed by itself, and one claiming the real host under its own signature).
+    AdvertHijack,
     /// `count` tags send node `node` valid `RegisterRequest`s and `LoginRequest`s (for an
     /// account the attacker registered first) at `rate` a second, never answering the
     /// challenges, to fill its challenge table. No federation needed (as for all floods).
@@ -513,6 +519,9 @@ impl AdversaryKind {
         )
     }
 }
+
+/// Fresh self-signed descriptors an `advert_hijack` adversary floods its peers with.
+pub const HIJACK_FLOOD_DESCRIPTORS: u32 = 500;
 
 /// One `[[adversaries]]` entry: from `at`, discovery node `node` misbehaves as `kind` says.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]

@@ -252,7 +252,8 @@ impl World {
                         self.start_group_core(client);
                     }
                     if self.fed.is_some() {
-                        // The witness set: the federation as the home node knows it now.
+                        // The federation's node keys as the home node knows them now
+                        // (not witnesses: those are the client's configuration).
                         let now = self.now;
                         self.clients[client as usize].core.fetch_nodes(now);
                         self.schedule_fed_lookup(client);

@@ -7,15 +7,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use nymstr_node_core::actors::{Address, Peer};
 use nymstr_node_core::store::MemStore;
 use nymstr_proto::codec;
-use nymstr_proto::federation::NodeId;
+use nymstr_proto::federation::{NodeId, Roles, descriptor};
 use nymstr_proto::identity;
-use nymstr_proto::wire::{Body, Envelope};
+use nymstr_proto::limits::GOSSIP_ITEMS_MAX;
+use nymstr_proto::wire::{Body, Envelope, GossipItem, GroupAdvert, Sig};
+use rand_core::Rng;
 
-use crate::fed_model::{Attack, FedSim, Frozen, Split};
+use crate::fed_model::{Attack, FedSim, Frozen, Hijack, Split};
 use crate::mixnet::Us;
 use crate::report;
 use crate::rng;
-use crate::scenario::AdversaryKind;
+use crate::scenario::{AdversaryKind, HIJACK_FLOOD_DESCRIPTORS};
 
 use super::state::{DmRecord, Endpoint, Ev, NodeHost, Payload, World, node_address};
 
@@ -274,12 +276,86 @@ impl World {
                 }
                 fed.attacks[index as usize].split = Some(Split { victim, username, key, entry });
             }
+            AdversaryKind::AdvertHijack => {
+                // The honest host lists a public group: the advert its admin signed and it
+                // vouched for, gossiped to its peers as a node does at creation.
+                let host = (node + 1) % self.sc.nodes.discovery;
+                let (Some(hk), Some(hid)) = (fed.keys.get(&host).cloned(), fed.ids.get(&host).copied()) else {
+                    return;
+                };
+                let admin = identity::generate_signing_key(&mut self.fed_rng);
+                let mut group_id = [0u8; 16];
+                self.fed_rng.fill_bytes(&mut group_id);
+                let real = hosted_advert(group_id, &admin, node_address(host), now, (&hk, hid));
+                let epoch = fed.scenario.epoch.us();
+                fed.attacks[index as usize].hijack = Some(Hijack { group_id, host, flood: BTreeSet::new() });
+                self.gossip_from(host, vec![GossipItem::Advert(real)]);
+                self.schedule(now + epoch, Ev::AdvertHijack { index });
+            }
             AdversaryKind::Equivocate | AdversaryKind::DropForwarded | AdversaryKind::InjectJoin => {}
             // Flooders are users, not nodes; a federated scenario refuses them (`parse`).
             AdversaryKind::FloodRegister
             | AdversaryKind::FloodSubscribe
             | AdversaryKind::FloodQueue
             | AdversaryKind::FloodGroups => {}
+        }
+    }
+
+    /// advert_hijack, an epoch after the real advert went out: the flood of fresh
+    /// descriptors, then the hijack adverts, to every peer of the attacker.
+    pub(super) fn on_advert_hijack(&mut self, index: u32) {
+        let now = self.now;
+        let Some(fed) = self.fed.as_mut() else { return };
+        let node = fed.attacks[index as usize].spec.node;
+        let Some(h) = fed.attacks[index as usize].hijack.clone() else { return };
+        let (Some(key), Some(id), Some(host_id)) =
+            (fed.keys.get(&node).cloned(), fed.ids.get(&node).copied(), fed.ids.get(&h.host).copied())
+        else {
+            return;
+        };
+        let roles = Roles { discovery: true, group: false };
+        let mut items = Vec::new();
+        let mut flood = BTreeSet::new();
+        for n in 0..HIJACK_FLOOD_DESCRIPTORS {
+            let k = identity::generate_signing_key(&mut self.fed_rng);
+            let d = descriptor::sign(&k, format!("flood{n}").into_bytes(), roles, "tofu".into(), 30_000_000, now);
+            flood.insert(d.node_id);
+            items.push(GossipItem::Descriptor(d));
+        }
+        let mallory = fed.attacker.clone();
+        let mine = node_address(node);
+        let mut claim = hosted_advert(h.group_id, &mallory, mine.clone(), now, (&key, id));
+        claim.host = host_id;
+        for a in [
+            hosted_advert(h.group_id, &mallory, mine.clone(), u64::MAX, (&key, id)),
+            hosted_advert(h.group_id, &mallory, mine.clone(), now + 1, (&key, id)),
+            claim,
+        ] {
+            items.push(GossipItem::Advert(a));
+        }
+        let attack = &mut fed.attacks[index as usize];
+        attack.acted_at = Some(now);
+        if let Some(hj) = attack.hijack.as_mut() {
+            hj.flood = flood;
+        }
+        self.gossip_from(node, items);
+    }
+
+    /// `items` as `Gossip` from `node` to each of its peers (in messages of at most
+    /// `GOSSIP_ITEMS_MAX`), as its own outputs.
+    fn gossip_from(&mut self, node: u32, items: Vec<GossipItem>) {
+        let Some(fed) = self.fed.as_ref() else { return };
+        let peers: Vec<u32> = self.nodes[node as usize]
+            .core
+            .as_ref()
+            .and_then(|c| c.federation())
+            .map(|f| f.peers().filter_map(|(id, _)| fed.node_of_id(id)).collect())
+            .unwrap_or_default();
+        for p in peers {
+            for chunk in items.chunks(GOSSIP_ITEMS_MAX) {
+                let env = Envelope { request_id: 0, body: Body::Gossip { items: chunk.to_vec() } };
+                self.node_to_node(node, p, env);
+            }
         }
     }
 
@@ -440,6 +516,31 @@ impl World {
             partition_converged: self.partition_converged(),
         })
     }
+}
+
+/// A public group's advert: signed by `admin`, then vouched for by `host` (its node key and id).
+fn hosted_advert(
+    group_id: [u8; 16],
+    admin: &ed25519_dalek::SigningKey,
+    group_node: Vec<u8>,
+    issued_at_us: u64,
+    host: (&ed25519_dalek::SigningKey, NodeId),
+) -> GroupAdvert {
+    let mut a = GroupAdvert {
+        group_id,
+        name: "hijacked".into(),
+        description: "a public group".into(),
+        open: true,
+        group_node,
+        issued_at_us,
+        admin_key: admin.verifying_key().to_bytes(),
+        sig: Sig([0; 64]),
+        host: host.1,
+        host_sig: Sig([0; 64]),
+    };
+    a.sig = identity::sign(admin, &identity::group_advert_bytes(&a));
+    a.host_sig = identity::sign(host.0, &identity::group_advert_host_bytes(&a));
+    a
 }
 
 fn fx_store(n: &NodeHost) -> &MemStore {

@@ -81,6 +81,9 @@ impl World {
                     Some(to) if (to as usize) < self.nodes.len() && self.fed.is_some() => {
                         self.node_to_node(node, to, env)
                     }
+                    // A flooded descriptor's address: nobody is there (greeting it, a
+                    // few at a time, is what a node does with a descriptor it learnt).
+                    _ if addr.0.starts_with(b"flood") => {}
                     _ => self.violations.push(format!("node {node} addressed an unknown node")),
                 }
                 return;

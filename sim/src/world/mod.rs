@@ -36,7 +36,7 @@ use crate::rng::{self, Stream};
 use crate::scenario::{AdversaryKind, Fault, Scenario};
 
 use node_host::start_node;
-use state::{ClientHost, DRAIN_CHECK_US, Ev, NodeHost};
+use state::{ClientHost, DRAIN_CHECK_US, Ev, NodeHost, node_address};
 pub use state::{EPOCH_US, Endpoint, Metrics, World};
 
 impl World {
@@ -73,6 +73,7 @@ impl World {
                     frozen: None,
                     answers: 0,
                     split: None,
+                    hijack: None,
                 })
                 .collect();
             fs
@@ -102,6 +103,8 @@ impl World {
                 past_group_stats: StewardStats::default(),
             });
         }
+        let witnesses =
+            fed.as_ref().map(|f| f.client_witnesses(sc.nodes.discovery, EPOCH_US, node_address)).unwrap_or_default();
         let mut clients = Vec::new();
         for i in 0..sc.clients.count {
             let mut transport_rng = rng::stream(seed, Stream::ClientTransport { index: i });
@@ -112,6 +115,7 @@ impl World {
             let mut config = ClientConfig::default();
             if let Some(f) = &fed {
                 config.trust = f.client_policy(sc.nodes.discovery);
+                config.witnesses = witnesses.clone();
             }
             clients.push(ClientHost {
                 core: ClientCore::new(rng::stream(seed, Stream::Client { index: i }), config),
@@ -279,6 +283,7 @@ impl World {
             Ev::InjectJoin { node } => self.on_inject_join(node),
             Ev::FloodStart { index } => self.on_flood_start(index),
             Ev::FloodTick { index } => self.on_flood_tick(index),
+            Ev::AdvertHijack { index } => self.on_advert_hijack(index),
             Ev::PartitionStart { index } => self.on_partition_start(index),
             Ev::PartitionEnd => self.on_partition_end(),
             Ev::DrainCheck => self.on_drain_check(),

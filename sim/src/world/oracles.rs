@@ -11,7 +11,7 @@ use crate::mixnet::{self, Us};
 use crate::report::{self, Report};
 use crate::rng::{self, Stream};
 
-use super::state::{EPOCH_US, World};
+use super::state::{EPOCH_US, World, node_address};
 
 impl World {
     pub(super) fn judge(&mut self) {
@@ -55,6 +55,11 @@ impl World {
         }
         // Floods: honest users kept their service (`flood.rs`).
         checks += self.judge_floods();
+        // Federation: no client's witness is a node it was not configured with (sybils
+        // never are), and under a hijack the tables stay bounded and the directory true.
+        if self.fed.is_some() {
+            checks += self.judge_witnesses_and_tables();
+        }
         // 3. Observed latency agrees with the model.
         let t = self.metrics.transit_first_attempt;
         if t.n >= 30 {
@@ -85,6 +90,64 @@ impl World {
             }
         }
         self.checks = checks;
+    }
+
+    /// Every client's witnesses are among the scenario's discovery nodes (never a sybil,
+    /// never a node learnt from `Nodes` or gossip). Under `advert_hijack`: every honest
+    /// discovery node holds at most `KNOWN_NODES_MAX` descriptors, at most one share per
+    /// peer of the flood, and every other honest discovery node; and its entry for the
+    /// group listed points at the real host.
+    fn judge_witnesses_and_tables(&mut self) -> u64 {
+        use nymstr_proto::limits::{KNOWN_NODES_MAX, KNOWN_PER_INTRODUCER_MAX};
+        let Some(fed) = self.fed.as_ref() else { return 0 };
+        let mut checks = 0;
+        let configured: BTreeSet<_> = (0..self.sc.nodes.discovery).filter_map(|i| fed.ids.get(&i).copied()).collect();
+        for (i, c) in self.clients.iter().enumerate() {
+            checks += 1;
+            if let Some(w) = c.core.transparency().witnesses().iter().find(|w| !configured.contains(*w)) {
+                let what =
+                    if fed.node_of_id(w).is_some_and(|n| fed.sybils.contains(&n)) { "a sybil" } else { "a node" };
+                self.violations.push(format!("client {i} counts {what} it was not configured with as a witness"));
+            }
+        }
+        let hijacks: Vec<_> = fed.attacks.iter().filter_map(|a| Some((a.spec.node, a.hijack.clone()?))).collect();
+        for (attacker, h) in hijacks {
+            let Some(host_id) = fed.ids.get(&h.host).copied() else { continue };
+            let mut listed = 0;
+            for n in 0..self.sc.nodes.discovery {
+                if n == attacker || n == h.host || fed.is_adversary(n) {
+                    continue;
+                }
+                let Some(f) = self.nodes[n as usize].core.as_ref().and_then(|c| c.federation()) else { continue };
+                checks += 1;
+                let known: BTreeSet<_> = f.known().map(|d| d.node_id).collect();
+                let flooded = known.intersection(&h.flood).count();
+                let share = KNOWN_PER_INTRODUCER_MAX * self.sc.nodes.discovery as usize;
+                if known.len() > KNOWN_NODES_MAX || flooded > share {
+                    self.violations.push(format!(
+                        "node {n} holds {} descriptors, {flooded} of them flooded by node {attacker}",
+                        known.len()
+                    ));
+                }
+                for m in (0..self.sc.nodes.discovery).filter(|m| *m != n) {
+                    if let Some(id) = fed.ids.get(&m)
+                        && !known.contains(id)
+                    {
+                        self.violations.push(format!("node {n} lost node {m}'s descriptor under the flood"));
+                    }
+                }
+                if let Some(a) = f.remote_adverts().find(|a| a.group_id == h.group_id) {
+                    listed += 1;
+                    if a.host != host_id || a.group_node != node_address(h.host) {
+                        self.violations.push(format!("node {n} lists the group at node {attacker}, not its host"));
+                    }
+                }
+            }
+            if listed == 0 {
+                self.violations.push(format!("no honest node lists the group node {} hosts", h.host));
+            }
+        }
+        checks
     }
 
     /// Scans every node's store (up or down) for any of `needles` inside a key or value:

@@ -114,6 +114,10 @@ pub(super) enum Ev {
     InjectJoin {
         node: u32,
     },
+    /// An `advert_hijack` adversary floods and gossips its hijack adverts.
+    AdvertHijack {
+        index: u32,
+    },
     PartitionStart {
         index: u32,
     },
@@ -164,6 +168,7 @@ impl Ev {
             Ev::InjectJoin { .. } => 27,
             Ev::FloodStart { .. } => 28,
             Ev::FloodTick { .. } => 29,
+            Ev::AdvertHijack { .. } => 30,
         }
     }
 }

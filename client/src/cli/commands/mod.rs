@@ -5,7 +5,9 @@
 mod account;
 mod dm;
 mod listen;
+mod witness;
 
 pub use account::{contacts, init, lookup, register, status, trust};
 pub use dm::{history, inbox, send};
 pub use listen::listen;
+pub use witness::{witness_add, witness_list};

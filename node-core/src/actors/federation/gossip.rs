@@ -2,9 +2,7 @@
 //! descriptors, public group adverts, signed heads (and the equivocation they reveal) and
 //! fork certificates, which end a peering.
 
-use rand_core::Rng;
-
-use super::state::{Federation, PREFIX_FORK, prefixed};
+use super::state::{Federation, FederationError, PREFIX_FORK, prefixed, sample};
 use crate::actors::types::{Address, Ctx, Peer};
 use crate::store::{Store, StoreError, Table};
 
@@ -13,21 +11,18 @@ use nymstr_proto::federation::descriptor;
 use nymstr_proto::federation::evidence;
 use nymstr_proto::federation::{Cosignature, ForkCertificate, NodeId, SignedHead, merkle};
 use nymstr_proto::identity;
-use nymstr_proto::limits::{ADDRESS_BYTES_MAX, GROUP_DESCRIPTION_BYTES_MAX, GROUP_NAME_BYTES_MAX, PEERS_MAX};
+use nymstr_proto::limits::{
+    ADDRESS_BYTES_MAX, ADVERT_CLOCK_SKEW_US, ADVERTS_MAX, ADVERTS_PER_HOST_MAX, GROUP_DESCRIPTION_BYTES_MAX,
+    GROUP_NAME_BYTES_MAX, HELLOS_PER_ROUND_MAX, PEERS_MAX,
+};
+use nymstr_proto::time::TimeUs;
 use nymstr_proto::wire::{Body, GossipItem, GroupAdvert};
 
 impl Federation {
     /// Up to `n` authenticated peers other than `except`, chosen at random.
     pub(super) fn pick_peers<S: Store>(&self, ctx: &mut Ctx<'_, S>, n: usize, except: Option<NodeId>) -> Vec<NodeId> {
-        let mut ids: Vec<NodeId> = self.peers.keys().copied().filter(|p| Some(*p) != except).collect();
-        // Partial Fisher-Yates on the seeded generator.
-        let take = n.min(ids.len());
-        for i in 0..take {
-            let j = i + (ctx.rng.next_u64() % (ids.len() - i) as u64) as usize;
-            ids.swap(i, j);
-        }
-        ids.truncate(take);
-        ids
+        let ids: Vec<NodeId> = self.peers.keys().copied().filter(|p| Some(*p) != except).collect();
+        sample(ctx, ids, n)
     }
 
     /// Remembers an item; false if it was seen already.
@@ -68,6 +63,7 @@ impl Federation {
         from: Option<NodeId>,
         items: Vec<GossipItem>,
     ) -> Result<(), StoreError> {
+        let mut learnt = false;
         for item in items {
             self.stats.gossip_in += 1;
             if !self.first_sight(ctx, &item) {
@@ -75,29 +71,19 @@ impl Federation {
             }
             let forward = match &item {
                 GossipItem::Descriptor(d) => {
-                    from.is_some() && descriptor::verify(d).is_ok() && self.learn_descriptor(ctx, d.clone())?
+                    from.is_some() && descriptor::verify(d).is_ok() && self.learn_descriptor(ctx, d.clone(), from)?
                 }
                 GossipItem::Head { head, cosignatures } => self.on_head(ctx, head, cosignatures)?,
                 GossipItem::Fork(cert) => self.on_fork(ctx, cert.clone())?,
-                GossipItem::Advert(a) => {
-                    let fresh = from.is_some()
-                        && a.name.len() <= GROUP_NAME_BYTES_MAX
-                        && a.description.len() <= GROUP_DESCRIPTION_BYTES_MAX
-                        && a.group_node.len() <= ADDRESS_BYTES_MAX
-                        && identity::verify(&a.admin_key, &identity::group_advert_bytes(a), &a.sig).is_ok()
-                        && self.adverts.get(&a.group_id).is_none_or(|held| held.issued_at_us < a.issued_at_us);
-                    if fresh {
-                        self.adverts.insert(a.group_id, a.clone());
-                    }
-                    fresh
-                }
+                GossipItem::Advert(a) => from.is_some() && self.learn_advert(ctx, a),
             };
+            learnt |= forward && matches!(item, GossipItem::Descriptor(_));
             if forward {
                 self.gossip(ctx, item, from);
             }
         }
-        // New descriptors may be nodes to peer with.
-        if self.peers.len() < ctx.config.federation.peers_max.min(PEERS_MAX) {
+        // New descriptors may be nodes to peer with: a few at a time, chosen at random.
+        if learnt && self.peers.len() < ctx.config.federation.peers_max.min(PEERS_MAX) {
             let fresh: Vec<Address> = self
                 .known
                 .values()
@@ -105,7 +91,7 @@ impl Federation {
                 .map(|d| Address(d.address.clone()))
                 .filter(|a| !self.handshakes.contains_key(a))
                 .collect();
-            for addr in fresh {
+            for addr in sample(ctx, fresh, HELLOS_PER_ROUND_MAX) {
                 self.hello(ctx, addr);
             }
         }
@@ -159,6 +145,13 @@ impl Federation {
             None => true,
             Some((h, cs)) => h.head.epoch < epoch || (h.head.epoch == epoch && cs.len() < valid.len()),
         };
+        // Verified: cosigned by this node or by a node it keeps (a seed or a peer). A head a
+        // node merely signed itself proves nothing about it.
+        if valid.iter().any(|c| c.witness == self.id || self.is_kept(&c.witness))
+            && let Some(s) = self.standing.get_mut(&node)
+        {
+            s.verified_at = Some(ctx.now);
+        }
         if newer {
             self.heads.insert(node, (head.clone(), valid));
         }
@@ -193,5 +186,78 @@ impl Federation {
     /// directory lists it.
     pub fn announce_advert<S: Store>(&mut self, ctx: &mut Ctx<'_, S>, advert: GroupAdvert) {
         self.gossip(ctx, GossipItem::Advert(advert), None);
+    }
+
+    /// Vouches for an advert of a group hosted here: sets `host` to this node and signs
+    /// it (`identity::group_advert_host_bytes`). Refused if it is dated more than
+    /// `ADVERT_CLOCK_SKEW_US` ahead of `now` (peers would refuse it).
+    pub fn host_advert(&self, now: TimeUs, advert: &mut GroupAdvert) -> Result<(), FederationError> {
+        if advert.issued_at_us > now.saturating_add(ADVERT_CLOCK_SKEW_US) {
+            return Err(FederationError::BadAdvert("dated in the future".into()));
+        }
+        advert.host = self.id;
+        advert.host_sig = identity::sign(&self.key, &identity::group_advert_host_bytes(advert));
+        Ok(())
+    }
+
+    /// An advert from a peer's gossip. Kept (and passed on) if its texts fit, it is not
+    /// dated more than `ADVERT_CLOCK_SKEW_US` ahead, its admin signature verifies and its
+    /// host's does against the host's known descriptor, and either no advert of that
+    /// group is held or the held one has the same host and an older date. Room: at most
+    /// `ADVERTS_PER_HOST_MAX` per host, `ADVERTS_MAX` in all (a host that is not kept
+    /// takes no room from a full table; otherwise the oldest-issued advert of a host that
+    /// is not kept makes room).
+    pub(super) fn learn_advert<S: Store>(&mut self, ctx: &mut Ctx<'_, S>, a: &GroupAdvert) -> bool {
+        let ok = self.check_advert(ctx.now, a);
+        if !ok {
+            self.stats.adverts_refused += 1;
+        }
+        ok && {
+            self.adverts.insert(a.group_id, a.clone());
+            true
+        }
+    }
+
+    fn check_advert(&mut self, now: TimeUs, a: &GroupAdvert) -> bool {
+        if a.name.len() > GROUP_NAME_BYTES_MAX
+            || a.description.len() > GROUP_DESCRIPTION_BYTES_MAX
+            || a.group_node.len() > ADDRESS_BYTES_MAX
+            || a.issued_at_us > now.saturating_add(ADVERT_CLOCK_SKEW_US)
+            || a.host == self.id
+            || self.forks.contains_key(&a.host)
+        {
+            return false;
+        }
+        let Some(host_key) = self.known.get(&a.host).map(|d| d.key) else { return false };
+        if let Some(held) = self.adverts.get(&a.group_id)
+            && (held.host != a.host || held.issued_at_us >= a.issued_at_us)
+        {
+            return false;
+        }
+        if identity::verify(&a.admin_key, &identity::group_advert_bytes(a), &a.sig).is_err()
+            || identity::verify(&host_key, &identity::group_advert_host_bytes(a), &a.host_sig).is_err()
+        {
+            return false;
+        }
+        if self.adverts.contains_key(&a.group_id) {
+            return true;
+        }
+        if self.adverts.values().filter(|h| h.host == a.host).count() >= ADVERTS_PER_HOST_MAX {
+            return false;
+        }
+        if self.adverts.len() >= ADVERTS_MAX {
+            if !self.is_kept(&a.host) {
+                return false;
+            }
+            let victim = self
+                .adverts
+                .values()
+                .filter(|h| !self.is_kept(&h.host))
+                .min_by_key(|h| (h.issued_at_us, h.group_id))
+                .map(|h| h.group_id);
+            let Some(victim) = victim else { return false };
+            self.adverts.remove(&victim);
+        }
+        true
     }
 }

@@ -30,12 +30,13 @@ use crate::actors::relay::Relay;
 use crate::actors::types::{Address, Ctx, NodeStats, Peer, load};
 use crate::store::{Store, StoreError, Table};
 use crate::transparency_log::TransparencyLog;
-use state::{KEY_WITNESS_LEGACY, PREFIX_FORK, PREFIX_WHEAD, PREFIX_WSIZE, fe, whead_key};
+use state::{KEY_WITNESS_LEGACY, PREFIX_FORK, PREFIX_WHEAD, PREFIX_WSIZE, Standing, fe, whead_key};
 
 use nymstr_proto::codec;
 use nymstr_proto::federation::descriptor;
 use nymstr_proto::federation::evidence::WitnessView;
 use nymstr_proto::federation::{Cosignature, ForkCertificate, NodeDescriptor, NodeId, SignedHead};
+use nymstr_proto::limits::KNOWN_NODES_MAX;
 use nymstr_proto::time::TimeUs;
 use nymstr_proto::wire::{Body, ErrorCode, GroupAdvert};
 
@@ -92,11 +93,14 @@ impl Federation {
         );
         let log = TransparencyLog::recover(ctx.store, id)?;
         let mut known = BTreeMap::new();
+        let mut standing = BTreeMap::new();
         for (_, v) in ctx.store.scan_prefix(Table::FedPeers, &[])? {
             if let Ok(d) = codec::decode_record::<NodeDescriptor>(&v)
                 && descriptor::verify(&d).is_ok()
                 && d.node_id != id
+                && known.len() < KNOWN_NODES_MAX
             {
+                standing.insert(d.node_id, Standing { learnt_at: ctx.now, verified_at: None, introducer: None });
                 known.insert(d.node_id, d);
             }
         }
@@ -115,6 +119,13 @@ impl Federation {
             }
         }
         let (witness, witness_seen) = recover_witness_view(ctx, &forks)?;
+        // Nodes this node witnessed, or that witnessed it, were peers that proved their
+        // keys: verified again from the start (greeted at once, not evicted by a flood).
+        for (node, s) in standing.iter_mut() {
+            if witness.knows(node) || witness_sizes.contains_key(node) {
+                s.verified_at = Some(ctx.now);
+            }
+        }
         let mut me = Self {
             key: identity.key,
             id,
@@ -122,6 +133,8 @@ impl Federation {
             bootstrap: identity.bootstrap,
             log,
             known,
+            standing,
+            seeds: BTreeSet::new(),
             peer_by_address: BTreeMap::new(),
             peers: BTreeMap::new(),
             handshakes: BTreeMap::new(),

@@ -6,28 +6,47 @@ use std::collections::BTreeSet;
 
 use rand_core::Rng;
 
-use super::state::{Federation, FederationError, GOSSIP_CHUNK_BYTES_MAX, short};
+use super::state::{Federation, FederationError, GOSSIP_CHUNK_BYTES_MAX, Standing, sample, short};
 use crate::actors::types::{Address, Ctx, Peer};
 use crate::store::{Store, StoreError, Table};
 
 use nymstr_proto::codec;
-use nymstr_proto::federation::NodeDescriptor;
 use nymstr_proto::federation::descriptor;
+use nymstr_proto::federation::{NodeDescriptor, NodeId};
 use nymstr_proto::identity;
-use nymstr_proto::limits::{DESCRIPTORS_MAX, GOSSIP_ITEMS_MAX, PEERS_MAX};
+use nymstr_proto::limits::{
+    DESCRIPTORS_MAX, GOSSIP_ITEMS_MAX, HANDSHAKE_TIMEOUT_US, HANDSHAKES_MAX, HELLOS_PER_ROUND_MAX, KNOWN_NODES_MAX,
+    KNOWN_PER_INTRODUCER_MAX, PEERS_MAX,
+};
+use nymstr_proto::time::TimeUs;
 use nymstr_proto::wire::{Body, GossipItem, Nonce};
 
 impl Federation {
+    /// The peering retry: configured, kept and verified nodes are greeted again, and up to
+    /// `HELLOS_PER_ROUND_MAX` other known nodes chosen at random (a table full of
+    /// descriptors is not dialled all at once).
     pub(super) fn say_hello_to_all<S: Store>(&mut self, ctx: &mut Ctx<'_, S>) {
-        let mut targets: BTreeSet<Address> = self.bootstrap.iter().cloned().collect();
+        let timeout = HANDSHAKE_TIMEOUT_US;
+        self.handshakes.retain(|_, h| ctx.now.saturating_sub(h.at) < timeout);
+        let own = Address(self.descriptor.address.clone());
+        let mut first: BTreeSet<Address> = self.bootstrap.iter().cloned().collect();
+        let mut others = Vec::new();
         for d in self.known.values() {
-            if !self.forks.contains_key(&d.node_id) {
-                targets.insert(Address(d.address.clone()));
+            if self.forks.contains_key(&d.node_id) {
+                continue;
+            }
+            let addr = Address(d.address.clone());
+            if self.is_kept(&d.node_id) || self.is_verified(&d.node_id) {
+                first.insert(addr);
+            } else if !first.contains(&addr) && !self.peer_by_address.contains_key(&addr) {
+                others.push(addr);
             }
         }
-        targets.remove(&Address(self.descriptor.address.clone()));
+        let mut targets: Vec<Address> = first.into_iter().collect();
+        targets.extend(sample(ctx, others, HELLOS_PER_ROUND_MAX));
         for addr in targets {
-            if self.peer_by_address.contains_key(&addr)
+            if addr == own
+                || self.peer_by_address.contains_key(&addr)
                 || self.peers.len() >= ctx.config.federation.peers_max.min(PEERS_MAX)
             {
                 continue;
@@ -36,10 +55,16 @@ impl Federation {
         }
     }
 
+    /// Says hello to `addr`, unless `HANDSHAKES_MAX` handshakes are under way already.
     pub(super) fn hello<S: Store>(&mut self, ctx: &mut Ctx<'_, S>, addr: Address) {
+        if !self.handshakes.contains_key(&addr) && self.handshakes.len() >= HANDSHAKES_MAX {
+            return;
+        }
         let mut nonce = [0u8; 32];
         ctx.rng.fill_bytes(&mut nonce);
-        self.handshakes.entry(addr.clone()).or_default().hello = Some(nonce);
+        let h = self.handshakes.entry(addr.clone()).or_default();
+        h.hello = Some(nonce);
+        h.at = ctx.now;
         ctx.send(Peer::Address(addr), 0, Body::PeerHello { descriptor: self.descriptor.clone(), nonce });
     }
 
@@ -71,10 +96,16 @@ impl Federation {
             self.stats.peers_rejected += 1;
             return Err(FederationError::Busy(self.peers.len()));
         }
+        if !self.handshakes.contains_key(&from) && self.handshakes.len() >= HANDSHAKES_MAX {
+            self.stats.peers_rejected += 1;
+            return Err(FederationError::Busy(self.handshakes.len()));
+        }
         let answer = identity::sign(&self.key, &identity::peer_challenge_bytes(&nonce, &descriptor.node_id, &self.id));
         let mut mine = [0u8; 32];
         ctx.rng.fill_bytes(&mut mine);
-        self.handshakes.entry(from.clone()).or_default().welcome = Some((mine, descriptor));
+        let h = self.handshakes.entry(from.clone()).or_default();
+        h.welcome = Some((mine, descriptor));
+        h.at = ctx.now;
         ctx.send(
             Peer::Address(from),
             rid,
@@ -143,7 +174,10 @@ impl Federation {
             self.peer_by_address.remove(&old);
         }
         self.peer_by_address.insert(from.clone(), id);
-        self.learn_descriptor(ctx, descriptor)?;
+        if self.bootstrap.contains(&from) {
+            self.seeds.insert(id);
+        }
+        self.learn_descriptor(ctx, descriptor, None)?;
         // Catch the new peer up: our descriptor and head, every descriptor and fork we know.
         let mut items = vec![GossipItem::Descriptor(self.descriptor.clone())];
         if let Some(head) = self.log.latest() {
@@ -174,29 +208,111 @@ impl Federation {
         Ok(())
     }
 
+    /// Whether `node` is never evicted from `known`: a configured node (it authenticated
+    /// from a bootstrap address) or an authenticated peer.
+    pub(super) fn is_kept(&self, node: &NodeId) -> bool {
+        self.seeds.contains(node) || self.peers.contains_key(node)
+    }
+
+    fn is_verified(&self, node: &NodeId) -> bool {
+        self.standing.get(node).is_some_and(|s| s.verified_at.is_some())
+    }
+
     /// Stores a verified descriptor if it is new or newer. Returns true if it changed.
+    ///
+    /// `via` is the peer whose gossip carried it. A new descriptor it introduces is
+    /// refused past `KNOWN_PER_INTRODUCER_MAX` of its introductions that are neither kept
+    /// nor verified. A full table (`KNOWN_NODES_MAX`) makes room by evicting the
+    /// unverified, not kept descriptor learnt the longest ago; configured nodes, peers and
+    /// nodes whose heads were verified are never evicted, so a new descriptor finding
+    /// only those is refused. Node ids play no part in the choice.
     pub(super) fn learn_descriptor<S: Store>(
         &mut self,
         ctx: &mut Ctx<'_, S>,
         d: NodeDescriptor,
+        via: Option<NodeId>,
     ) -> Result<bool, StoreError> {
-        if d.node_id == self.id {
+        let id = d.node_id;
+        if id == self.id {
             return Ok(false);
         }
-        if let Some(held) = self.known.get(&d.node_id)
-            && !descriptor::newer(held, &d)
-        {
-            return Ok(false);
+        if let Some(held) = self.known.get(&id) {
+            if !descriptor::newer(held, &d) {
+                return Ok(false);
+            }
+        } else {
+            if let Some(p) = via
+                && !self.is_kept(&id)
+            {
+                let share = self
+                    .standing
+                    .iter()
+                    .filter(|(n, s)| s.introducer == Some(p) && s.verified_at.is_none() && !self.is_kept(n))
+                    .count();
+                if share >= KNOWN_PER_INTRODUCER_MAX {
+                    self.stats.descriptors_refused += 1;
+                    return Ok(false);
+                }
+            }
+            let kept = self.is_kept(&id);
+            if self.known.len() >= KNOWN_NODES_MAX && !self.evict_descriptor(ctx, kept)? {
+                self.stats.descriptors_refused += 1;
+                return Ok(false);
+            }
+            self.standing.insert(id, Standing { learnt_at: ctx.now, verified_at: None, introducer: via });
         }
-        ctx.save(Table::FedPeers, &d.node_id.0, &d)?;
-        self.known.insert(d.node_id, d);
+        ctx.save(Table::FedPeers, &id.0, &d)?;
+        self.known.insert(id, d);
         Ok(true)
     }
 
-    /// `Nodes`: this node's descriptor first, then the others it knows.
+    /// Evicts the unverified, not kept descriptor learnt the longest ago, with what hangs
+    /// on it (heads, adverts it hosts); for a kept node (a new peer), the not kept
+    /// descriptor verified the longest ago if every other one is verified. False if there
+    /// is none.
+    fn evict_descriptor<S: Store>(&mut self, ctx: &mut Ctx<'_, S>, for_kept: bool) -> Result<bool, StoreError> {
+        let rank = |n: &NodeId| {
+            let s = self.standing.get(n);
+            let verified = s.and_then(|s| s.verified_at);
+            (verified.is_some(), verified.unwrap_or_else(|| s.map_or(0, |s| s.learnt_at)), *n)
+        };
+        let victim = self
+            .known
+            .keys()
+            .filter(|n| !self.is_kept(n) && (for_kept || !self.is_verified(n)))
+            .min_by_key(|n| rank(n))
+            .copied();
+        let Some(victim) = victim else { return Ok(false) };
+        ctx.store.delete(Table::FedPeers, &victim.0)?;
+        self.known.remove(&victim);
+        self.standing.remove(&victim);
+        self.heads.remove(&victim);
+        let stale: Vec<(NodeId, u64)> = self.recent.range((victim, 0)..=(victim, u64::MAX)).map(|(k, _)| *k).collect();
+        for k in stale {
+            self.recent.remove(&k);
+        }
+        self.adverts.retain(|_, a| a.host != victim);
+        self.stats.descriptors_evicted += 1;
+        Ok(true)
+    }
+
+    /// `Nodes`: this node's descriptor first, then the others it knows, best first:
+    /// configured nodes and peers, then nodes verified most recently, then the newest
+    /// learnt. Never by node id, so cheap low ids do not win the `DESCRIPTORS_MAX` cut.
     pub fn on_nodes_request<S: Store>(&self, ctx: &mut Ctx<'_, S>, to: Peer, rid: u64) {
+        let mut ranked: Vec<(bool, TimeUs, TimeUs, &NodeDescriptor)> = self
+            .known
+            .values()
+            .filter(|d| !self.forks.contains_key(&d.node_id))
+            .map(|d| {
+                let s = self.standing.get(&d.node_id);
+                let verified = s.and_then(|s| s.verified_at).unwrap_or(0);
+                (self.is_kept(&d.node_id), verified, s.map_or(0, |s| s.learnt_at), d)
+            })
+            .collect();
+        ranked.sort_by_key(|r| std::cmp::Reverse((r.0, r.1, r.2)));
         let mut descriptors = vec![self.descriptor.clone()];
-        descriptors.extend(self.known.values().filter(|d| !self.forks.contains_key(&d.node_id)).cloned());
+        descriptors.extend(ranked.into_iter().map(|(_, _, _, d)| d.clone()));
         descriptors.truncate(DESCRIPTORS_MAX);
         ctx.send(to, rid, Body::Nodes { descriptors });
     }

@@ -44,6 +44,13 @@ pub struct FederationStats {
     pub forwards_stale: u64,
     pub forwards_timed_out: u64,
     pub peers_rejected: u64,
+    /// Descriptors refused: over a peer's introduction share, or a full table.
+    pub descriptors_refused: u64,
+    /// Descriptors evicted to make room for another.
+    pub descriptors_evicted: u64,
+    /// Adverts refused: bad host signature, unknown host, dated in the future, another
+    /// host's group, or no room.
+    pub adverts_refused: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,6 +71,8 @@ pub enum FederationError {
     Busy(usize),
     #[error("head refused: {0}")]
     Inconsistent(String),
+    #[error("advert refused: {0}")]
+    BadAdvert(String),
     #[error("bad name: {0}")]
     BadName(String),
     #[error("forwarded message refused: {0}")]
@@ -89,6 +98,7 @@ impl CodedError for FederationError {
             FederationError::Inconsistent(_) => ErrorCode::Inconsistent,
             FederationError::BadName(_) => ErrorCode::UnknownUser,
             FederationError::BadForward(_) => ErrorCode::BadSignature,
+            FederationError::BadAdvert(_) => ErrorCode::Malformed,
             FederationError::Unexpected(_) => ErrorCode::UnexpectedMessage,
             FederationError::NoHead | FederationError::Store(_) => ErrorCode::Internal,
             FederationError::NotYetPeered(_) => ErrorCode::Unreachable,
@@ -100,10 +110,37 @@ impl CodedError for FederationError {
 /// at the same time); each completes on its own and either authenticates the peer.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Handshake {
+    /// When it started (local time): a handshake unanswered for `HANDSHAKE_TIMEOUT_US` is
+    /// dropped at the next peering retry.
+    pub(super) at: TimeUs,
     /// We sent `PeerHello` with this nonce.
     pub(super) hello: Option<Nonce>,
     /// We answered their hello with `PeerWelcome` carrying this nonce.
     pub(super) welcome: Option<(Nonce, NodeDescriptor)>,
+}
+
+/// How a descriptor in `known` stands: the eviction order of a full table
+/// (`KNOWN_NODES_MAX`) and the introduction share of the peer that gossiped it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Standing {
+    /// Local time it was first learnt (or reloaded at start).
+    pub(super) learnt_at: TimeUs,
+    /// Local time a head of this node was last seen cosigned by this node or by a kept
+    /// node (a seed or a peer): a node that merely signs its own heads is not verified.
+    pub(super) verified_at: Option<TimeUs>,
+    /// The peer whose gossip introduced it (none: learnt from the node itself).
+    pub(super) introducer: Option<NodeId>,
+}
+
+/// Up to `n` of `items`, chosen at random (a partial Fisher-Yates on the seeded generator).
+pub(super) fn sample<T, S: Store>(ctx: &mut Ctx<'_, S>, mut items: Vec<T>, n: usize) -> Vec<T> {
+    let take = n.min(items.len());
+    for i in 0..take {
+        let j = i + (ctx.rng.next_u64() % (items.len() - i) as u64) as usize;
+        items.swap(i, j);
+    }
+    items.truncate(take);
+    items
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,11 +193,18 @@ pub struct Federation {
     pub(super) descriptor: NodeDescriptor,
     pub(super) bootstrap: Vec<Address>,
     pub(super) log: TransparencyLog,
-    /// Every valid descriptor known (newest wins), this node's excluded.
+    /// Every valid descriptor known (newest wins), this node's excluded; at most
+    /// `KNOWN_NODES_MAX` (see `Federation::learn_descriptor` for what is kept).
     pub(super) known: BTreeMap<NodeId, NodeDescriptor>,
+    /// What this node knows of each descriptor in `known`: when it was learnt, when a
+    /// head of the node was last verified with a witness this node trusts, who introduced it.
+    pub(super) standing: BTreeMap<NodeId, Standing>,
+    /// Nodes that authenticated from a configured (bootstrap) address: kept.
+    pub(super) seeds: BTreeSet<NodeId>,
     /// Authenticated peers by address, and back.
     pub(super) peer_by_address: BTreeMap<Address, NodeId>,
     pub(super) peers: BTreeMap<NodeId, Address>,
+    /// Peering handshakes under way, at most `HANDSHAKES_MAX`.
     pub(super) handshakes: BTreeMap<Address, Handshake>,
     /// Newest head seen from each other node, with the cosignatures seen with it.
     pub(super) heads: BTreeMap<NodeId, (SignedHead, Vec<Cosignature>)>,
@@ -177,7 +221,9 @@ pub struct Federation {
     pub(super) seen: BTreeSet<Hash>,
     pub(super) seen_order: VecDeque<Hash>,
     pub(super) pending: BTreeMap<u64, Pending>,
-    /// Public group adverts learnt from peers, by group.
+    /// Public group adverts learnt from peers, by group: at most `ADVERTS_MAX`, and
+    /// `ADVERTS_PER_HOST_MAX` per hosting node; only the host that first listed a group
+    /// may replace its advert.
     pub(super) adverts: BTreeMap<GroupId, GroupAdvert>,
     /// A head signed but not yet sent to witnesses and peers (waits for durability).
     pub(super) unannounced: bool,

@@ -66,6 +66,8 @@ mod tests {
             issued_at_us: 1,
             admin_key: key.verifying_key().to_bytes(),
             sig: Sig([0; 64]),
+            host: nymstr_proto::federation::NodeId([0; 32]),
+            host_sig: nymstr_proto::wire::Sig([0; 64]),
         };
         a.sig = identity::sign(key, &identity::group_advert_bytes(&a));
         a
