@@ -15,7 +15,7 @@ use crate::limits::{
 };
 
 /// Wire protocol version carried as the first byte of every frame.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 
 pub use crate::ids::{DhPublicKey, GroupId, InstallationCert, InstallationId, MsgId, Nonce, PublicKey, Sig, UploadId};
 

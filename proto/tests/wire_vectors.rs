@@ -6,7 +6,7 @@
 //! vector: lookup_alice
 //! kind: frame
 //! value: Envelope { request_id: 7, body: Lookup { username: "alice" } }
-//! hex: 02 07 07 05 616c696365
+//! hex: 03 07 07 05 616c696365
 //! ```
 //!
 //! * `kind: frame` — `hex` is `codec::encode_frame` of the value the test builds for the
