@@ -229,7 +229,7 @@ fn a_format_1_home_is_migrated_when_it_opens() {
     assert_eq!(Home::open(dir.path()).unwrap().state(), state, "and opens again from the rows");
 }
 
-/// The migration marks the home format 2 in the same flush that removes the old record: a
+/// The migration marks the home's current format in the same flush that removes the old record: a
 /// crash right after that flush must not leave a home an older nymstr reads as format 1
 /// with no verifier (it would silently start over without pins or heads).
 #[test]
@@ -247,5 +247,5 @@ fn the_migration_marks_the_format_in_the_flush_that_drops_the_old_record() {
     assert_eq!(migrated.as_ref(), state.transparency.as_ref());
     assert!(home.meta.get("transparency").unwrap().is_none(), "the old record is gone");
     let version: u32 = codec::decode(&home.meta.get("version").unwrap().unwrap()).unwrap();
-    assert_eq!(version, 2, "and the home says so in the same flush");
+    assert_eq!(version, FORMAT_VERSION, "and the home says so in the same flush");
 }
