@@ -8,6 +8,7 @@ use openmls::prelude::{GroupId as MlsGroupId, ProposalStore, PublicGroup};
 use openmls_traits::OpenMlsProvider;
 use rand_core::Rng;
 
+use super::activity::{META_GROUP_ACTIVE, meta_key, touch};
 use super::directory::check_advert;
 use super::log::load_index;
 use super::policy::{is_normalized, member_keys, parse_group_info, read_policy};
@@ -20,9 +21,6 @@ use nymstr_mls::{GroupPolicy, MemberIdentity, NymstrProvider, SUPPORTED_CIPHERSU
 use nymstr_proto::limits::{GROUP_MEMBERS_MAX, GROUP_MLS_BYTES_MAX};
 use nymstr_proto::wire::{Body, GroupAdvert, GroupId};
 
-/// Meta key prefix of a group's activity bound: `group_active/` || group id -> µs, an
-/// instant no earlier than the group's last activity.
-const META_GROUP_ACTIVE: &[u8] = b"group_active/";
 /// Meta key prefix of an expired group whose rows are still being deleted.
 const META_GROUP_PURGE: &[u8] = b"group_purge/";
 /// Rows of expired groups deleted per sweep, at most (the rest at the next sweeps).
@@ -30,23 +28,6 @@ const PURGE_ROWS_PER_SWEEP: usize = 512;
 /// The tables holding a group's rows, each keyed by group id || ….
 const GROUP_ROW_TABLES: [Table; 6] =
     [Table::GroupLog, Table::GroupSeqs, Table::GroupUploads, Table::GroupSubs, Table::GroupInvites, Table::GroupMls];
-
-fn meta_key(prefix: &[u8], group_id: &GroupId) -> Vec<u8> {
-    [prefix, group_id.as_slice()].concat()
-}
-
-/// Notes activity on a group. The store keeps an upper bound on the last activity, written
-/// at most once per sixteenth of the idle period: after a restart a group may live up to
-/// that much longer than the period, never less.
-pub(super) fn touch<S: Store>(ctx: &mut Ctx<'_, S>, group_id: &GroupId, g: &mut Hosted) -> Result<(), StoreError> {
-    g.active_us = g.active_us.max(ctx.now);
-    if ctx.now > g.active_bound_us {
-        let bound = ctx.now.saturating_add((ctx.config.group_idle_expiry_us / 16).max(1));
-        ctx.save(Table::Meta, &meta_key(META_GROUP_ACTIVE, group_id), &bound)?;
-        g.active_bound_us = bound;
-    }
-    Ok(())
-}
 
 impl Steward {
     /// Rebuilds every hosted group from the store.

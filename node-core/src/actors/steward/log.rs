@@ -49,7 +49,7 @@ impl Steward {
         let entries = collect_entries(&*ctx.store, &group_id, g, from_seq, max)?;
         self.stats.group_fetches += 1;
         let g = self.groups.get_mut(&group_id).ok_or(StewardError::UnknownGroup)?;
-        super::hosting::touch(ctx, &group_id, g)?;
+        super::activity::touch(ctx, &group_id, g)?;
         ctx.send_durable(Peer::Tag(tag), rid, Body::GroupEntries { group_id, entries, next_seq: g.next_seq });
         Ok(())
     }

@@ -17,6 +17,7 @@
 //! `subscriptions` push it; `invites`, `directory`, `policy` and `storage` serve
 //! them. Dependencies go one way: the submodules use this file, this file uses none of them.
 
+mod activity;
 mod commits;
 mod directory;
 mod hosting;
@@ -170,7 +171,7 @@ struct Hosted {
     /// Proposals accepted in the current epoch.
     pending_proposals: usize,
     /// The last activity (upload, subscription, fetch), and the bound on it last stored
-    /// (see `hosting::touch`).
+    /// (see `activity::touch`).
     active_us: TimeUs,
     active_bound_us: TimeUs,
 }

@@ -105,7 +105,7 @@ impl Steward {
         g.subs.insert(tag, key);
         g.sub_by_key.insert(key, tag);
         ctx.save(Table::GroupSubs, &key2(&group_id, &tag.0), &key)?;
-        super::hosting::touch(ctx, &group_id, g)?;
+        super::activity::touch(ctx, &group_id, g)?;
         self.stats.group_subscriptions += 1;
         let next_seq = g.next_seq;
         ctx.send_durable(Peer::Tag(tag), rid, Body::GroupSubscribed { group_id, epoch: g.epoch(), next_seq });

@@ -5,8 +5,8 @@
 use openmls::prelude::{ContentType, MlsMessageBodyIn, MlsMessageIn, Sender};
 use tls_codec::DeserializeBytes;
 
+use super::activity::touch;
 use super::commits::{Accepted, on_external_commit, on_member_commit, on_proposal};
-use super::hosting::touch;
 use super::invites::{check_invite, redeem};
 use super::log::{UploadRecord, append};
 use super::subscriptions::push;
