@@ -1360,14 +1360,9 @@ fn made_up_nodes(n: usize) -> Vec<(SigningKey, NodeId)> {
         .collect()
 }
 
-/// A full witness view of nodes idle for a day (one head each, and each a witness of
-/// node 0's log): a new node evicts the idlest, whose `whead/` and `wsize/` rows are
-/// deleted, and the node restarts from what is left.
-#[test]
-fn a_full_witness_view_evicts_an_idle_node_and_its_rows() {
-    let mut net = Net::new(2);
-    let mut store = net.kill(0);
-    let at = net.now - WITNESS_IDLE_US;
+/// Fills node 0's stored witness view with `WITNESS_NODES_MAX` made-up nodes, one head each
+/// recorded at `at` (and, with `wsize`, each a witness of node 0's log since `at`).
+fn fill_witness_view_with_idle_nodes(store: &mut MemStore, at: u64, wsize: bool) -> Vec<(SigningKey, NodeId)> {
     let idle = made_up_nodes(WITNESS_NODES_MAX);
     for (key, id) in &idle {
         let head =
@@ -1375,9 +1370,22 @@ fn a_full_witness_view_evicts_an_idle_node_and_its_rows() {
         let head = evidence::sign_head(key, head);
         let whead = [b"whead/".as_slice(), &id.0, &0u64.to_be_bytes()].concat();
         store.put(Table::FedState, &whead, &codec::encode(&(at, head))).unwrap();
-        store.put(Table::FedState, &wsize_key(id), &codec::encode(&(1u64, at))).unwrap();
+        if wsize {
+            store.put(Table::FedState, &wsize_key(id), &codec::encode(&(1u64, at))).unwrap();
+        }
     }
     store.flush().unwrap();
+    idle
+}
+
+/// A full witness view of nodes idle for a day (one head each, and each a witness of
+/// node 0's log): a new node evicts the idlest, whose `whead/` and `wsize/` rows are
+/// deleted, and the node restarts from what is left.
+#[test]
+fn a_full_witness_view_evicts_an_idle_node_and_its_rows() {
+    let mut net = Net::new(2);
+    let mut store = net.kill(0);
+    let idle = fill_witness_view_with_idle_nodes(&mut store, net.now - WITNESS_IDLE_US, true);
     net.restart(0, store);
     net.run_for(2 * EPOCH);
 
@@ -1437,16 +1445,7 @@ fn a_badly_signed_head_evicts_no_one_from_a_full_witness_view() {
     for (k, _) in store.scan_prefix(Table::FedState, &prefix).unwrap() {
         store.delete(Table::FedState, &k).unwrap();
     }
-    let at = net.now - WITNESS_IDLE_US;
-    let idle = made_up_nodes(WITNESS_NODES_MAX);
-    for (key, id) in &idle {
-        let head =
-            TreeHead { node_id: *id, epoch: 0, dir_root: [0; 32], dir_size: 0, log_root: [0; 32], issued_at_us: at };
-        let head = evidence::sign_head(key, head);
-        let whead = [b"whead/".as_slice(), &id.0, &0u64.to_be_bytes()].concat();
-        store.put(Table::FedState, &whead, &codec::encode(&(at, head))).unwrap();
-    }
-    store.flush().unwrap();
+    let idle = fill_witness_view_with_idle_nodes(&mut store, net.now - WITNESS_IDLE_US, false);
     net.restart(0, store);
     assert!(net.fed(0).peers().any(|(id, _)| *id == one), "node 1 is a peer again");
     let mut head = net.fed(1).log().latest().expect("node 1 sealed").clone();
